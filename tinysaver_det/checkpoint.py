@@ -1,0 +1,91 @@
+"""
+Checkpoint loading with clear refusals, and the one helper that loads separately trained saver and
+base checkpoints into a TinySaver model's `saver.` and `base.` parts.
+"""
+import logging
+from typing import Optional
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+
+logger = logging.getLogger(__name__)
+
+# A checkpoint must cover at least this share of a model's parameters (by name and shape), or it is
+# taken to be of another architecture and refused instead of silently leaving the model random.
+MIN_MATCHED_SHARE = 0.5
+TINYSAVER_PREFIXES = ("saver.", "base.", "evaluator.")
+
+
+class CheckedCheckpointer(DetectionCheckpointer):
+    """
+    A DetectionCheckpointer (so .pth and model-zoo .pkl files, with detectron2's name-matching
+    heuristics) that names the file in every error and refuses checkpoints of another architecture.
+
+    Args:
+        what: how errors name the model, e.g. "the saver (MODEL.TINYSAVER.SAVER.WEIGHTS)".
+    """
+
+    def __init__(self, model, save_dir: str = "", *, what: str = "the model (MODEL.WEIGHTS)", **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.what = what
+        self._current_file: Optional[str] = None
+
+    def _load_file(self, filename):
+        self._current_file = filename
+        try:
+            return super()._load_file(filename)
+        except Exception as e:
+            raise RuntimeError(
+                f"Could not read the checkpoint {filename!r} for {self.what}: {type(e).__name__}: {e}. "
+                "The file may be truncated or not a checkpoint; re-download or re-train it."
+            ) from e
+
+    def _load_model(self, checkpoint):
+        if checkpoint.get("matching_heuristics", False):
+            # Convert model-zoo names now, so the architecture check sees the final names.
+            self._convert_ndarray_to_tensor(checkpoint["model"])
+            checkpoint["model"] = align_and_update_state_dicts(
+                self.model.state_dict(),
+                checkpoint["model"],
+                c2_conversion=checkpoint.get("__author__", None) == "Caffe2",
+            )
+            checkpoint["matching_heuristics"] = False
+        self._check_architecture(checkpoint["model"])
+        return super()._load_model(checkpoint)
+
+    def _check_architecture(self, state: dict) -> None:
+        own = self.model.state_dict()
+        matched = sum(1 for k, v in own.items() if k in state and tuple(state[k].shape) == tuple(v.shape))
+        if matched >= MIN_MATCHED_SHARE * max(1, len(own)):
+            return
+        hint = ""
+        if any(k.startswith(TINYSAVER_PREFIXES) for k in state) and not any(
+            k.startswith(TINYSAVER_PREFIXES) for k in own
+        ):
+            hint = " It is a whole TinySaver checkpoint: give it as MODEL.WEIGHTS."
+        elif any(k.startswith(TINYSAVER_PREFIXES) for k in own):
+            hint = (
+                " It looks like a single detector's checkpoint: give it as MODEL.TINYSAVER.SAVER.WEIGHTS "
+                "or MODEL.TINYSAVER.BASE.WEIGHTS."
+            )
+        raise ValueError(
+            f"The checkpoint {self._current_file!r} does not fit {self.what}: only {matched} of its "
+            f"{len(own)} parameters and buffers match by name and shape.{hint} Check that the config "
+            "file describes the architecture the checkpoint was trained with."
+        )
+
+
+def load_tinysaver_weights(model, cfg) -> None:
+    """
+    Load MODEL.TINYSAVER.SAVER.WEIGHTS and .BASE.WEIGHTS into the model's `saver` and `base`, then
+    MODEL.WEIGHTS (a whole TinySaver checkpoint, if set) over all three parts.
+    """
+    model = getattr(model, "module", model)  # unwrap DDP
+    for part in ("SAVER", "BASE"):
+        path = cfg.MODEL.TINYSAVER[part].WEIGHTS
+        if path:
+            what = f"the {part.lower()} (MODEL.TINYSAVER.{part}.WEIGHTS)"
+            CheckedCheckpointer(getattr(model, part.lower()), what=what).load(path)
+            logger.info(f"Loaded {what} from {path}")
+    if cfg.MODEL.WEIGHTS:
+        CheckedCheckpointer(model, what="the TinySaver model (MODEL.WEIGHTS)").load(cfg.MODEL.WEIGHTS)

@@ -1,0 +1,119 @@
+"""
+Dataset registration. Importing this module registers:
+
+* ``synthetic_<split>`` for every split in :data:`~tinysaver_det.data.synthetic.SYNTHETIC_SPLITS`
+  (``synthetic_train``, ``synthetic_calib``, ``synthetic_val``, ``synthetic_test``,
+  ``synthetic_shifted``) under ``$DETECTRON2_DATASETS`` (default ``./datasets``). The files need
+  not exist yet: ``datasets/prepare_synthetic.py`` generates them.
+* ``coco_2017_val_subset158`` and ``coco128_train2017``: the small real-COCO sets in the shared
+  data folder (``$TINYSAVER_SHARED_DATA``, default ``<repo root>/../shared/data``), registered only
+  where their folder exists.
+
+Full COCO (``coco_2017_train``, ``coco_2017_val``, ...) is already registered by detectron2 itself
+from ``$DETECTRON2_DATASETS/coco`` when ``detectron2.data`` is imported; it is not re-registered here.
+"""
+import logging
+import os
+from pathlib import Path
+from typing import List, Optional
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
+
+from .synthetic import CATEGORIES, SYNTHETIC_SPLITS, split_paths
+
+__all__ = [
+    "SHARED_COCO_SETS",
+    "default_shared_root",
+    "register_synthetic",
+    "register_shared_coco",
+    "register_all",
+]
+
+logger = logging.getLogger(__name__)
+
+# name -> (folder under the shared data root, json relative to it, image folder relative to it)
+SHARED_COCO_SETS = {
+    "coco_2017_val_subset158": (
+        "coco_val2017_subset", "annotations/instances_val2017.json", "val2017"),
+    "coco128_train2017": ("coco128", "annotations/instances_train2017.json", "train2017"),
+}
+
+
+def synthetic_metadata() -> dict:
+    """
+    Metadata of the synthetic splits, known without their json, so evaluation and visualisation
+    metadata work before generation. Must match what ``load_coco_json`` derives from the json.
+    """
+    return {
+        "thing_classes": list(CATEGORIES),
+        "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(CATEGORIES))},
+    }
+
+
+def _register_coco(name: str, metadata: dict, json_file: str, image_root: str) -> bool:
+    # detectron2's catalogs raise on duplicate names, and this module may run more than once
+    # (e.g. a reload); the first registration wins.
+    if name in DatasetCatalog.list():
+        logger.debug("Dataset %s is already registered; keeping the existing entry.", name)
+        return False
+    register_coco_instances(name, metadata, json_file, image_root)
+    return True
+
+
+def register_synthetic(root: str, prefix: str = "synthetic") -> List[str]:
+    """
+    Register every synthetic split as ``<prefix>_<split>`` (COCO json under ``root``).
+
+    Args:
+        root: data root holding ``synthetic/`` (need not exist yet).
+        prefix: name prefix; tests use a unique one to register a temporary root.
+
+    Returns:
+        the dataset names, registered now or before.
+    """
+    names = []
+    for split in SYNTHETIC_SPLITS:
+        json_file, image_root = split_paths(root, split)
+        name = f"{prefix}_{split}"
+        _register_coco(name, synthetic_metadata(), json_file, image_root)
+        names.append(name)
+    return names
+
+
+def default_shared_root() -> str:
+    """``$TINYSAVER_SHARED_DATA``, else ``shared/data`` beside the repository root."""
+    env = os.getenv("TINYSAVER_SHARED_DATA")
+    if env:
+        return os.path.expanduser(env)
+    repo_root = Path(__file__).resolve().parents[2]  # tinysaver_det/data/datasets.py -> repo
+    return str(repo_root.parent / "shared" / "data")
+
+
+def register_shared_coco(shared_root: Optional[str] = None) -> List[str]:
+    """
+    Register the shared real-COCO subsets found under ``shared_root`` (default
+    :func:`default_shared_root`). ``thing_classes`` and the category id map are filled from the
+    json by ``load_coco_json`` on first load, as for detectron2's own COCO sets.
+
+    Returns:
+        the names of the sets whose folder exists.
+    """
+    shared_root = default_shared_root() if shared_root is None else shared_root
+    names = []
+    for name, (folder, json_rel, images_rel) in SHARED_COCO_SETS.items():
+        base = os.path.join(shared_root, folder)
+        if not os.path.isdir(base):
+            continue  # absent on this machine: nothing to register
+        _register_coco(name, {}, os.path.join(base, json_rel), os.path.join(base, images_rel))
+        names.append(name)
+    return names
+
+
+def register_all(root: str) -> None:
+    """Register the synthetic splits under ``root`` and the shared COCO subsets."""
+    register_synthetic(os.path.expanduser(root))
+    register_shared_coco()
+
+
+register_all(os.getenv("DETECTRON2_DATASETS", "datasets"))

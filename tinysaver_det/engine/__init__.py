@@ -1,0 +1,1 @@
+"""Trainers, hooks, output caches and config setup."""

@@ -1,0 +1,76 @@
+"""Training hooks for the evaluator."""
+import json
+import logging
+import os
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+
+from ..utils.atomic import atomic_save_json
+
+logger = logging.getLogger(__name__)
+
+
+def quality_of(records, target: str) -> np.ndarray:
+    """The true routing quality of cached records: saver AP, or minus the base's gain."""
+    if target == "ap_gain":
+        return -np.array([r["base_ap"] - r["saver_ap"] for r in records])
+    return np.array([r["saver_ap"] for r in records])
+
+
+def rank_correlations(evaluator, records, target: str) -> dict:
+    """Spearman correlation with the true quality of the evaluator's score and of saver confidence."""
+    summary = torch.stack([r["summary"] for r in records]).to(next(evaluator.parameters()).device)
+    was_training = evaluator.training
+    evaluator.eval()
+    with torch.no_grad():
+        scores = evaluator.scores(summary).cpu().numpy()
+    evaluator.train(was_training)
+    truth = quality_of(records, target)
+    confidence = np.array([r["confidence"] for r in records])
+    return {
+        "spearman_evaluator": float(spearmanr(scores, truth).statistic),
+        "spearman_confidence": float(spearmanr(confidence, truth).statistic),
+        "num_images": len(records),
+    }
+
+
+class RankCorrelationHook(HookBase):
+    """
+    Every `period` iterations (and after the last), log the Spearman correlation between the
+    evaluator's scores and the true per-image quality on held-out cached records, beside the
+    correlation of the saver-confidence signal, and write the last values to OUTPUT_DIR.
+    """
+
+    def __init__(self, period: int, records, target: str, output_dir: str):
+        self._period = period
+        self._records = records
+        self._target = target
+        self._output_dir = output_dir
+
+    def _evaluate(self):
+        model = getattr(self.trainer.model, "module", self.trainer.model)
+        result = rank_correlations(model.evaluator, self._records, self._target)
+        storage = self.trainer.storage
+        storage.put_scalar("tinysaver/spearman_heldout", result["spearman_evaluator"], smoothing_hint=False)
+        storage.put_scalar("tinysaver/spearman_confidence", result["spearman_confidence"], smoothing_hint=False)
+        logger.info(
+            f"Held-out rank correlation with true quality ({result['num_images']} images): "
+            f"evaluator {result['spearman_evaluator']:.4f}, saver confidence {result['spearman_confidence']:.4f}"
+        )
+        return result
+
+    def after_step(self):
+        next_iter = self.trainer.iter + 1
+        if self._period > 0 and next_iter % self._period == 0 and next_iter != self.trainer.max_iter:
+            self._evaluate()
+
+    def after_train(self):
+        if self.trainer.iter + 1 >= self.trainer.max_iter:
+            result = self._evaluate()
+            if comm.is_main_process():
+                atomic_save_json(result, os.path.join(self._output_dir, "evaluator_rank_correlation.json"))

@@ -1,0 +1,270 @@
+"""
+Cached detector outputs: the saver (and optionally the base) run once over a dataset, and evaluator
+training and calibration read the cache instead of re-running detectors.
+
+Layout of one cache (a folder):
+    manifest.json      the cache key (what it was built from) and, once done, "complete": true
+    chunk_00000.pth    records of images [0, CHUNK_SIZE), written atomically
+    ...
+A chunk is the unit of work: an interrupted build resumes by computing the chunks that are missing.
+A folder whose key differs (other weights, configs, dataset, views) is refused, never reused.
+
+Design call: the evaluator trains on cached summaries rather than on images with the saver run on
+the fly. The saver is frozen, so its outputs for a given view never change; caching them makes an
+evaluator step a small MLP step (thousands of steps in seconds) instead of a saver forward pass.
+Augmentation (as in the paper) comes from caching several augmented views of each training image.
+"""
+import hashlib
+import json
+import logging
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import tqdm
+
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+
+from ..checkpoint import load_tinysaver_weights
+from ..evaluation.coco_fast import ImageDets, ImageGT, per_image_ap
+from ..evaluation.quality import dets_from_predictions, gt_from_instances
+from ..utils.atomic import atomic_save_json, atomic_torch_save
+from ..modeling.meta_arch import confidence_score
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+MAX_STORED_DETECTIONS = 100
+
+
+def state_fingerprint(module: torch.nn.Module) -> str:
+    """A hash of a module's weights: the cache is keyed by what the detectors are, not file names."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(model, cfg, dataset_name: str, num_images: int, views: int, with_base: bool) -> Dict:
+    """Everything that decides a cache's content. Two caches with equal keys are interchangeable."""
+    ev = model.evaluator
+    return {
+        "format": CACHE_FORMAT,
+        "dataset": dataset_name,
+        "num_images": num_images,
+        "views": views,
+        "with_base": with_base,
+        "saver_weights": state_fingerprint(model.saver),
+        "base_weights": state_fingerprint(model.base) if with_base else None,
+        "saver_config": cfg.MODEL.TINYSAVER.SAVER.CONFIG_FILE,
+        "base_config": cfg.MODEL.TINYSAVER.BASE.CONFIG_FILE if with_base else None,
+        "saver_input_size": list(model.saver_input_size),
+        "base_input_size": list(model.base_input_size),
+        "input": [list(cfg.INPUT.MIN_SIZE_TEST if isinstance(cfg.INPUT.MIN_SIZE_TEST, (list, tuple)) else [cfg.INPUT.MIN_SIZE_TEST]),
+                  cfg.INPUT.MAX_SIZE_TEST, list(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.RANDOM_FLIP],
+        "summary": [type(ev).__name__, ev.summary_dim, ev.top_k, list(ev.in_features)],
+        "chunk_size": cfg.MODEL.TINYSAVER.CACHE.CHUNK_SIZE,
+    }
+
+
+def cache_dir_for(cfg, dataset_name: str, views: int, with_base: bool) -> str:
+    root = cfg.MODEL.TINYSAVER.CACHE.DIR or os.path.join(cfg.OUTPUT_DIR, "cache")
+    return os.path.join(root, f"{dataset_name}_{views}views{'_base' if with_base else ''}")
+
+
+def dataset_ground_truth(dataset_name: str, dataset_dicts: List[dict]) -> List[ImageGT]:
+    """
+    Ground truth per image in the original frame, with dataset category ids: from the COCO json
+    when the dataset has one (COCO's own areas and crowd flags, as COCOEvaluator sees them), else
+    from the dataset dicts (box areas).
+    """
+    meta = MetadataCatalog.get(dataset_name)
+    if meta.get("json_file", None) and os.path.isfile(meta.json_file):
+        from pycocotools.coco import COCO
+
+        from ..evaluation.coco_fast import gt_from_coco
+        from ..utils.quiet import quiet
+
+        with quiet():
+            coco = COCO(meta.json_file)
+        return gt_from_coco(coco, [d["image_id"] for d in dataset_dicts])
+    to_dataset_id = contiguous_to_dataset_id(dataset_name)
+    out = []
+    for d in dataset_dicts:
+        anns = d.get("annotations", [])
+        boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        out.append(ImageGT(boxes=boxes, category_ids=[to_dataset_id[a["category_id"]] for a in anns],
+                           iscrowd=[a.get("iscrowd", 0) for a in anns]))
+    return out
+
+
+def contiguous_to_dataset_id(dataset_name: str) -> Dict[int, int]:
+    meta = MetadataCatalog.get(dataset_name)
+    mapping = meta.get("thing_dataset_id_to_contiguous_id", None)
+    if mapping:
+        return {v: k for k, v in mapping.items()}
+    return {i: i for i in range(len(meta.get("thing_classes", [])) or 1000)}
+
+
+def _detections_record(instances, to_dataset_id: Dict[int, int]) -> Dict[str, np.ndarray]:
+    """Top detections of one image, XYWH in the original frame, dataset category ids."""
+    instances = instances.to("cpu")
+    if len(instances) > MAX_STORED_DETECTIONS:
+        instances = instances[instances.scores.argsort(descending=True)[:MAX_STORED_DETECTIONS]]
+    dets = dets_from_predictions(instances)
+    cats = np.array([to_dataset_id[int(c)] for c in dets.category_ids], dtype=np.int64)
+    return {"boxes": dets.boxes.astype(np.float32), "scores": dets.scores.astype(np.float32), "category_ids": cats}
+
+
+def record_dets(record_part: Dict[str, np.ndarray]) -> ImageDets:
+    return ImageDets(boxes=record_part["boxes"], scores=record_part["scores"], category_ids=record_part["category_ids"])
+
+
+class OutputCache:
+    """
+    Build or open the cache of one dataset for one TinySaver model.
+
+    Args:
+        cfg: the TinySaver config (sub-model weights are read from it).
+        dataset_name: a registered dataset.
+        views: images per dataset image: view 0 is the plain test-time image; views 1.. are training
+            augmentations (resize and flip from cfg.INPUT), drawn with a fixed seed per image and view.
+        with_base: also run the base and store its detections and per-image AP.
+    """
+
+    def __init__(self, cfg, dataset_name: str, views: int = 1, with_base: bool = False, model=None):
+        self.cfg = cfg
+        self.dataset_name = dataset_name
+        self.views = views
+        self.with_base = with_base
+        self.dir = cache_dir_for(cfg, dataset_name, views, with_base)
+        self.chunk_size = cfg.MODEL.TINYSAVER.CACHE.CHUNK_SIZE
+        self._model = model
+
+    # --- building ---------------------------------------------------------------------------------
+    def model(self):
+        if self._model is None:
+            model = build_model(self.cfg)
+            load_tinysaver_weights(model, self.cfg)
+            self._model = model.eval()
+        return self._model
+
+    def load_or_build(self) -> List[dict]:
+        """All records (one per image and view, in dataset order), building what is missing."""
+        dataset_dicts = DatasetCatalog.get(self.dataset_name)
+        model = self.model()
+        key = cache_key(model, self.cfg, self.dataset_name, len(dataset_dicts), self.views, self.with_base)
+        self._check_or_write_manifest(key)
+        num_chunks = (len(dataset_dicts) + self.chunk_size - 1) // self.chunk_size
+        todo = [c for c in range(num_chunks) if not os.path.isfile(self._chunk_path(c))]
+        mine = [c for i, c in enumerate(todo) if i % comm.get_world_size() == comm.get_rank()]
+        if todo:
+            logger.info(
+                f"Caching outputs of {self.dataset_name}: {len(todo)} of {num_chunks} chunks to compute "
+                f"({len(mine)} on this process) into {self.dir}"
+            )
+        if mine:
+            gts = dataset_ground_truth(self.dataset_name, dataset_dicts)
+            bar = tqdm.tqdm(total=sum(min(self.chunk_size, len(dataset_dicts) - c * self.chunk_size) for c in mine),
+                            desc=f"cache {self.dataset_name}", unit="img", disable=not comm.is_main_process())
+            for c in mine:
+                lo, hi = c * self.chunk_size, min(len(dataset_dicts), (c + 1) * self.chunk_size)
+                records = [r for i in range(lo, hi) for r in self._image_records(model, dataset_dicts[i], gts[i], i)]
+                atomic_torch_save({"key": key, "records": records}, self._chunk_path(c))
+                bar.update(hi - lo)
+            bar.close()
+        comm.synchronize()
+        records = []
+        for c in range(num_chunks):
+            chunk = torch.load(self._chunk_path(c), weights_only=False)
+            if chunk["key"] != key:
+                raise ValueError(f"Cache chunk {self._chunk_path(c)} was built for another key; delete {self.dir}")
+            records.extend(chunk["records"])
+        if comm.is_main_process():
+            atomic_save_json({"key": key, "complete": True, "num_records": len(records)}, self._manifest_path())
+        return records
+
+    def _check_or_write_manifest(self, key: Dict) -> None:
+        path = self._manifest_path()
+        if os.path.isfile(path):
+            with open(path) as f:
+                old = json.load(f)["key"]
+            if old != key:
+                diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
+                raise ValueError(
+                    f"The cache in {self.dir} was built from another {', '.join(diff)} and is refused, "
+                    f"not reused. Delete that folder or set MODEL.TINYSAVER.CACHE.DIR to another one."
+                )
+        elif comm.is_main_process():
+            os.makedirs(self.dir, exist_ok=True)
+            atomic_save_json({"key": key, "complete": False}, path)
+        comm.synchronize()
+
+    def _manifest_path(self) -> str:
+        return os.path.join(self.dir, "manifest.json")
+
+    def _chunk_path(self, chunk: int) -> str:
+        return os.path.join(self.dir, f"chunk_{chunk:05d}.pth")
+
+    def _image_records(self, model, dataset_dict: dict, gt: ImageGT, index: int) -> List[dict]:
+        to_dataset_id = contiguous_to_dataset_id(self.dataset_name)
+        records = []
+        for view in range(self.views):
+            if view == 0:
+                # The plain image, outputs in the original frame, scored against the dataset's own GT.
+                inputs = DatasetMapper(self.cfg, is_train=False)(dict(dataset_dict))
+                saver_out, summary = model.run_saver([inputs])
+                saver = saver_out[0]["instances"]
+                saver_dets = _detections_record(saver, to_dataset_id)
+                record = {
+                    "image_id": dataset_dict.get("image_id", index),
+                    "index": index,
+                    "view": 0,
+                    "saver": saver_dets,
+                    "saver_ap": per_image_ap(gt, record_dets(saver_dets)),
+                }
+                if self.with_base:
+                    base_dets = _detections_record(model.run_base([inputs])[0]["instances"], to_dataset_id)
+                    record["base"] = base_dets
+                    record["base_ap"] = per_image_ap(gt, record_dets(base_dets))
+            else:
+                # An augmented view: outputs and GT both in the augmented tensor's frame.
+                np.random.seed((index * 1009 + view) % 2**32)
+                inputs = DatasetMapper(self.cfg, is_train=True)(dict(dataset_dict))
+                inputs = {k: v for k, v in inputs.items() if k not in ("height", "width")}
+                saver_out, summary = model.run_saver([inputs])
+                saver = saver_out[0]["instances"]
+                view_gt = gt_from_instances(inputs["instances"])
+                record = {
+                    "image_id": dataset_dict.get("image_id", index),
+                    "index": index,
+                    "view": view,
+                    "saver_ap": per_image_ap(view_gt, dets_from_predictions(saver.to("cpu"))),
+                }
+                if self.with_base:
+                    base = model.run_base([inputs])[0]["instances"]
+                    record["base_ap"] = per_image_ap(view_gt, dets_from_predictions(base.to("cpu")))
+            record["summary"] = summary[0].cpu()
+            record["confidence"] = float(confidence_score(saver))
+            records.append(record)
+        return records
+
+
+def training_examples(records: List[dict], target: str) -> List[dict]:
+    """Dataset dicts for evaluator training: the cached summary and the chosen quality target."""
+    from ..modeling.meta_arch import SUMMARY_KEY, TARGET_KEY
+
+    out = []
+    for r in records:
+        if target == "ap_gain":
+            if "base_ap" not in r:
+                raise ValueError("TARGET 'ap_gain' needs a cache built with the base (with_base=True)")
+            value = r["base_ap"] - r["saver_ap"]
+        else:
+            value = r["saver_ap"]
+        out.append({SUMMARY_KEY: r["summary"], TARGET_KEY: float(value)})
+    return out

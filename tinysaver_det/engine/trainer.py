@@ -1,0 +1,91 @@
+"""
+The trainer behind tools/train_net.py: detectron2's DefaultTrainer for the saver, the base and
+TinySaver configs. For a TinySaver config it trains only the evaluator, on cached saver outputs.
+"""
+import logging
+import os
+import weakref
+
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import DefaultTrainer, hooks
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+
+from ..checkpoint import CheckedCheckpointer, load_tinysaver_weights
+from .hooks import RankCorrelationHook
+from .output_cache import OutputCache, training_examples
+
+logger = logging.getLogger(__name__)
+
+
+def is_tinysaver(cfg) -> bool:
+    return cfg.MODEL.META_ARCHITECTURE == "TinySaverRCNN"
+
+
+def held_out_dataset(cfg) -> str:
+    cal = cfg.MODEL.TINYSAVER.CALIBRATION
+    return cal.HELD_OUT_DATASET or cal.DATASET
+
+
+def load_weights(model, cfg, resume: bool = False) -> None:
+    """
+    Load a model's weights the way training and evaluation both do: for TinySaver, the saver's and
+    base's own checkpoints first, then MODEL.WEIGHTS (or, with resume, OUTPUT_DIR's last checkpoint).
+    """
+    if is_tinysaver(cfg):
+        sub_cfg = cfg.clone()
+        sub_cfg.defrost()
+        sub_cfg.MODEL.WEIGHTS = ""
+        load_tinysaver_weights(model, sub_cfg)
+    CheckedCheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+
+
+class Trainer(DefaultTrainer):
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        evaluators = [COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder)]
+        if is_tinysaver(cfg):
+            from ..evaluation.routing_evaluator import RoutingEvaluator
+
+            evaluators.append(RoutingEvaluator(dataset_name, cfg, output_dir=output_folder))
+        return DatasetEvaluators(evaluators)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        if not is_tinysaver(cfg):
+            return super().build_train_loader(cfg)
+        records = []
+        for name in cfg.DATASETS.TRAIN:
+            records += OutputCache(cfg, name, views=cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS).load_or_build()
+        examples = training_examples(records, cfg.MODEL.TINYSAVER.EVALUATOR.TARGET)
+        logger.info(f"Training the evaluator on {len(examples)} cached views of {cfg.DATASETS.TRAIN}")
+        return build_detection_train_loader(
+            examples, mapper=None, total_batch_size=cfg.SOLVER.IMS_PER_BATCH, aspect_ratio_grouping=False
+        )
+
+    def resume_or_load(self, resume=True):
+        checkpointer = CheckedCheckpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        if is_tinysaver(self.cfg):
+            sub_cfg = self.cfg.clone()
+            sub_cfg.defrost()
+            sub_cfg.MODEL.WEIGHTS = ""
+            load_tinysaver_weights(self.model, sub_cfg)
+        checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and checkpointer.has_checkpoint():
+            self.start_iter = self.iter + 1
+
+    def build_hooks(self):
+        ret = super().build_hooks()
+        if not is_tinysaver(self.cfg):
+            return ret
+        # A routed COCO evaluation every period would cost minutes; the evaluator's progress is its
+        # rank correlation with true quality on held-out cached images, which costs milliseconds.
+        ret = [h for h in ret if not isinstance(h, hooks.EvalHook)]
+        name = held_out_dataset(self.cfg)
+        if name:
+            records = OutputCache(self.cfg, name, views=1, with_base=True).load_or_build()
+            hook = RankCorrelationHook(
+                self.cfg.TEST.EVAL_PERIOD, records, self.cfg.MODEL.TINYSAVER.EVALUATOR.TARGET, self.cfg.OUTPUT_DIR
+            )
+            ret.insert(len(ret) - 1, hook)  # before the PeriodicWriter, which must stay last
+        return ret

@@ -1,0 +1,1 @@
+"""Evaluation: per-image quality, fast COCO metrics, routing evaluation, calibration."""

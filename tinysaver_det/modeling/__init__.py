@@ -1,0 +1,15 @@
+"""Meta-architecture, evaluator heads and routing."""
+# Importing these modules registers TinySaverRCNN and the evaluator heads.
+from .evaluator_head import EVALUATOR_HEAD_REGISTRY, DetectionQualityHead, build_evaluator_head
+from .meta_arch import TinySaverRCNN
+from .routing import ROUTERS, exit_mask, merge_in_order
+
+__all__ = [
+    "EVALUATOR_HEAD_REGISTRY",
+    "DetectionQualityHead",
+    "build_evaluator_head",
+    "TinySaverRCNN",
+    "ROUTERS",
+    "exit_mask",
+    "merge_in_order",
+]

@@ -1,0 +1,92 @@
+"""
+Routing as small pure functions: which images exit at the saver, and how the two paths' outputs
+are merged back into input order. The meta-architecture, the calibration sweep and the tests all
+use these, so the rules live in one place.
+"""
+import math
+import zlib
+from typing import Dict, Hashable, List, Sequence, Tuple, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+ROUTERS = ("evaluator", "confidence", "random", "oracle")
+
+
+def check_threshold(threshold) -> float:
+    """
+    A threshold is any real number, including -inf (every finite score exits) and +inf (nothing
+    exits). NaN, strings and None are refused, because they would silently route everything or nothing.
+    """
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"MODEL.TINYSAVER.THRESHOLD must be a number (or -inf/inf), got {threshold!r}"
+        ) from None
+    if isinstance(threshold, bool) or math.isnan(value):
+        raise ValueError(f"MODEL.TINYSAVER.THRESHOLD must be a number (or -inf/inf), got {threshold!r}")
+    return value
+
+
+def check_router(router: str) -> str:
+    if router not in ROUTERS:
+        raise ValueError(f"MODEL.TINYSAVER.ROUTER must be one of {ROUTERS}, got {router!r}")
+    return router
+
+
+def exit_mask(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """
+    Images with a finite score >= threshold exit. A NaN or infinite score never exits: an evaluator
+    that breaks down must cost compute, not accuracy.
+    """
+    threshold = check_threshold(threshold)
+    scores = torch.as_tensor(scores)
+    return torch.isfinite(scores) & (scores >= threshold)
+
+
+def merge_in_order(exited: Sequence[bool], saver_outputs: Sequence[T], base_outputs: Sequence[T]) -> List[T]:
+    """
+    Put the outputs of both paths back in input order: image i takes saver_outputs[i] if it exited,
+    else the next of base_outputs (which holds the routed images, in input order).
+    """
+    exited = [bool(e) for e in exited]
+    if len(saver_outputs) != len(exited):
+        raise ValueError(f"{len(saver_outputs)} saver outputs for {len(exited)} images")
+    num_routed = exited.count(False)
+    if len(base_outputs) != num_routed:
+        raise ValueError(f"{len(base_outputs)} base outputs for {num_routed} routed images")
+    base_iter = iter(base_outputs)
+    return [saver_outputs[i] if e else next(base_iter) for i, e in enumerate(exited)]
+
+
+def group_by_key(keys: Sequence[Hashable]) -> List[List[int]]:
+    """
+    Indices grouped by equal key, groups in order of first appearance. Running a detector on groups
+    of equally sized images gives each image the padding it would get alone, so an image's result
+    does not depend on the other images in its batch.
+    """
+    groups: Dict[Hashable, List[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    return list(groups.values())
+
+
+def stable_uniform(key: str, seed: int) -> float:
+    """A number in [0, 1) fixed by (seed, key): the random router's score, independent of batching."""
+    return zlib.crc32(f"{seed}:{key}".encode()) / 2**32
+
+
+def image_key(dataset_dict: dict, index: int) -> str:
+    """The identity the random router hashes: image_id, else file_name, else the batch position."""
+    for k in ("image_id", "file_name"):
+        if k in dataset_dict:
+            return str(dataset_dict[k])
+    return f"#{index}"
+
+
+def split_exits(exited: torch.Tensor) -> Tuple[List[int], List[int]]:
+    """Indices of exited and routed images, each in input order."""
+    exited = exited.tolist()
+    return [i for i, e in enumerate(exited) if e], [i for i, e in enumerate(exited) if not e]

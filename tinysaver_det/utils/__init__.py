@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic writes, quiet third-party output."""
