@@ -1,7 +1,9 @@
 """The one place where tinysaver_det's config keys are defined (all under MODEL.TINYSAVER)."""
+import logging
 import os
 from typing import Dict, Sequence
 
+import torch
 import yaml
 
 from detectron2.config import CfgNode as CN
@@ -123,6 +125,10 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     for part, path in _sub_config_paths(config_file).items():
         cfg.MODEL.TINYSAVER[part].CONFIG_FILE = path
     cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        # detectron2 defaults to CUDA; run on the CPU where there is no GPU rather than fail.
+        logging.getLogger(__name__).warning("No CUDA device: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
     return cfg
 
 

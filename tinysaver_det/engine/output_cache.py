@@ -144,6 +144,8 @@ class OutputCache:
         self.dir = cache_dir_for(cfg, dataset_name, views, with_base)
         self.chunk_size = cfg.MODEL.TINYSAVER.CACHE.CHUNK_SIZE
         self._model = model
+        self._test_mapper = DatasetMapper(cfg, is_train=False)
+        self._train_mapper = DatasetMapper(cfg, is_train=True) if views > 1 else None
 
     # --- building ---------------------------------------------------------------------------------
     def model(self):
@@ -216,7 +218,7 @@ class OutputCache:
         for view in range(self.views):
             if view == 0:
                 # The plain image, outputs in the original frame, scored against the dataset's own GT.
-                inputs = DatasetMapper(self.cfg, is_train=False)(dict(dataset_dict))
+                inputs = self._test_mapper(dict(dataset_dict))
                 saver_out, summary = model.run_saver([inputs])
                 saver = saver_out[0]["instances"]
                 saver_dets = _detections_record(saver, to_dataset_id)
@@ -234,7 +236,7 @@ class OutputCache:
             else:
                 # An augmented view: outputs and GT both in the augmented tensor's frame.
                 np.random.seed((index * 1009 + view) % 2**32)
-                inputs = DatasetMapper(self.cfg, is_train=True)(dict(dataset_dict))
+                inputs = self._train_mapper(dict(dataset_dict))
                 inputs = {k: v for k, v in inputs.items() if k not in ("height", "width")}
                 saver_out, summary = model.run_saver([inputs])
                 saver = saver_out[0]["instances"]

@@ -2,6 +2,7 @@
 The trainer behind tools/train_net.py: detectron2's DefaultTrainer for the saver, the base and
 TinySaver configs. For a TinySaver config it trains only the evaluator, on cached saver outputs.
 """
+import json
 import logging
 import os
 import weakref
@@ -9,8 +10,13 @@ import weakref
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+from detectron2.utils import comm
 
 from ..checkpoint import CheckedCheckpointer, load_tinysaver_weights
+from ..evaluation.routing_evaluator import RoutingEvaluator
+from ..evaluation.throughput import ThroughputEvaluator
+from ..utils.atomic import atomic_save_json
+from ..flops import first_test_inputs, tinysaver_costs
 from .hooks import RankCorrelationHook
 from .output_cache import OutputCache, training_examples
 
@@ -24,6 +30,16 @@ def is_tinysaver(cfg) -> bool:
 def held_out_dataset(cfg) -> str:
     cal = cfg.MODEL.TINYSAVER.CALIBRATION
     return cal.HELD_OUT_DATASET or cal.DATASET
+
+
+def routing_costs(cfg, model, dataset_name: str):
+    """GFLOPs per image of the sub-models: from the calibration file if there is one, else measured."""
+    path = cfg.MODEL.TINYSAVER.CALIBRATION_FILE
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)["costs"]
+    inputs = first_test_inputs(cfg, dataset_name, cfg.MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES)
+    return tinysaver_costs(model, inputs)
 
 
 def load_weights(model, cfg, resume: bool = False) -> None:
@@ -41,14 +57,26 @@ def load_weights(model, cfg, resume: bool = False) -> None:
 
 class Trainer(DefaultTrainer):
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None, costs=None):
+        """COCO box AP; for TinySaver also the routing figures (exit rate, GFLOPs, AP per path)."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        evaluators = [COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder)]
+        evaluators = [
+            COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder),
+            ThroughputEvaluator(),
+        ]
         if is_tinysaver(cfg):
-            from ..evaluation.routing_evaluator import RoutingEvaluator
-
-            evaluators.append(RoutingEvaluator(dataset_name, cfg, output_dir=output_folder))
+            evaluators.append(RoutingEvaluator(dataset_name, costs, output_dir=output_folder))
         return DatasetEvaluators(evaluators)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        if evaluators is None and is_tinysaver(cfg):
+            bare = getattr(model, "module", model)
+            evaluators = [cls.build_evaluator(cfg, name, costs=routing_costs(cfg, bare, name)) for name in cfg.DATASETS.TEST]
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process():
+            atomic_save_json(results, os.path.join(cfg.OUTPUT_DIR, "inference", "results.json"))
+        return results
 
     @classmethod
     def build_train_loader(cls, cfg):

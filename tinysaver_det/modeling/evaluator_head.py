@@ -201,8 +201,16 @@ class DetectionQualityHead(nn.Module):
         return self.mlp(self.input_norm(summary)).squeeze(1)
 
     def scores(self, summary: torch.Tensor) -> torch.Tensor:
-        """Routing scores: higher means the saver's detections are good enough to exit."""
-        pred = self(summary)
+        """
+        Routing scores: higher means the saver's detections are good enough to exit. In eval mode each
+        image is scored on its own: a matrix product over N rows can round differently from one over
+        a single row, and a score at the threshold would then route by batch composition (and the
+        model and the calibration, which score different batches, would disagree).
+        """
+        if self.training or len(summary) == 0:
+            pred = self(summary)
+        else:
+            pred = torch.cat([self(row[None]) for row in summary])
         return -pred if self.target == "ap_gain" else pred
 
     def losses(self, pred: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:

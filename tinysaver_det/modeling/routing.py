@@ -43,7 +43,9 @@ def exit_mask(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     """
     threshold = check_threshold(threshold)
     scores = torch.as_tensor(scores)
-    return torch.isfinite(scores) & (scores >= threshold)
+    # Compare in float64: against a float32 tensor the threshold would be rounded to float32 first,
+    # and a score just below it could then exit.
+    return torch.isfinite(scores) & (scores.double() >= threshold)
 
 
 def merge_in_order(exited: Sequence[bool], saver_outputs: Sequence[T], base_outputs: Sequence[T]) -> List[T]:

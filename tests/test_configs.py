@@ -1,0 +1,167 @@
+"""Every config under configs/ parses; every detector config builds, trains one step and infers."""
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import tinysaver_det  # noqa: F401  (registers the meta-architecture, heads and datasets)
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+from tinysaver_det.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+ALL_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+# Shared fragments that only exist to be inherited (not a detector of their own).
+FRAGMENTS = {CONFIG_DIR / "Synthetic" / "Base-Synthetic.yaml"}
+# Keep the COCO-sized configs cheap: the architecture stays, the images shrink.
+SMALL = [
+    "MODEL.DEVICE", "cpu",
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
+    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96",
+]
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(CONFIG_DIR))
+
+
+def _is_tinysaver(path: Path) -> bool:
+    return load_config(str(path)).MODEL.META_ARCHITECTURE == "TinySaverRCNN"
+
+
+DETECTOR_CONFIGS = [p for p in ALL_CONFIGS if p not in FRAGMENTS and not _is_tinysaver(p)]
+TINYSAVER_CONFIGS = [p for p in ALL_CONFIGS if _is_tinysaver(p)]
+
+
+def test_the_expected_configs_are_found():
+    names = {_rel(p) for p in DETECTOR_CONFIGS}
+    assert {"Synthetic/saver_retinanet_R_18_FPN.yaml", "Synthetic/base_cascade_rcnn_R_50_FPN.yaml"} <= names
+    assert {"Base-RCNN-FPN.yaml", "Base-RetinaNet.yaml"} <= names  # the COCO (model zoo) configs
+    assert "Synthetic/tinysaver_R18_cascade_R50.yaml" in {_rel(p) for p in TINYSAVER_CONFIGS}
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=_rel)
+def test_every_config_parses(path):
+    cfg = load_config(str(path), ["MODEL.DEVICE", "cpu"])
+    assert cfg.MODEL.DEVICE == "cpu"
+    assert "TINYSAVER" in cfg.MODEL
+
+
+@pytest.mark.parametrize("path", TINYSAVER_CONFIGS, ids=_rel)
+def test_tinysaver_sub_configs_resolve_against_the_yaml(path):
+    cfg = load_config(str(path))
+    for part in ("SAVER", "BASE"):
+        sub = cfg.MODEL.TINYSAVER[part].CONFIG_FILE
+        assert os.path.isabs(sub) and os.path.isfile(sub), (part, sub)
+        assert os.path.dirname(sub) == str(path.parent)
+        load_config(sub)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_sub_config_paths_are_relative_to_the_file_that_names_them(tmp_path, monkeypatch):
+    # The sub-configs live in one folder; the TinySaver config in a sibling folder inherits a
+    # config from a third folder, which is the one naming the saver: its own folder is the anchor.
+    saver = _write(tmp_path / "detectors" / "saver.yaml", f'_BASE_: "{CONFIG_DIR}/Synthetic/saver_retinanet_R_18_FPN.yaml"\n')
+    base = _write(tmp_path / "detectors" / "base.yaml", f'_BASE_: "{CONFIG_DIR}/Synthetic/base_cascade_rcnn_R_50_FPN.yaml"\n')
+    _write(
+        tmp_path / "shared" / "parent.yaml",
+        'MODEL:\n  META_ARCHITECTURE: "TinySaverRCNN"\n  TINYSAVER:\n    SAVER:\n'
+        '      CONFIG_FILE: "../detectors/saver.yaml"\n',
+    )
+    child = _write(
+        tmp_path / "experiments" / "run1" / "tinysaver.yaml",
+        '_BASE_: "../../shared/parent.yaml"\nMODEL:\n  TINYSAVER:\n    BASE:\n'
+        '      CONFIG_FILE: "../../detectors/base.yaml"\n',
+    )
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    for cwd in (REPO, elsewhere, tmp_path / "experiments"):
+        monkeypatch.chdir(cwd)
+        for name in (str(child), os.path.relpath(child, cwd)):
+            cfg = load_config(name, ["MODEL.DEVICE", "cpu"])
+            assert cfg.MODEL.META_ARCHITECTURE == "TinySaverRCNN"
+            assert Path(cfg.MODEL.TINYSAVER.SAVER.CONFIG_FILE).resolve() == saver.resolve()
+            assert Path(cfg.MODEL.TINYSAVER.BASE.CONFIG_FILE).resolve() == base.resolve()
+
+
+def test_the_shipped_tinysaver_config_loads_from_another_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(str(CONFIG_DIR / "Synthetic" / "tinysaver_R18_cascade_R50.yaml"), ["MODEL.DEVICE", "cpu"])
+    for part in ("SAVER", "BASE"):
+        assert os.path.isfile(cfg.MODEL.TINYSAVER[part].CONFIG_FILE)
+
+
+def test_sub_config_path_given_in_opts_resolves_against_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = load_config(
+        str(CONFIG_DIR / "Synthetic" / "tinysaver_R18_cascade_R50.yaml"),
+        ["MODEL.TINYSAVER.SAVER.CONFIG_FILE", "configs/Synthetic/saver_retinanet_R_18_FPN.yaml"],
+    )
+    path = cfg.MODEL.TINYSAVER.SAVER.CONFIG_FILE
+    assert Path(path).resolve() == (CONFIG_DIR / "Synthetic" / "saver_retinanet_R_18_FPN.yaml").resolve()
+
+
+def test_missing_config_file_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(str(tmp_path / "nope.yaml"))
+
+
+def _training_inputs(num_classes, sizes=((67, 93), (80, 64)), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    inputs = []
+    for h, w in sizes:
+        gt = Instances((h, w))
+        gt.gt_boxes = Boxes(torch.tensor([[5.0, 6.0, 40.0, 50.0], [20.0, 10.0, w - 3.0, h - 4.0]]))
+        gt.gt_classes = torch.tensor([0, num_classes - 1])
+        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+        inputs.append({"image": image, "instances": gt, "height": h, "width": w})
+    return inputs
+
+
+def _num_classes(cfg):
+    return cfg.MODEL.RETINANET.NUM_CLASSES if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+
+
+@pytest.mark.parametrize("path", DETECTOR_CONFIGS, ids=_rel)
+def test_detector_config_builds_trains_and_infers(path):
+    torch.manual_seed(0)
+    cfg = load_config(str(path), SMALL)
+    model = build_model(cfg)
+
+    model.train()
+    with EventStorage(0):
+        losses = model(_training_inputs(_num_classes(cfg)))
+    assert losses and all(k.startswith("loss_") for k in losses), sorted(losses)
+    for k, v in losses.items():
+        assert torch.isfinite(v).all(), (k, v)
+    sum(losses.values()).backward()
+
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    # Two odd sizes, outputs requested at another resolution than the input tensor.
+    requests = [((67, 93), (134, 186)), ((80, 64), (40, 32))]
+    inputs = [
+        {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), "height": oh, "width": ow}
+        for (h, w), (oh, ow) in requests
+    ]
+    with torch.no_grad():
+        outputs = model(inputs)
+    assert len(outputs) == 2
+    for out, (_, (oh, ow)) in zip(outputs, requests):
+        inst = out["instances"]
+        assert isinstance(inst, Instances)
+        assert inst.image_size == (oh, ow)
+        assert inst.has("pred_boxes") and inst.has("scores") and inst.has("pred_classes")
+        assert torch.isfinite(inst.pred_boxes.tensor).all()
+        if len(inst):
+            assert inst.pred_boxes.tensor[:, 0::2].max() <= ow and inst.pred_boxes.tensor[:, 1::2].max() <= oh
+            assert 0 <= int(inst.pred_classes.min()) and int(inst.pred_classes.max()) < _num_classes(cfg)

@@ -1,0 +1,144 @@
+"""
+Calibration run behind tools/calibrate.py: choose the threshold on the calibration split from cached
+predictions, report every router at its chosen threshold on other splits, write the choice where
+`--eval-only` and deployment pick it up (calibration.json and a calibrated config), and plot.
+"""
+import logging
+import os
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from tabulate import tabulate
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils import comm
+
+from ..evaluation.calibration import (
+    METRICS,
+    apply_threshold,
+    choose_point,
+    router_scores,
+    sweep,
+    write_calibration,
+)
+from ..evaluation.coco_fast import MatchTable
+from ..evaluation.plots import plot_accuracy_compute, plot_examples, plot_score_distribution
+from ..flops import first_test_inputs, tinysaver_costs
+from .output_cache import OutputCache, dataset_ground_truth, record_dets
+
+logger = logging.getLogger(__name__)
+
+
+class CachedSplit:
+    """A dataset's cached saver and base predictions, ready for sweeps: records, MatchTable, scores."""
+
+    def __init__(self, cfg, model, dataset_name: str):
+        self.name = dataset_name
+        self.records = OutputCache(cfg, dataset_name, views=1, with_base=True, model=model).load_or_build()
+        self.dataset_dicts = DatasetCatalog.get(dataset_name)
+        gts = dataset_ground_truth(dataset_name, self.dataset_dicts)
+        # MatchTable reproduces pycocotools' tie order when images come in ascending id order.
+        order = np.argsort([r["image_id"] for r in self.records], kind="stable")
+        self.records = [self.records[i] for i in order]
+        gts = [gts[r["index"]] for r in self.records]
+        self.table = MatchTable.build(
+            gts,
+            {"saver": [record_dets(r["saver"]) for r in self.records], "base": [record_dets(r["base"]) for r in self.records]},
+        )
+        summary = torch.stack([r["summary"] for r in self.records]).to(model.device)
+        with torch.no_grad():
+            evaluator_scores = model.evaluator.eval().scores(summary).cpu().numpy()
+        self.scores = router_scores(self.records, evaluator_scores, seed=cfg.MODEL.TINYSAVER.RANDOM_SEED)
+
+    def alone(self, source: str, costs: Dict[str, float]) -> dict:
+        """Metrics of the saver or the base alone (the saver alone pays no evaluator)."""
+        m = self.table.source_metrics(source)
+        gflops = costs["saver_gflops"] if source == "saver" else costs["base_gflops"]
+        return {**{k: float(m[k]) for k in METRICS}, "gflops": gflops,
+                "compute_saved": 1 - gflops / costs["base_gflops"], "exit_rate": 1.0 if source == "saver" else 0.0}
+
+
+def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), max_ap_drop: float = 0.5,
+              gflops_budget: float = 0.0, output_dir: str = "") -> dict:
+    """
+    Sweep every router's threshold on `dataset`, choose each router's point for the target, report
+    those thresholds on `report_datasets`, write calibration.json (the evaluator's choice is the
+    model's threshold) and the plots to `output_dir`. Returns the result dict.
+    """
+    output_dir = output_dir or cfg.OUTPUT_DIR
+    costs = tinysaver_costs(model, first_test_inputs(cfg, dataset, cfg.MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES))
+    logger.info(
+        f"GFLOPs/image: saver {costs['saver_gflops']:.3f}, evaluator {costs['evaluator_gflops']:.5f}, "
+        f"base {costs['base_gflops']:.3f} (c_s {costs['c_s']:.3f}, c_e {costs['c_e']:.5f})"
+    )
+    calib = CachedSplit(cfg, model, dataset)
+    base, saver = calib.alone("base", costs), calib.alone("saver", costs)
+    curves = {router: sweep(calib.table, s, costs) for router, s in calib.scores.items()}
+    chosen = {
+        router: choose_point(points, base["AP"], max_ap_drop=max_ap_drop, gflops_budget=gflops_budget)
+        for router, points in curves.items()
+    }
+    reports = {}
+    for name in report_datasets:
+        split = CachedSplit(cfg, model, name)
+        reports[name] = {
+            "base": split.alone("base", costs),
+            "saver": split.alone("saver", costs),
+            "routers": {r: apply_threshold(split.table, split.scores[r], chosen[r]["threshold"], costs) for r in split.scores},
+        }
+    result = {
+        "chosen": chosen.get(cfg.MODEL.TINYSAVER.ROUTER, chosen.get("evaluator")),
+        "router": cfg.MODEL.TINYSAVER.ROUTER,
+        "target": {"max_ap_drop": max_ap_drop, "gflops_budget": gflops_budget},
+        "calibration_dataset": dataset,
+        "costs": costs,
+        "calibration": {"base": base, "saver": saver, "chosen": chosen, "curves": curves},
+        "reports": reports,
+    }
+    if comm.is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+        write_calibration(os.path.join(output_dir, "calibration.json"), result)
+        write_calibrated_config(cfg, os.path.join(output_dir, "calibration.json"), os.path.join(output_dir, "config_calibrated.yaml"))
+        router = "evaluator" if "evaluator" in chosen else cfg.MODEL.TINYSAVER.ROUTER
+        plot_accuracy_compute(curves, base, saver, chosen[router], os.path.join(output_dir, "accuracy_vs_gflops.png"),
+                              title=f"{dataset}: AP against GFLOPs per image")
+        plot_score_distribution(calib.scores[router], chosen[router]["threshold"],
+                                os.path.join(output_dir, "score_distribution.png"), router)
+        plot_examples(calib.dataset_dicts, calib.records, calib.scores[router], chosen[router]["threshold"],
+                      MetadataCatalog.get(dataset), os.path.join(output_dir, "examples.png"))
+    return result
+
+
+def write_calibrated_config(cfg, calibration_file: str, path: str) -> None:
+    """The config to deploy: the same model, with the calibration file naming the threshold."""
+    out = cfg.clone()
+    out.defrost()
+    out.MODEL.TINYSAVER.CALIBRATION_FILE = os.path.abspath(calibration_file)
+    with open(path + ".tmp", "w") as f:
+        f.write(out.dump())
+    os.replace(path + ".tmp", path)
+
+
+def format_results(result: dict) -> str:
+    """Tables: each router on the calibration split at its chosen point, and on each report split."""
+    rows: List[list] = []
+
+    def row(split, name, p, threshold=None):
+        rows.append([split, name, f"{p['AP']:.2f}", f"{p['AP50']:.2f}", f"{p['gflops']:.3f}",
+                     f"{100 * p['compute_saved']:.1f}%", f"{100 * p['exit_rate']:.1f}%",
+                     "" if threshold is None else f"{threshold:.4g}"])
+
+    cal = result["calibration"]
+    split = result["calibration_dataset"]
+    row(split, "base", cal["base"])
+    row(split, "saver", cal["saver"])
+    for r, p in cal["chosen"].items():
+        row(split, r + ("" if p.get("target_met", True) else " (target not met)"), p, p["threshold"])
+    for name, rep in result["reports"].items():
+        row(name, "base", rep["base"])
+        row(name, "saver", rep["saver"])
+        for r, p in rep["routers"].items():
+            row(name, r, p, p["threshold"])
+    headers = ["split", "router", "AP", "AP50", "GFLOPs/img", "saved", "exit rate", "threshold"]
+    return tabulate(rows, headers=headers, tablefmt="github")

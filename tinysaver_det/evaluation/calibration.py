@@ -1,0 +1,120 @@
+"""
+Threshold calibration from cached predictions: sweep the threshold of every router, compute COCO
+box AP of the merged predictions, exit rate, GFLOPs per image and compute saved at each point, and
+choose the threshold for a target (largest allowed AP drop against the base, or a GFLOPs budget).
+
+Every point's AP is exact COCO AP (coco_fast.MatchTable, tested against pycocotools), so a sweep
+of ~100 points over thousands of images takes seconds.
+"""
+import json
+import logging
+import math
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..flops import compute_saved, routed_gflops
+from ..modeling.routing import check_threshold, exit_mask, stable_uniform
+from ..utils.atomic import atomic_save_json
+from .coco_fast import MatchTable
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def router_scores(records: Sequence[dict], evaluator_scores: Optional[np.ndarray], seed: int = 0) -> Dict[str, np.ndarray]:
+    """
+    Routing scores of every router for cached records (higher = exit): the evaluator's, the saver's
+    top detection score, a random number fixed per image, and the oracle (minus the true AP gain).
+    """
+    scores = {
+        "confidence": np.array([r["confidence"] for r in records], dtype=np.float64),
+        "random": np.array([stable_uniform(str(r["image_id"]), seed) for r in records]),
+        "oracle": -np.array([r["base_ap"] - r["saver_ap"] for r in records], dtype=np.float64),
+    }
+    if evaluator_scores is not None:
+        scores = {"evaluator": np.asarray(evaluator_scores, dtype=np.float64), **scores}
+    return scores
+
+
+def candidate_thresholds(scores: np.ndarray, num: int = 101) -> List[float]:
+    """
+    Thresholds at the score quantiles (exit rate in steps of about 1/num), plus -inf and +inf.
+    The exit set only changes at score values, so each candidate is an observed score.
+    """
+    finite = np.sort(scores[np.isfinite(scores)])
+    if len(finite) == 0:
+        return [math.inf]
+    idx = np.unique(np.round(np.linspace(0, len(finite) - 1, num)).astype(int))
+    return [-math.inf] + sorted(set(float(finite[i]) for i in idx)) + [math.inf]
+
+
+def sweep(table: MatchTable, scores: np.ndarray, costs: Dict[str, float], thresholds=None) -> List[dict]:
+    """
+    One point per threshold: exit rate, COCO metrics of the merged predictions (exited images keep
+    the saver's detections: source 0; routed ones the base's: source 1), GFLOPs and compute saved.
+    """
+    thresholds = candidate_thresholds(scores) if thresholds is None else thresholds
+    points = []
+    for t in thresholds:
+        exits = exit_mask(scores, t).numpy()
+        rate = float(exits.mean()) if len(exits) else 0.0
+        metrics = table.coco_metrics(np.where(exits, 0, 1))
+        points.append(
+            {
+                "threshold": float(t),
+                "exit_rate": rate,
+                **{k: float(metrics[k]) for k in METRICS},
+                "gflops": routed_gflops(costs, rate),
+                "compute_saved": compute_saved(costs, rate),
+            }
+        )
+    return points
+
+
+def choose_point(points: List[dict], base_ap: float, max_ap_drop: float = 0.5, gflops_budget: float = 0.0) -> dict:
+    """
+    The operating point for a target. With a GFLOPs budget (> 0): the most accurate point within it
+    (or the cheapest point, flagged, if none fits). Otherwise: the cheapest point whose AP is at
+    least base_ap - max_ap_drop; if none qualifies, route everything (threshold +inf).
+    """
+    if gflops_budget > 0:
+        within = [p for p in points if p["gflops"] <= gflops_budget]
+        if not within:
+            logger.warning(f"No threshold meets the budget of {gflops_budget} GFLOPs/image; taking the cheapest")
+            return {**min(points, key=lambda p: p["gflops"]), "target_met": False}
+        return {**max(within, key=lambda p: (p["AP"], -p["gflops"])), "target_met": True}
+    ok = [p for p in points if p["AP"] >= base_ap - max_ap_drop - 1e-9]
+    if not ok:
+        route_all = max(points, key=lambda p: p["threshold"])
+        return {**route_all, "target_met": False}
+    return {**min(ok, key=lambda p: (p["gflops"], -p["AP"])), "target_met": True}
+
+
+def apply_threshold(table: MatchTable, scores: np.ndarray, threshold: float, costs: Dict[str, float]) -> dict:
+    """Metrics of one fixed threshold (e.g. chosen on the calibration split) on another split."""
+    return sweep(table, scores, costs, thresholds=[threshold])[0]
+
+
+def largest_safe_exit_rate(points: List[dict], base_ap: float) -> float:
+    """r*: the largest exit rate at which the routed AP is not below the base's (the paper's ΔC)."""
+    ok = [p["exit_rate"] for p in points if p["AP"] >= base_ap - 1e-9]
+    return max(ok) if ok else 0.0
+
+
+def write_calibration(path: str, result: dict) -> None:
+    atomic_save_json(result, path)
+
+
+def read_threshold(path: str) -> float:
+    """The chosen threshold of a calibration json written by tools/calibrate.py."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"MODEL.TINYSAVER.CALIBRATION_FILE {path!r} does not exist; run tools/calibrate.py")
+    try:
+        with open(path) as f:
+            value = json.load(f)["chosen"]["threshold"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"Calibration file {path!r} has no readable chosen.threshold: {e}") from e
+    return check_threshold(value)

@@ -1,0 +1,90 @@
+"""
+RoutingEvaluator: the routing side of a TinySaver evaluation, next to COCOEvaluator in
+DatasetEvaluators: exit rate, GFLOPs per image, compute saved, COCO AP of the images each path
+handled (images per second: ThroughputEvaluator). Works under inference_on_dataset, distributed included.
+"""
+import itertools
+import logging
+import os
+from collections import OrderedDict
+from typing import Dict, Optional
+
+import numpy as np
+
+from detectron2.data import DatasetCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.utils import comm
+
+from ..engine.output_cache import _detections_record, contiguous_to_dataset_id, dataset_ground_truth, record_dets
+from ..flops import compute_saved, routed_gflops
+from ..utils.atomic import atomic_save_json
+from .calibration import METRICS
+from .coco_fast import MatchTable
+
+logger = logging.getLogger(__name__)
+
+
+class RoutingEvaluator(DatasetEvaluator):
+    """
+    Args:
+        dataset_name: the evaluated dataset (its ground truth gives the per-path AP).
+        costs: GFLOPs per image of saver, evaluator and base (flops.tinysaver_costs); None leaves
+            the compute figures out.
+        output_dir: where routing.json (per-image decisions and the summary) is written.
+    """
+
+    def __init__(self, dataset_name: str, costs: Optional[Dict[str, float]] = None, output_dir: str = ""):
+        self.dataset_name = dataset_name
+        self.costs = costs
+        self.output_dir = output_dir
+        self._to_dataset_id = contiguous_to_dataset_id(dataset_name)
+        self.reset()
+
+    def reset(self):
+        self._rows = []
+
+    def process(self, inputs, outputs):
+        for x, out in zip(inputs, outputs):
+            routing = out.get("tinysaver", {})
+            self._rows.append(
+                {
+                    "image_id": x["image_id"],
+                    "score": float(routing.get("score", float("nan"))),
+                    "exited": bool(routing.get("exited", False)),
+                    "dets": _detections_record(out["instances"], self._to_dataset_id),
+                }
+            )
+
+    def evaluate(self):
+        rows = comm.gather(self._rows, dst=0)
+        if not comm.is_main_process():
+            return {}
+        rows = sorted(itertools.chain(*rows), key=lambda r: r["image_id"])
+        if not rows:
+            logger.warning("RoutingEvaluator received no predictions")
+            return {}
+        dicts = DatasetCatalog.get(self.dataset_name)
+        index = {d["image_id"]: i for i, d in enumerate(dicts)}
+        gts_all = dataset_ground_truth(self.dataset_name, dicts)
+        gts = [gts_all[index[r["image_id"]]] for r in rows]
+        exited = np.array([r["exited"] for r in rows])
+        result = OrderedDict()
+        result["num_images"] = len(rows)
+        result["exit_rate"] = float(exited.mean())
+        if self.costs:
+            result["gflops_per_image"] = routed_gflops(self.costs, result["exit_rate"])
+            result["compute_saved"] = compute_saved(self.costs, result["exit_rate"])
+        for path, mask in (("saver", exited), ("base", ~exited)):
+            ids = np.flatnonzero(mask)
+            if len(ids) == 0:
+                continue
+            table = MatchTable.build([gts[i] for i in ids], {path: [record_dets(rows[i]["dets"]) for i in ids]})
+            metrics = table.source_metrics(path)
+            for k in METRICS:
+                result[f"{k}_{path}_images"] = float(metrics[k])
+        if self.output_dir:
+            atomic_save_json(
+                {"summary": result, "images": [{k: r[k] for k in ("image_id", "score", "exited")} for r in rows]},
+                os.path.join(self.output_dir, "routing.json"),
+            )
+        return {"routing": result}

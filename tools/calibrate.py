@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""
+Choose the routing threshold of a trained TinySaver model on its calibration split and report it on
+the test splits, from cached saver and base predictions. Writes to OUTPUT_DIR: calibration.json
+(picked up through MODEL.TINYSAVER.CALIBRATION_FILE), config_calibrated.yaml (the config to deploy)
+and PNG plots.
+
+    python tools/calibrate.py --config-file configs/Synthetic/tinysaver_R18_cascade_R50.yaml \
+        MODEL.WEIGHTS output/synthetic/tinysaver/model_final.pth
+    # a compute budget instead of the default AP drop of at most 0.5 points:
+    ... MODEL.TINYSAVER.CALIBRATION.GFLOPS_BUDGET 2.0
+"""
+from detectron2.engine import default_argument_parser, launch
+
+from tinysaver_det.engine.calibrate import calibrate, format_results
+from tinysaver_det.engine.setup import setup_cfg
+from tinysaver_det.engine.trainer import Trainer, load_weights
+
+
+def main(args):
+    cfg = setup_cfg(args)
+    model = Trainer.build_model(cfg)
+    load_weights(model, cfg, resume=args.resume)
+    model.eval()
+    cal = cfg.MODEL.TINYSAVER.CALIBRATION
+    if not cal.DATASET:
+        raise ValueError("MODEL.TINYSAVER.CALIBRATION.DATASET is empty: name the split to choose thresholds on")
+    result = calibrate(
+        cfg, model, dataset=cal.DATASET, report_datasets=[d for d in cfg.DATASETS.TEST if d != cal.DATASET],
+        max_ap_drop=cal.MAX_AP_DROP, gflops_budget=cal.GFLOPS_BUDGET,
+    )
+    print(format_results(result))
+    return result
+
+
+def invoke_main() -> None:
+    args = default_argument_parser().parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    invoke_main()  # pragma: no cover
