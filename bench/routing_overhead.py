@@ -23,7 +23,6 @@ from detectron2.modeling import build_model
 from tinysaver_det.config import load_config
 from tinysaver_det.engine.trainer import load_weights
 from tinysaver_det.flops import first_test_inputs
-from tinysaver_det.modeling.meta_arch import resize_inputs
 
 
 def sync(device):
@@ -54,7 +53,7 @@ def measure(model, inputs, batch_size: int, repeats: int) -> dict:
     device = model.device
     n = len(inputs)
     groups = batches(inputs, batch_size)
-    saver_in = [resize_inputs(g, model.saver_input_size) for g in groups]
+    saver_in = [model.saver_inputs(g) for g in groups]
     t_saver = timed(lambda: [model.saver(g) for g in saver_in], device, repeats) / n
     # The evaluator's cost: summarising the saver's features plus the head, i.e. run_saver minus the saver.
     t_saver_and_summary = timed(lambda: [model.run_saver(g) for g in groups], device, repeats) / n

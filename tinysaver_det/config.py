@@ -64,6 +64,11 @@ def add_tinysaver_config(cfg: CN) -> None:
     # Seed of the random router.
     ts.RANDOM_SEED = 0
 
+    # Input checks (tinysaver_det/data/checks.py): unreadable images fail the run with their list,
+    # unless this is True, which skips them with a warning.
+    ts.DATA = CN()
+    ts.DATA.SKIP_BAD_IMAGES = False
+
     # Cached detector outputs used to train the evaluator and to calibrate.
     ts.CACHE = CN()
     # Folder of the caches ("" = OUTPUT_DIR/cache).

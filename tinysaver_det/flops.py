@@ -12,8 +12,6 @@ import torch
 
 from detectron2.utils.analysis import FlopCountAnalysis
 
-from .modeling.meta_arch import resize_inputs
-
 logger = logging.getLogger(__name__)
 
 
@@ -34,11 +32,11 @@ def evaluator_gflops(model, batched_inputs: Sequence[dict]) -> float:
     tracing cannot follow the per-image crops).
     """
     values = []
-    for x in resize_inputs(batched_inputs, model.saver_input_size):
+    for x in batched_inputs:
         _, summary = model.run_saver([x])
         counter = FlopCountAnalysis(model.evaluator, (summary,))
         counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        h, w = x["image"].shape[-2:]
+        h, w = model.saver_inputs([x])[0]["image"].shape[-2:]
         pooled = sum(
             2 * c * math.ceil(h / s) * math.ceil(w / s)
             for c, s in zip(_channels(model), model.evaluator.in_strides)
@@ -60,8 +58,8 @@ def tinysaver_costs(model, batched_inputs: Sequence[dict]) -> Dict[str, float]:
     """
     was_training = model.training
     model.eval()
-    saver = detector_gflops(model.saver, resize_inputs(batched_inputs, model.saver_input_size))
-    base = detector_gflops(model.base, resize_inputs(batched_inputs, model.base_input_size))
+    saver = detector_gflops(model.saver, model.saver_inputs(batched_inputs))
+    base = detector_gflops(model.base, model.base_inputs(batched_inputs))
     evaluator = evaluator_gflops(model, batched_inputs)
     model.train(was_training)
     return {

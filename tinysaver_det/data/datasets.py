@@ -8,6 +8,8 @@ Dataset registration. Importing this module registers:
 * ``coco_2017_val_subset158`` and ``coco128_train2017``: the small real-COCO sets in the shared
   data folder (``$TINYSAVER_SHARED_DATA``, default ``<repo root>/../shared/data``), registered only
   where their folder exists.
+* ``coco_2017_val_calib`` / ``coco_2017_val_eval`` (and the same halves of the 158-image subset):
+  val2017 split by image-id parity, to choose thresholds on one half and report on the other.
 
 Full COCO (``coco_2017_train``, ``coco_2017_val``, ...) is already registered by detectron2 itself
 from ``$DETECTRON2_DATASETS/coco`` when ``detectron2.data`` is imported; it is not re-registered here.
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data.datasets import load_coco_json, register_coco_instances
 
 from .synthetic import CATEGORIES, SYNTHETIC_SPLITS, split_paths
 
@@ -27,6 +29,7 @@ __all__ = [
     "default_shared_root",
     "register_synthetic",
     "register_shared_coco",
+    "register_halves",
     "register_all",
 ]
 
@@ -110,10 +113,43 @@ def register_shared_coco(shared_root: Optional[str] = None) -> List[str]:
     return names
 
 
+def register_halves(name: str, json_file: str, image_root: str) -> List[str]:
+    """
+    Two disjoint halves of a COCO-format set, by image-id parity: ``<name>_calib`` (even ids), on
+    which thresholds are chosen, and ``<name>_eval`` (odd ids), on which they are reported. COCO has
+    no labelled split besides train and val, and the evaluator trains on train.
+    """
+    names = []
+    for suffix, parity in (("calib", 0), ("eval", 1)):
+        half = f"{name}_{suffix}"
+        names.append(half)
+        if half in DatasetCatalog.list():
+            continue
+        DatasetCatalog.register(
+            half,
+            lambda half=half, parity=parity: [
+                d for d in load_coco_json(json_file, image_root, half) if d["image_id"] % 2 == parity
+            ],
+        )
+        MetadataCatalog.get(half).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
+    return names
+
+
 def register_all(root: str) -> None:
-    """Register the synthetic splits under ``root`` and the shared COCO subsets."""
-    register_synthetic(os.path.expanduser(root))
+    """Register the synthetic splits under ``root``, the shared COCO subsets and the COCO val halves."""
+    root = os.path.expanduser(root)
+    register_synthetic(root)
     register_shared_coco()
+    register_halves(
+        "coco_2017_val", os.path.join(root, "coco", "annotations", "instances_val2017.json"),
+        os.path.join(root, "coco", "val2017"),
+    )
+    shared = os.path.join(default_shared_root(), "coco_val2017_subset")
+    if os.path.isdir(shared):
+        register_halves(
+            "coco_2017_val_subset158", os.path.join(shared, "annotations", "instances_val2017.json"),
+            os.path.join(shared, "val2017"),
+        )
 
 
 register_all(os.getenv("DETECTRON2_DATASETS", "datasets"))

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from tabulate import tabulate
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.utils import comm
 
+from ..data.checks import checked_dataset_dicts
 from ..evaluation.calibration import (
     METRICS,
     apply_threshold,
@@ -36,7 +37,7 @@ class CachedSplit:
     def __init__(self, cfg, model, dataset_name: str):
         self.name = dataset_name
         self.records = OutputCache(cfg, dataset_name, views=1, with_base=True, model=model).load_or_build()
-        self.dataset_dicts = DatasetCatalog.get(dataset_name)
+        self.dataset_dicts = checked_dataset_dicts([dataset_name], cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
         gts = dataset_ground_truth(dataset_name, self.dataset_dicts)
         # MatchTable reproduces pycocotools' tie order when images come in ascending id order.
         order = np.argsort([r["image_id"] for r in self.records], kind="stable")

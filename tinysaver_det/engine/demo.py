@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "configs", "Synthetic")
-SAVER_CONFIG = os.path.join(CONFIGS, "saver_retinanet_R_18_FPN.yaml")
+SAVER_CONFIG = os.path.join(CONFIGS, "saver_faster_rcnn_R_18_FPN.yaml")
 BASE_CONFIG = os.path.join(CONFIGS, "base_cascade_rcnn_R_50_FPN.yaml")
 TINYSAVER_CONFIG = os.path.join(CONFIGS, "tinysaver_R18_cascade_R50.yaml")
 
@@ -157,7 +157,7 @@ class Demo:
 
         rows = [
             row("base (Cascade R-CNN)", res_base, costs["base_gflops"], 0.0, 0.0),
-            row("saver (RetinaNet R-18)", res_saver, costs["saver_gflops"], 1 - costs["c_s"], 1.0),
+            row("saver (Faster R-CNN R-18)", res_saver, costs["saver_gflops"], 1 - costs["c_s"], 1.0),
             row(f"TinySaver (t={calibration['chosen']['threshold']:.3g})", res_ts, routing["gflops_per_image"],
                 routing["compute_saved"], routing["exit_rate"]),
         ]

@@ -24,11 +24,13 @@ import numpy as np
 import torch
 import tqdm
 
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
+from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
 from ..checkpoint import load_tinysaver_weights
+from ..data.checks import RobustDatasetMapper, checked_dataset_dicts
 from ..evaluation.coco_fast import ImageDets, ImageGT, per_image_ap
 from ..evaluation.quality import dets_from_predictions, gt_from_instances
 from ..utils.atomic import atomic_save_json, atomic_torch_save
@@ -96,7 +98,8 @@ def dataset_ground_truth(dataset_name: str, dataset_dicts: List[dict]) -> List[I
     out = []
     for d in dataset_dicts:
         anns = d.get("annotations", [])
-        boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        boxes = [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYWH_ABS) for a in anns]
+        boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
         out.append(ImageGT(boxes=boxes, category_ids=[to_dataset_id[a["category_id"]] for a in anns],
                            iscrowd=[a.get("iscrowd", 0) for a in anns]))
     return out
@@ -144,8 +147,8 @@ class OutputCache:
         self.dir = cache_dir_for(cfg, dataset_name, views, with_base)
         self.chunk_size = cfg.MODEL.TINYSAVER.CACHE.CHUNK_SIZE
         self._model = model
-        self._test_mapper = DatasetMapper(cfg, is_train=False)
-        self._train_mapper = DatasetMapper(cfg, is_train=True) if views > 1 else None
+        self._test_mapper = RobustDatasetMapper(cfg, is_train=False)
+        self._train_mapper = RobustDatasetMapper(cfg, is_train=True) if views > 1 else None
 
     # --- building ---------------------------------------------------------------------------------
     def model(self):
@@ -157,7 +160,7 @@ class OutputCache:
 
     def load_or_build(self) -> List[dict]:
         """All records (one per image and view, in dataset order), building what is missing."""
-        dataset_dicts = DatasetCatalog.get(self.dataset_name)
+        dataset_dicts = checked_dataset_dicts([self.dataset_name], self.cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
         model = self.model()
         key = cache_key(model, self.cfg, self.dataset_name, len(dataset_dicts), self.views, self.with_base)
         self._check_or_write_manifest(key)

@@ -7,12 +7,13 @@ import logging
 import os
 import weakref
 
-from detectron2.data import build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 
 from ..checkpoint import CheckedCheckpointer, load_tinysaver_weights
+from ..data.checks import RobustDatasetMapper, checked_dataset_dicts
 from ..evaluation.routing_evaluator import RoutingEvaluator
 from ..evaluation.throughput import ThroughputEvaluator
 from ..utils.atomic import atomic_save_json
@@ -79,9 +80,18 @@ class Trainer(DefaultTrainer):
         return results
 
     @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        dicts = checked_dataset_dicts([dataset_name], cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
+        return build_detection_test_loader(dicts, mapper=RobustDatasetMapper(cfg, is_train=False),
+                                           num_workers=cfg.DATALOADER.NUM_WORKERS)
+
+    @classmethod
     def build_train_loader(cls, cfg):
         if not is_tinysaver(cfg):
-            return super().build_train_loader(cfg)
+            dicts = checked_dataset_dicts(cfg.DATASETS.TRAIN, cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
+            if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+                dicts = [d for d in dicts if d["annotations"]]
+            return build_detection_train_loader(cfg, mapper=RobustDatasetMapper(cfg, is_train=True), dataset=dicts)
         records = []
         for name in cfg.DATASETS.TRAIN:
             records += OutputCache(cfg, name, views=cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS).load_or_build()

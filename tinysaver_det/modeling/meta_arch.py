@@ -69,18 +69,19 @@ def check_same_classes(saver_cfg, base_cfg) -> None:
         )
 
 
-def resize_inputs(batched_inputs: Sequence[dict], size: Tuple[int, int]) -> List[dict]:
+def resize_inputs(batched_inputs: Sequence[dict], size: Tuple[int, int], flip_channels: bool = False) -> List[dict]:
     """
     Resize each image tensor to what a sub-model's own test-time ResizeShortestEdge(min, max) would
     give, so a saver can run at a lower resolution than the base. Outputs stay at the caller's
     resolution: a missing "height"/"width" is set to the tensor's size before resizing.
+    flip_channels: the sub-model expects the other channel order (RGB vs BGR) than the inputs.
     """
     min_size, max_size = size
     out = []
     for x in batched_inputs:
-        image = x["image"]
+        image = x["image"].flip(0) if flip_channels else x["image"]
         h, w = image.shape[-2:]
-        y = dict(x)
+        y = dict(x, image=image)
         y.setdefault("height", h)
         y.setdefault("width", w)
         if min_size > 0:
@@ -91,6 +92,18 @@ def resize_inputs(batched_inputs: Sequence[dict], size: Tuple[int, int]) -> List
                 )[0]
         out.append(y)
     return out
+
+
+def channels_differ(parent_format: str, sub_format: str) -> bool:
+    """Whether a sub-model needs the channels reversed (only RGB <-> BGR is supported)."""
+    if parent_format == sub_format:
+        return False
+    if {parent_format, sub_format} == {"RGB", "BGR"}:
+        return True
+    raise ValueError(
+        f"INPUT.FORMAT {sub_format!r} of a sub-model cannot be derived from the TinySaver config's {parent_format!r}: "
+        "use the same format, or RGB and BGR"
+    )
 
 
 @contextmanager
@@ -122,6 +135,8 @@ class TinySaverRCNN(nn.Module):
         evaluator: nn.Module,
         saver_input_size: Tuple[int, int] = (0, 0),
         base_input_size: Tuple[int, int] = (0, 0),
+        saver_flip_channels: bool = False,
+        base_flip_channels: bool = False,
         threshold: float = 0.5,
         router: str = "evaluator",
         random_seed: int = 0,
@@ -133,6 +148,8 @@ class TinySaverRCNN(nn.Module):
             evaluator: a head from EVALUATOR_HEAD_REGISTRY built for the saver's backbone.
             saver_input_size, base_input_size: (MIN_SIZE_TEST, MAX_SIZE_TEST) of each sub-model;
                 images are resized to it before that sub-model runs ((0, 0): as given).
+            saver_flip_channels, base_flip_channels: reverse the channel order for that sub-model
+                (its INPUT.FORMAT differs from the inputs', e.g. an RGB saver beside a BGR base).
             threshold: images with score >= threshold exit at the saver.
             router: "evaluator", "confidence", "random" or "oracle".
             random_seed: seed of the random router.
@@ -146,6 +163,8 @@ class TinySaverRCNN(nn.Module):
         self.base.requires_grad_(False).eval()
         self.saver_input_size = tuple(saver_input_size)
         self.base_input_size = tuple(base_input_size)
+        self.saver_flip_channels = saver_flip_channels
+        self.base_flip_channels = base_flip_channels
         self.threshold = threshold
         self.router = router
         self.random_seed = random_seed
@@ -171,6 +190,8 @@ class TinySaverRCNN(nn.Module):
             "evaluator": evaluator,
             "saver_input_size": (saver_cfg.INPUT.MIN_SIZE_TEST, saver_cfg.INPUT.MAX_SIZE_TEST),
             "base_input_size": (base_cfg.INPUT.MIN_SIZE_TEST, base_cfg.INPUT.MAX_SIZE_TEST),
+            "saver_flip_channels": channels_differ(cfg.INPUT.FORMAT, saver_cfg.INPUT.FORMAT),
+            "base_flip_channels": channels_differ(cfg.INPUT.FORMAT, base_cfg.INPUT.FORMAT),
             "threshold": threshold,
             "router": ts.ROUTER,
             "random_seed": ts.RANDOM_SEED,
@@ -205,12 +226,20 @@ class TinySaverRCNN(nn.Module):
         return self
 
     # --- the two detectors ----------------------------------------------------------------------
+    def saver_inputs(self, batched_inputs: Sequence[dict]) -> List[dict]:
+        """The inputs as the saver takes them: its own test size and channel order."""
+        return resize_inputs(batched_inputs, self.saver_input_size, self.saver_flip_channels)
+
+    def base_inputs(self, batched_inputs: Sequence[dict]) -> List[dict]:
+        """The inputs as the base takes them: its own test size and channel order."""
+        return resize_inputs(batched_inputs, self.base_input_size, self.base_flip_channels)
+
     def run_saver(self, batched_inputs: Sequence[dict]) -> Tuple[List[dict], torch.Tensor]:
         """
         Run the saver on every image, in groups of equal size so no image sees another's padding.
         Returns its outputs (input order) and the evaluator's summary of each image, (N, D).
         """
-        inputs = resize_inputs(batched_inputs, self.saver_input_size)
+        inputs = self.saver_inputs(batched_inputs)
         outputs: List[Optional[dict]] = [None] * len(inputs)
         summary: List[Optional[torch.Tensor]] = [None] * len(inputs)
         for group in group_by_key([tuple(x["image"].shape[-2:]) for x in inputs]):
@@ -226,7 +255,7 @@ class TinySaverRCNN(nn.Module):
 
     def run_base(self, batched_inputs: Sequence[dict]) -> List[dict]:
         """Run the base, in groups of equal size; outputs in input order."""
-        inputs = resize_inputs(batched_inputs, self.base_input_size)
+        inputs = self.base_inputs(batched_inputs)
         outputs: List[Optional[dict]] = [None] * len(inputs)
         for group in group_by_key([tuple(x["image"].shape[-2:]) for x in inputs]):
             with torch.no_grad():

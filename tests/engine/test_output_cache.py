@@ -1,0 +1,123 @@
+"""The output cache: built once, keyed, refused when stale, resumable, atomic."""
+import os
+import uuid
+
+import pytest
+import torch
+
+import tinysaver_det  # noqa: F401
+from detectron2.modeling import build_model
+from tinysaver_det.config import load_config
+from tinysaver_det.data.datasets import register_synthetic
+from tinysaver_det.data.synthetic import generate_split, split_spec
+from tinysaver_det.engine.output_cache import OutputCache, training_examples
+from tinysaver_det.modeling.meta_arch import SUMMARY_KEY, TARGET_KEY
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic", "tinysaver_R18_cascade_R50.yaml")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Six generated calibration images, registered under a unique name."""
+    root = str(tmp_path_factory.mktemp("data"))
+    spec = split_spec("calib", scale=0.01)
+    generate_split(root, "calib", spec, num_images=6, progress=False)
+    prefix = f"cachetest{uuid.uuid4().hex[:6]}"
+    register_synthetic(root, prefix=prefix)
+    return f"{prefix}_calib"
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    cfg = load_config(CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", "",
+                               "MODEL.TINYSAVER.BASE.WEIGHTS", "", "MODEL.TINYSAVER.CACHE.CHUNK_SIZE", "4",
+                               "MODEL.TINYSAVER.CACHE.DIR", str(tmp_path / "cache")])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = load_config(CONFIG, ["MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+def chunk_files(cache):
+    return sorted(f for f in os.listdir(cache.dir) if f.startswith("chunk_"))
+
+
+def test_cache_records_and_targets(cfg, model, dataset):
+    cache = OutputCache(cfg, dataset, views=2, with_base=True, model=model)
+    records = cache.load_or_build()
+    assert len(records) == 12  # 6 images x 2 views
+    assert chunk_files(cache) == ["chunk_00000.pth", "chunk_00001.pth"]
+    assert any(len(r["saver"]["scores"]) for r in records if r["view"] == 0)  # a random saver still detects
+    for r in records:
+        assert 0.0 <= r["saver_ap"] <= 1.0 and 0.0 <= r["base_ap"] <= 1.0
+        assert r["summary"].shape == (model.evaluator.summary_dim,)
+        assert torch.isfinite(r["summary"]).all()
+    plain = [r for r in records if r["view"] == 0]
+    assert all(len(r["saver"]["scores"]) <= 100 and "base" in r for r in plain)
+    assert all(r["confidence"] == pytest.approx(float(max(r["saver"]["scores"], default=0.0)), abs=1e-6) for r in plain)
+    examples = training_examples(records, "ap_gain")
+    assert examples[0][TARGET_KEY] == pytest.approx(records[0]["base_ap"] - records[0]["saver_ap"])
+    assert SUMMARY_KEY in examples[0]
+
+
+def test_cache_is_reused_and_resumes_missing_chunks(cfg, model, dataset):
+    cache = OutputCache(cfg, dataset, views=1, model=model)
+    first = cache.load_or_build()
+    paths = [os.path.join(cache.dir, f) for f in chunk_files(cache)]
+    mtimes = [os.path.getmtime(p) for p in paths]
+    again = OutputCache(cfg, dataset, views=1, model=model).load_or_build()
+    assert [os.path.getmtime(p) for p in paths] == mtimes  # nothing recomputed
+    assert [r["saver_ap"] for r in again] == [r["saver_ap"] for r in first]
+    # An interrupted build: the second chunk is missing and a stray temporary file is left.
+    os.remove(paths[1])
+    open(os.path.join(cache.dir, ".tmp-partialchunk_00001.pth"), "wb").write(b"half")
+    resumed = OutputCache(cfg, dataset, views=1, model=model).load_or_build()
+    assert os.path.getmtime(paths[0]) == mtimes[0]  # the finished chunk was kept
+    assert os.path.isfile(paths[1])
+    assert [r["saver_ap"] for r in resumed] == [r["saver_ap"] for r in first]
+    assert torch.equal(torch.stack([r["summary"] for r in resumed]), torch.stack([r["summary"] for r in first]))
+
+
+def test_interrupted_build_keeps_finished_chunks(cfg, model, dataset, monkeypatch):
+    cache = OutputCache(cfg, dataset, views=1, model=model)
+    calls = {"n": 0}
+    original = OutputCache._image_records
+
+    def failing(self, *args):
+        calls["n"] += 1
+        if calls["n"] > 4:  # the first chunk (4 images) completes, then the run "dies"
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(OutputCache, "_image_records", failing)
+    with pytest.raises(KeyboardInterrupt):
+        cache.load_or_build()
+    assert chunk_files(cache) == ["chunk_00000.pth"]
+    monkeypatch.setattr(OutputCache, "_image_records", original)
+    records = OutputCache(cfg, dataset, views=1, model=model).load_or_build()
+    assert len(records) == 6
+
+
+def test_stale_cache_is_refused(cfg, model, dataset):
+    OutputCache(cfg, dataset, views=1, model=model).load_or_build()
+    other = build_model(load_config(CONFIG, ["MODEL.DEVICE", "cpu"])).eval()
+    with torch.no_grad():
+        other.saver.roi_heads.box_predictor.cls_score.bias.add_(1.0)  # another saver checkpoint
+    with pytest.raises(ValueError, match="saver_weights"):
+        OutputCache(cfg, dataset, views=1, model=other).load_or_build()
+    cfg2 = cfg.clone()
+    cfg2.INPUT.MAX_SIZE_TEST = 400  # another config
+    with pytest.raises(ValueError, match="input"):
+        OutputCache(cfg2, dataset, views=1, model=model).load_or_build()
+
+
+def test_unwritable_cache_dir_gives_a_clear_error(cfg, model, dataset, tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the cache folder should go")
+    cfg.MODEL.TINYSAVER.CACHE.DIR = str(blocker)
+    with pytest.raises(OSError, match="not_a_dir"):
+        OutputCache(cfg, dataset, views=1, model=model).load_or_build()

@@ -1,0 +1,117 @@
+"""
+Input checks before a run spends time on a dataset: unreadable images are listed up front (or
+skipped with a warning), degenerate and out-of-image boxes are cleaned with a count, and images of
+any common pixel format (grayscale, RGBA, 16-bit, EXIF-rotated) read as 8-bit images of the
+configured channel order.
+"""
+import logging
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.data import detection_utils as utils
+from detectron2.structures import BoxMode
+
+logger = logging.getLogger(__name__)
+
+# Modes whose samples exceed 8 bits: scaled down, since a plain convert("RGB") would saturate them.
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def read_image_any(file_name: str, format: str = "BGR") -> np.ndarray:
+    """
+    detectron2's read_image (EXIF orientation applied, grayscale and RGBA converted), with 16-bit
+    and 32-bit images scaled to 8 bits by their own range instead of being clipped to white.
+    """
+    with open(file_name, "rb") as f:
+        image = Image.open(f)
+        image = ImageOps.exif_transpose(image)
+        if image.mode in HIGH_BIT_MODES:
+            array = np.asarray(image, dtype=np.float64)
+            top = array.max() if array.size and array.max() > 0 else 1.0
+            image = Image.fromarray((array * (255.0 / top)).round().astype(np.uint8), mode="L")
+        return utils.convert_PIL_to_numpy(image, format)
+
+
+def image_problem(file_name: str) -> Optional[str]:
+    """Why an image file cannot be used (missing, empty, truncated, not an image), or None."""
+    if not os.path.isfile(file_name):
+        return "missing"
+    if os.path.getsize(file_name) == 0:
+        return "empty file"
+    try:
+        with Image.open(file_name) as image:
+            image.load()  # a full decode: truncated JPEGs only fail here
+    except Exception as e:  # PIL raises many types for bad files
+        return f"unreadable ({type(e).__name__}: {e})"
+    return None
+
+
+def clean_annotations(record: dict) -> Tuple[dict, int, int]:
+    """
+    Clip boxes to the image and drop the ones that end up empty (zero-size, degenerate or wholly
+    outside). Returns the record and the numbers of clipped and dropped boxes.
+    """
+    h, w = record.get("height"), record.get("width")
+    kept, clipped, dropped = [], 0, 0
+    for ann in record.get("annotations", []):
+        box = BoxMode.convert(list(ann["bbox"]), ann["bbox_mode"], BoxMode.XYXY_ABS)
+        x0, y0, x1, y1 = box
+        if h is not None and w is not None:
+            cx0, cy0, cx1, cy1 = max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1)
+            if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
+                clipped += 1
+            x0, y0, x1, y1 = cx0, cy0, cx1, cy1
+        if not (np.isfinite([x0, y0, x1, y1]).all() and x1 - x0 > 0 and y1 - y0 > 0):
+            dropped += 1
+            continue
+        kept.append({**ann, "bbox": [x0, y0, x1, y1], "bbox_mode": BoxMode.XYXY_ABS})
+    return {**record, "annotations": kept}, clipped, dropped
+
+
+def checked_dataset_dicts(names: Sequence[str], skip_bad_images: bool = False) -> List[dict]:
+    """
+    The dataset dicts of `names`, with every image file checked and every box cleaned.
+
+    Unreadable images make it fail with the list of files (the first 20 named), unless
+    `skip_bad_images` (MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES), which drops them with a warning.
+    """
+    out = []
+    for name in names:
+        dicts = DatasetCatalog.get(name)
+        bad = [(d["file_name"], p) for d in dicts if (p := image_problem(d["file_name"])) is not None]
+        if bad:
+            listing = "\n".join(f"  {f}: {p}" for f, p in bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
+            if not skip_bad_images:
+                raise ValueError(
+                    f"{len(bad)} of {len(dicts)} images of dataset {name!r} cannot be read:\n{listing}\n"
+                    "Fix or remove them, or set MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES True to skip them."
+                )
+            logger.warning(f"Skipping {len(bad)} unreadable images of {name!r}:\n{listing}")
+            bad_files = {f for f, _ in bad}
+            dicts = [d for d in dicts if d["file_name"] not in bad_files]
+        clipped = dropped = 0
+        for d in dicts:
+            d, c, k = clean_annotations(d)
+            clipped, dropped = clipped + c, dropped + k
+            out.append(d)
+        if clipped or dropped:
+            logger.warning(f"{name}: clipped {clipped} boxes to their image and dropped {dropped} empty or degenerate ones")
+    return out
+
+
+class RobustDatasetMapper(DatasetMapper):
+    """DatasetMapper that reads images with read_image_any (16-bit aware); otherwise unchanged."""
+
+    def __call__(self, dataset_dict):
+        # DatasetMapper reads through the module-level utils.read_image and has no hook for it;
+        # swap it for this call only (mappers run sequentially within a data-loader process).
+        original = utils.read_image
+        utils.read_image = read_image_any
+        try:
+            return super().__call__(dataset_dict)
+        finally:
+            utils.read_image = original
