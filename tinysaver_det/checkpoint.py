@@ -3,10 +3,13 @@ Checkpoint loading with clear refusals, and the one helper that loads separately
 base checkpoints into a TinySaver model's `saver.` and `base.` parts.
 """
 import logging
+import os
 from typing import Optional
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+
+from .utils.atomic import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +32,23 @@ class CheckedCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **kwargs)
         self.what = what
         self._current_file: Optional[str] = None
+
+    def save(self, name: str, **kwargs) -> None:
+        """
+        fvcore's save, written under a temporary name and renamed: an interrupted save never leaves
+        a half-written checkpoint under the final name (which a resumed run would take as finished).
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_torch_save(data, save_file)
+        self.tag_last_checkpoint(basename)
 
     def _load_file(self, filename):
         self._current_file = filename

@@ -69,7 +69,7 @@ class Demo:
             for line in proc.stdout:
                 log.write(line)
                 if PROGRESS.search(line):
-                    print(f"  {line.rstrip()[-160:]}", flush=True)
+                    print(f"  {line.rstrip()[:180]}", flush=True)
             proc.wait()
         self.times[name] = time.perf_counter() - start
         if proc.returncode != 0:

@@ -57,6 +57,14 @@ def load_weights(model, cfg, resume: bool = False) -> None:
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        # Checkpoints written atomically and loaded with clear refusals (see checkpoint.py).
+        self.checkpointer = CheckedCheckpointer(self.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        for hook in self._hooks:
+            if isinstance(hook, hooks.PeriodicCheckpointer):
+                hook.checkpointer = self.checkpointer
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None, costs=None):
         """COCO box AP; for TinySaver also the routing figures (exit rate, GFLOPs, AP per path)."""
@@ -102,7 +110,7 @@ class Trainer(DefaultTrainer):
         )
 
     def resume_or_load(self, resume=True):
-        checkpointer = CheckedCheckpointer(self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        checkpointer = self.checkpointer
         if is_tinysaver(self.cfg):
             sub_cfg = self.cfg.clone()
             sub_cfg.defrost()
