@@ -30,7 +30,7 @@ from tinysaver_det.evaluation.plots import plot_accuracy_compute
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default="configs/Synthetic/tinysaver_R18_cascade_R50.yaml")
+    parser.add_argument("--config-file", default="configs/Synthetic/tinysaver_R18_cascade_R18.yaml")
     parser.add_argument("--splits", nargs="+", default=["synthetic_test", "synthetic_shifted"])
     parser.add_argument("--max-ap-drop", type=float, default=0.5)
     parser.add_argument("--out-dir", default="output/bench/routing_accuracy")

@@ -4,7 +4,7 @@ t_saver + t_eval + (1 - r) * t_base, every part measured separately in the same 
 images. Prints a table and writes JSON. On a CUDA machine it also runs at COCO-like sizes
 (about 800x1333 images).
 
-    python bench/routing_overhead.py --config-file configs/Synthetic/tinysaver_R18_cascade_R50.yaml \
+    python bench/routing_overhead.py --config-file configs/Synthetic/tinysaver_R18_cascade_R18.yaml \
         MODEL.WEIGHTS output/demo/tinysaver/model_final.pth \
         MODEL.TINYSAVER.CALIBRATION_FILE output/demo/calibration/calibration.json
 """
@@ -87,7 +87,7 @@ def coco_like_inputs(n: int, seed: int = 0):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default="configs/Synthetic/tinysaver_R18_cascade_R50.yaml")
+    parser.add_argument("--config-file", default="configs/Synthetic/tinysaver_R18_cascade_R18.yaml")
     parser.add_argument("--num-images", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="output/bench/routing_overhead.json")

@@ -39,9 +39,9 @@ TINYSAVER_CONFIGS = [p for p in ALL_CONFIGS if _is_tinysaver(p)]
 
 def test_the_expected_configs_are_found():
     names = {_rel(p) for p in DETECTOR_CONFIGS}
-    assert {"Synthetic/saver_retinanet_R_18_FPN.yaml", "Synthetic/base_cascade_rcnn_R_50_FPN.yaml"} <= names
+    assert {"Synthetic/saver_retinanet_R_18_FPN.yaml", "Synthetic/base_cascade_rcnn_R_18_FPN.yaml"} <= names
     assert {"Base-RCNN-FPN.yaml", "Base-RetinaNet.yaml"} <= names  # the COCO (model zoo) configs
-    assert "Synthetic/tinysaver_R18_cascade_R50.yaml" in {_rel(p) for p in TINYSAVER_CONFIGS}
+    assert "Synthetic/tinysaver_R18_cascade_R18.yaml" in {_rel(p) for p in TINYSAVER_CONFIGS}
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=_rel)
@@ -71,7 +71,7 @@ def test_sub_config_paths_are_relative_to_the_file_that_names_them(tmp_path, mon
     # The sub-configs live in one folder; the TinySaver config in a sibling folder inherits a
     # config from a third folder, which is the one naming the saver: its own folder is the anchor.
     saver = _write(tmp_path / "detectors" / "saver.yaml", f'_BASE_: "{CONFIG_DIR}/Synthetic/saver_retinanet_R_18_FPN.yaml"\n')
-    base = _write(tmp_path / "detectors" / "base.yaml", f'_BASE_: "{CONFIG_DIR}/Synthetic/base_cascade_rcnn_R_50_FPN.yaml"\n')
+    base = _write(tmp_path / "detectors" / "base.yaml", f'_BASE_: "{CONFIG_DIR}/Synthetic/base_cascade_rcnn_R_18_FPN.yaml"\n')
     _write(
         tmp_path / "shared" / "parent.yaml",
         'MODEL:\n  META_ARCHITECTURE: "TinySaverRCNN"\n  TINYSAVER:\n    SAVER:\n'
@@ -95,7 +95,7 @@ def test_sub_config_paths_are_relative_to_the_file_that_names_them(tmp_path, mon
 
 def test_the_shipped_tinysaver_config_loads_from_another_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = load_config(str(CONFIG_DIR / "Synthetic" / "tinysaver_R18_cascade_R50.yaml"), ["MODEL.DEVICE", "cpu"])
+    cfg = load_config(str(CONFIG_DIR / "Synthetic" / "tinysaver_R18_cascade_R18.yaml"), ["MODEL.DEVICE", "cpu"])
     for part in ("SAVER", "BASE"):
         assert os.path.isfile(cfg.MODEL.TINYSAVER[part].CONFIG_FILE)
 
@@ -103,7 +103,7 @@ def test_the_shipped_tinysaver_config_loads_from_another_cwd(tmp_path, monkeypat
 def test_sub_config_path_given_in_opts_resolves_against_the_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     cfg = load_config(
-        str(CONFIG_DIR / "Synthetic" / "tinysaver_R18_cascade_R50.yaml"),
+        str(CONFIG_DIR / "Synthetic" / "tinysaver_R18_cascade_R18.yaml"),
         ["MODEL.TINYSAVER.SAVER.CONFIG_FILE", "configs/Synthetic/saver_retinanet_R_18_FPN.yaml"],
     )
     path = cfg.MODEL.TINYSAVER.SAVER.CONFIG_FILE

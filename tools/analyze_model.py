@@ -4,8 +4,8 @@ GFLOPs per image and parameter counts of a config, measured with detectron2's Fl
 real images of its first test set (like detectron2's tools/analyze_model.py, aware of TinySaver:
 saver, evaluator and base are counted separately, with c_s and c_e against the base).
 
-    python tools/analyze_model.py --config-file configs/Synthetic/base_cascade_rcnn_R_50_FPN.yaml
-    python tools/analyze_model.py --config-file configs/Synthetic/tinysaver_R18_cascade_R50.yaml --num-inputs 16
+    python tools/analyze_model.py --config-file configs/Synthetic/base_cascade_rcnn_R_18_FPN.yaml
+    python tools/analyze_model.py --config-file configs/Synthetic/tinysaver_R18_cascade_R18.yaml --num-inputs 16
 """
 import argparse
 import json

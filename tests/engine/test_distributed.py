@@ -13,7 +13,7 @@ import torch
 
 from detectron2.engine import launch
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic", "tinysaver_R18_cascade_R50.yaml")
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic", "tinysaver_R18_cascade_R18.yaml")
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ from tinysaver_det.modeling.routing import stable_uniform
 
 SYNTHETIC = Path(__file__).resolve().parents[2] / "configs" / "Synthetic"
 SAVER_YAML = SYNTHETIC / "saver_retinanet_R_18_FPN.yaml"
-BASE_YAML = SYNTHETIC / "base_cascade_rcnn_R_50_FPN.yaml"
+BASE_YAML = SYNTHETIC / "base_cascade_rcnn_R_18_FPN.yaml"
 INF = float("inf")
 # Two sizes, the first one twice: after resizing they stay different, so the batch mixes sizes.
 SIZES = [(150, 170), (190, 160), (150, 170), (170, 150)]

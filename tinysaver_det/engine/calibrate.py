@@ -9,6 +9,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 from tabulate import tabulate
 
 from detectron2.data import MetadataCatalog
@@ -26,6 +27,7 @@ from ..evaluation.calibration import (
 from ..evaluation.coco_fast import MatchTable
 from ..evaluation.plots import plot_accuracy_compute, plot_examples, plot_score_distribution
 from ..flops import first_test_inputs, tinysaver_costs
+from .hooks import quality_of
 from .output_cache import OutputCache, dataset_ground_truth, record_dets
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,11 @@ class CachedSplit:
         with torch.no_grad():
             evaluator_scores = model.evaluator.eval().scores(summary).cpu().numpy()
         self.scores = router_scores(self.records, evaluator_scores, seed=cfg.MODEL.TINYSAVER.RANDOM_SEED)
+
+    def rank_correlations(self, target: str) -> Dict[str, float]:
+        """Spearman correlation of each router's score with the true per-image quality."""
+        truth = quality_of(self.records, target)
+        return {r: float(spearmanr(s, truth).statistic) for r, s in self.scores.items() if r != "oracle"}
 
     def alone(self, source: str, costs: Dict[str, float]) -> dict:
         """Metrics of the saver or the base alone (the saver alone pays no evaluator)."""
@@ -84,6 +91,7 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
     for name in report_datasets:
         split = CachedSplit(cfg, model, name)
         reports[name] = {
+            "rank_correlation": split.rank_correlations(cfg.MODEL.TINYSAVER.EVALUATOR.TARGET),
             "base": split.alone("base", costs),
             "saver": split.alone("saver", costs),
             "routers": {r: apply_threshold(split.table, split.scores[r], chosen[r]["threshold"], costs) for r in split.scores},
@@ -94,7 +102,8 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
         "target": {"max_ap_drop": max_ap_drop, "gflops_budget": gflops_budget},
         "calibration_dataset": dataset,
         "costs": costs,
-        "calibration": {"base": base, "saver": saver, "chosen": chosen, "curves": curves},
+        "calibration": {"base": base, "saver": saver, "chosen": chosen, "curves": curves,
+                        "rank_correlation": calib.rank_correlations(cfg.MODEL.TINYSAVER.EVALUATOR.TARGET)},
         "reports": reports,
     }
     if comm.is_main_process():
@@ -142,4 +151,8 @@ def format_results(result: dict) -> str:
         for r, p in rep["routers"].items():
             row(name, r, p, p["threshold"])
     headers = ["split", "router", "AP", "AP50", "GFLOPs/img", "saved", "exit rate", "threshold"]
-    return tabulate(rows, headers=headers, tablefmt="github")
+    lines = [tabulate(rows, headers=headers, tablefmt="github"), "", "Spearman correlation with true per-image quality:"]
+    splits = [(split, cal["rank_correlation"])] + [(n, r["rank_correlation"]) for n, r in result["reports"].items()]
+    for name, corr in splits:
+        lines.append(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in corr.items()))
+    return "\n".join(lines)

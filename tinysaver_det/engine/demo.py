@@ -23,9 +23,9 @@ logger = logging.getLogger(__name__)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "configs", "Synthetic")
-SAVER_CONFIG = os.path.join(CONFIGS, "saver_faster_rcnn_R_18_FPN.yaml")
-BASE_CONFIG = os.path.join(CONFIGS, "base_cascade_rcnn_R_50_FPN.yaml")
-TINYSAVER_CONFIG = os.path.join(CONFIGS, "tinysaver_R18_cascade_R50.yaml")
+SAVER_CONFIG = os.path.join(CONFIGS, "saver_cascade_rcnn_R_18_FPN.yaml")
+BASE_CONFIG = os.path.join(CONFIGS, "base_cascade_rcnn_R_18_FPN.yaml")
+TINYSAVER_CONFIG = os.path.join(CONFIGS, "tinysaver_R18_cascade_R18.yaml")
 
 # The quick variant (run end to end by the tests): a few images, a few iterations.
 QUICK_SCALE = 0.02
@@ -38,7 +38,7 @@ QUICK_OPTS = {
             "DATALOADER.NUM_WORKERS", "0"],
 }
 # Lines of the tools' logs echoed to the console as progress.
-PROGRESS = re.compile(r"eta: |copypaste: |Caching outputs|rank correlation|GFLOPs/image|Total inference time")
+PROGRESS = re.compile(r"eta: |copypaste: |Caching outputs|Held-out rank correlation|GFLOPs/image|Total inference time")
 
 
 class Demo:
@@ -156,8 +156,8 @@ class Demo:
                     f"{100 * saved:.1f}%", f"{100 * exit_rate:.1f}%", round(res[dataset]["speed"]["images_per_second"], 2)]
 
         rows = [
-            row("base (Cascade R-CNN)", res_base, costs["base_gflops"], 0.0, 0.0),
-            row("saver (Faster R-CNN R-18)", res_saver, costs["saver_gflops"], 1 - costs["c_s"], 1.0),
+            row("base (Cascade R-CNN R-18)", res_base, costs["base_gflops"], 0.0, 0.0),
+            row("saver (Cascade R-CNN R-18, half res)", res_saver, costs["saver_gflops"], 1 - costs["c_s"], 1.0),
             row(f"TinySaver (t={calibration['chosen']['threshold']:.3g})", res_ts, routing["gflops_per_image"],
                 routing["compute_saved"], routing["exit_rate"]),
         ]

@@ -79,10 +79,17 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
+        """
+        DefaultTrainer.test, plus the routing evaluator's cost figures for TinySaver; the results are
+        always keyed by dataset name (DefaultTrainer unwraps a single dataset) and written to
+        OUTPUT_DIR/inference/results.json.
+        """
         if evaluators is None and is_tinysaver(cfg):
             bare = getattr(model, "module", model)
             evaluators = [cls.build_evaluator(cfg, name, costs=routing_costs(cfg, bare, name)) for name in cfg.DATASETS.TEST]
         results = super().test(cfg, model, evaluators)
+        if len(cfg.DATASETS.TEST) == 1:
+            results = {cfg.DATASETS.TEST[0]: results}
         if comm.is_main_process():
             atomic_save_json(results, os.path.join(cfg.OUTPUT_DIR, "inference", "results.json"))
         return results
