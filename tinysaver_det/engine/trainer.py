@@ -8,7 +8,11 @@ import os
 import weakref
 
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from torch.nn.parallel import DistributedDataParallel
+
 from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import defaults as detectron2_defaults
+from detectron2.engine.defaults import create_ddp_model as _create_ddp_model
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 
@@ -56,9 +60,26 @@ def load_weights(model, cfg, resume: bool = False) -> None:
     CheckedCheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
 
 
+def create_ddp_model_any_device(model, **kwargs):
+    """
+    detectron2's create_ddp_model passes device_ids=[local rank] even for a CPU model, which
+    DistributedDataParallel refuses; on the CPU (gloo) the model is wrapped without device_ids.
+    """
+    if comm.get_world_size() == 1 or next(model.parameters()).device.type != "cpu":
+        return _create_ddp_model(model, **kwargs)
+    return DistributedDataParallel(model, **kwargs)
+
+
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
-        super().__init__(cfg)
+        # DefaultTrainer.__init__ calls the module-level create_ddp_model: swap in the device-aware
+        # one for the construction only.
+        original = detectron2_defaults.create_ddp_model
+        detectron2_defaults.create_ddp_model = create_ddp_model_any_device
+        try:
+            super().__init__(cfg)
+        finally:
+            detectron2_defaults.create_ddp_model = original
         # Checkpoints written atomically and loaded with clear refusals (see checkpoint.py).
         self.checkpointer = CheckedCheckpointer(self.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         for hook in self._hooks:
