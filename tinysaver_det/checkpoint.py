@@ -13,9 +13,12 @@ from .utils.atomic import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
-# A checkpoint must cover at least this share of a model's parameters (by name and shape), or it is
-# taken to be of another architecture and refused instead of silently leaving the model random.
+# At least this share of a checkpoint's entries must fit the model by name and shape, and at most
+# this many (or 5% of the model's) may have a fitting name but another shape (a classifier for
+# another number of classes is fine), or the checkpoint is taken to be of another architecture and
+# refused instead of silently leaving parts of the model random.
 MIN_MATCHED_SHARE = 0.5
+MAX_RESHAPED = 8
 TINYSAVER_PREFIXES = ("saver.", "base.", "evaluator.")
 
 
@@ -74,9 +77,15 @@ class CheckedCheckpointer(DetectionCheckpointer):
         return super()._load_model(checkpoint)
 
     def _check_architecture(self, state: dict) -> None:
+        """
+        Refuse a checkpoint that is mostly unusable here (under half of its entries fit by name and
+        shape: another model, or a prefix mismatch) or whose shared names have other shapes beyond a
+        classifier's worth (the same layers at other widths: another architecture).
+        """
         own = self.model.state_dict()
         matched = sum(1 for k, v in own.items() if k in state and tuple(state[k].shape) == tuple(v.shape))
-        if matched >= MIN_MATCHED_SHARE * max(1, len(own)):
+        reshaped = sum(1 for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape))
+        if matched >= MIN_MATCHED_SHARE * max(1, len(state)) and reshaped <= max(MAX_RESHAPED, 0.05 * len(own)):
             return
         hint = ""
         if any(k.startswith(TINYSAVER_PREFIXES) for k in state) and not any(
@@ -89,9 +98,9 @@ class CheckedCheckpointer(DetectionCheckpointer):
                 "or MODEL.TINYSAVER.BASE.WEIGHTS."
             )
         raise ValueError(
-            f"The checkpoint {self._current_file!r} does not fit {self.what}: only {matched} of its "
-            f"{len(own)} parameters and buffers match by name and shape.{hint} Check that the config "
-            "file describes the architecture the checkpoint was trained with."
+            f"The checkpoint {self._current_file!r} does not fit {self.what}: {matched} of its {len(state)} "
+            f"entries match the model by name and shape, {reshaped} have the right name but another shape."
+            f"{hint} Check that the config file describes the architecture the checkpoint was trained with."
         )
 
 

@@ -30,6 +30,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
 from ..checkpoint import load_tinysaver_weights
+from ..config import load_sub_config
 from ..data.checks import RobustDatasetMapper, checked_dataset_dicts
 from ..evaluation.coco_fast import ImageDets, ImageGT, per_image_ap
 from ..evaluation.quality import dets_from_predictions, gt_from_instances
@@ -51,6 +52,10 @@ def state_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def config_fingerprint(cfg) -> str:
+    return hashlib.sha256(cfg.dump().encode()).hexdigest()[:16]
+
+
 def cache_key(model, cfg, dataset_name: str, num_images: int, views: int, with_base: bool) -> Dict:
     """Everything that decides a cache's content. Two caches with equal keys are interchangeable."""
     ev = model.evaluator
@@ -62,8 +67,9 @@ def cache_key(model, cfg, dataset_name: str, num_images: int, views: int, with_b
         "with_base": with_base,
         "saver_weights": state_fingerprint(model.saver),
         "base_weights": state_fingerprint(model.base) if with_base else None,
-        "saver_config": cfg.MODEL.TINYSAVER.SAVER.CONFIG_FILE,
-        "base_config": cfg.MODEL.TINYSAVER.BASE.CONFIG_FILE if with_base else None,
+        # By content, not path: the same file reached from another working directory is the same.
+        "saver_config": config_fingerprint(load_sub_config(cfg, "SAVER")),
+        "base_config": config_fingerprint(load_sub_config(cfg, "BASE")) if with_base else None,
         "saver_input_size": list(model.saver_input_size),
         "base_input_size": list(model.base_input_size),
         "input": [list(cfg.INPUT.MIN_SIZE_TEST if isinstance(cfg.INPUT.MIN_SIZE_TEST, (list, tuple)) else [cfg.INPUT.MIN_SIZE_TEST]),
