@@ -104,10 +104,10 @@ class CheckedCheckpointer(DetectionCheckpointer):
         )
 
 
-def load_tinysaver_weights(model, cfg) -> None:
+def load_tinysaver_weights(model, cfg, whole_model: bool = True) -> None:
     """
     Load MODEL.TINYSAVER.SAVER.WEIGHTS and .BASE.WEIGHTS into the model's `saver` and `base`, then
-    MODEL.WEIGHTS (a whole TinySaver checkpoint, if set) over all three parts.
+    (if `whole_model`) MODEL.WEIGHTS, a whole TinySaver checkpoint, over all three parts.
     """
     model = getattr(model, "module", model)  # unwrap DDP
     for part in ("SAVER", "BASE"):
@@ -116,5 +116,5 @@ def load_tinysaver_weights(model, cfg) -> None:
             what = f"the {part.lower()} (MODEL.TINYSAVER.{part}.WEIGHTS)"
             CheckedCheckpointer(getattr(model, part.lower()), what=what).load(path)
             logger.info(f"Loaded {what} from {path}")
-    if cfg.MODEL.WEIGHTS:
+    if whole_model and cfg.MODEL.WEIGHTS:
         CheckedCheckpointer(model, what="the TinySaver model (MODEL.WEIGHTS)").load(cfg.MODEL.WEIGHTS)

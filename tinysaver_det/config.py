@@ -116,11 +116,12 @@ def _sub_config_paths(config_file: str) -> Dict[str, str]:
     return found
 
 
-def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+def load_config(config_file: str, opts: Sequence[str] = (), device_fallback: bool = True) -> CN:
     """
     Read a config file (with detectron2's _BASE_ inheritance) plus command-line style overrides into
     a fresh config with the TinySaver keys. Sub-config paths in files resolve relative to the file
     that names them; paths given in `opts` resolve relative to the working directory.
+    With `device_fallback`, a CUDA device on a machine without one becomes the CPU.
     """
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Config file {config_file!r} does not exist")
@@ -130,7 +131,7 @@ def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
     for part, path in _sub_config_paths(config_file).items():
         cfg.MODEL.TINYSAVER[part].CONFIG_FILE = path
     cfg.merge_from_list(list(opts))
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    if device_fallback and cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         # detectron2 defaults to CUDA; run on the CPU where there is no GPU rather than fail.
         logging.getLogger(__name__).warning("No CUDA device: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
@@ -148,7 +149,7 @@ def load_sub_config(cfg: CN, part: str) -> CN:
             f"{key} = {path!r} does not exist (relative paths in a config file resolve against "
             "that file's folder, on the command line against the working directory)"
         )
-    sub = load_config(path)
+    sub = load_config(path, device_fallback=False)  # the parent's device is used
     if sub.MODEL.META_ARCHITECTURE == "TinySaverRCNN":
         raise ValueError(f"{key} = {path!r} is itself a TinySaver config; name a plain detector's config")
     # The parent decides device; weights are loaded by the checkpointer, never by build_model.

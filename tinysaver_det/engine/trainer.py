@@ -53,10 +53,7 @@ def load_weights(model, cfg, resume: bool = False) -> None:
     base's own checkpoints first, then MODEL.WEIGHTS (or, with resume, OUTPUT_DIR's last checkpoint).
     """
     if is_tinysaver(cfg):
-        sub_cfg = cfg.clone()
-        sub_cfg.defrost()
-        sub_cfg.MODEL.WEIGHTS = ""
-        load_tinysaver_weights(model, sub_cfg)
+        load_tinysaver_weights(model, cfg, whole_model=False)
     CheckedCheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
 
 
@@ -140,10 +137,7 @@ class Trainer(DefaultTrainer):
     def resume_or_load(self, resume=True):
         checkpointer = self.checkpointer
         if is_tinysaver(self.cfg):
-            sub_cfg = self.cfg.clone()
-            sub_cfg.defrost()
-            sub_cfg.MODEL.WEIGHTS = ""
-            load_tinysaver_weights(self.model, sub_cfg)
+            load_tinysaver_weights(self.model, self.cfg, whole_model=False)
         checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resume and checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
