@@ -26,8 +26,15 @@ demo-quick: venv
 test: venv
 	$(PY) -m pytest -q tests
 
+# The benchmarks use the models `make demo` trained.
+DEMO_WEIGHTS := MODEL.WEIGHTS output/demo/tinysaver/model_final.pth \
+	MODEL.TINYSAVER.SAVER.WEIGHTS output/demo/saver/model_final.pth \
+	MODEL.TINYSAVER.BASE.WEIGHTS output/demo/base/model_final.pth
+
 bench: venv
-	$(PY) bench/routing_accuracy.py && $(PY) bench/routing_overhead.py && $(PY) bench/cost_growth.py
+	$(PY) bench/routing_accuracy.py $(DEMO_WEIGHTS) MODEL.TINYSAVER.CACHE.DIR output/demo/cache
+	$(PY) bench/routing_overhead.py $(DEMO_WEIGHTS) MODEL.TINYSAVER.CALIBRATION_FILE output/demo/calibration/calibration.json
+	$(PY) bench/cost_growth.py
 
 clean:
 	rm -rf output
