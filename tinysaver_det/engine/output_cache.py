@@ -119,7 +119,7 @@ def contiguous_to_dataset_id(dataset_name: str) -> Dict[int, int]:
     return {i: i for i in range(len(meta.get("thing_classes", [])) or 1000)}
 
 
-def _detections_record(instances, to_dataset_id: Dict[int, int]) -> Dict[str, np.ndarray]:
+def detections_record(instances, to_dataset_id: Dict[int, int]) -> Dict[str, np.ndarray]:
     """Top detections of one image, XYWH in the original frame, dataset category ids."""
     instances = instances.to("cpu")
     if len(instances) > MAX_STORED_DETECTIONS:
@@ -153,6 +153,7 @@ class OutputCache:
         self.dir = cache_dir_for(cfg, dataset_name, views, with_base)
         self.chunk_size = cfg.MODEL.TINYSAVER.CACHE.CHUNK_SIZE
         self._model = model
+        self._to_dataset_id = contiguous_to_dataset_id(dataset_name)
         self._test_mapper = RobustDatasetMapper(cfg, is_train=False)
         self._train_mapper = RobustDatasetMapper(cfg, is_train=True) if views > 1 else None
 
@@ -222,7 +223,7 @@ class OutputCache:
         return os.path.join(self.dir, f"chunk_{chunk:05d}.pth")
 
     def _image_records(self, model, dataset_dict: dict, gt: ImageGT, index: int) -> List[dict]:
-        to_dataset_id = contiguous_to_dataset_id(self.dataset_name)
+        to_dataset_id = self._to_dataset_id
         records = []
         for view in range(self.views):
             if view == 0:
@@ -230,7 +231,7 @@ class OutputCache:
                 inputs = self._test_mapper(dict(dataset_dict))
                 saver_out, summary = model.run_saver([inputs])
                 saver = saver_out[0]["instances"]
-                saver_dets = _detections_record(saver, to_dataset_id)
+                saver_dets = detections_record(saver, to_dataset_id)
                 record = {
                     "image_id": dataset_dict.get("image_id", index),
                     "index": index,
@@ -239,7 +240,7 @@ class OutputCache:
                     "saver_ap": per_image_ap(gt, record_dets(saver_dets)),
                 }
                 if self.with_base:
-                    base_dets = _detections_record(model.run_base([inputs])[0]["instances"], to_dataset_id)
+                    base_dets = detections_record(model.run_base([inputs])[0]["instances"], to_dataset_id)
                     record["base"] = base_dets
                     record["base_ap"] = per_image_ap(gt, record_dets(base_dets))
             else:

@@ -15,7 +15,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from ..engine.output_cache import _detections_record, contiguous_to_dataset_id, dataset_ground_truth, record_dets
+from ..engine.output_cache import detections_record, contiguous_to_dataset_id, dataset_ground_truth, record_dets
 from ..flops import compute_saved, routed_gflops
 from ..utils.atomic import atomic_save_json
 from .calibration import METRICS
@@ -51,7 +51,7 @@ class RoutingEvaluator(DatasetEvaluator):
                     "image_id": x["image_id"],
                     "score": float(routing.get("score", float("nan"))),
                     "exited": bool(routing.get("exited", False)),
-                    "dets": _detections_record(out["instances"], self._to_dataset_id),
+                    "dets": detections_record(out["instances"], self._to_dataset_id),
                 }
             )
 
