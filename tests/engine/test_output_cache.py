@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 from tinysaver_det.config import load_config
 from tinysaver_det.data.datasets import register_synthetic
 from tinysaver_det.data.synthetic import generate_split, split_spec
-from tinysaver_det.engine.output_cache import OutputCache, training_examples
+from tinysaver_det.engine.output_cache import OutputCache, build_caches, cache_is_complete, training_examples
 from tinysaver_det.modeling.meta_arch import SUMMARY_KEY, TARGET_KEY
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic", "tinysaver_R18_cascade_R18.yaml")
@@ -121,3 +121,24 @@ def test_unwritable_cache_dir_gives_a_clear_error(cfg, model, dataset, tmp_path)
     cfg.MODEL.TINYSAVER.CACHE.DIR = str(blocker)
     with pytest.raises(OSError, match="not_a_dir"):
         OutputCache(cfg, dataset, views=1, model=model).load_or_build()
+
+
+def test_training_caches_built_ahead_are_what_training_reads(cfg, model, dataset):
+    """tools/cache_outputs.py without --dataset: the training caches, saver only, TRAIN_VIEWS views."""
+    cfg.DATASETS.TRAIN = (dataset,)
+    cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS = 2
+    assert not cache_is_complete(cfg, dataset, 2, False)
+    assert build_caches(cfg, model=model) == {dataset: 12}
+    assert cache_is_complete(cfg, dataset, 2, False) and not cache_is_complete(cfg, dataset, 2, True)
+    cache = OutputCache(cfg, dataset, views=cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS, model=model)
+    paths = [os.path.join(cache.dir, f) for f in chunk_files(cache)]
+    mtimes = [os.path.getmtime(p) for p in paths]
+    records = cache.load_or_build()
+    assert [os.path.getmtime(p) for p in paths] == mtimes  # reused, not recomputed
+    assert len(records) == 12 and all("base_ap" not in r for r in records)
+
+
+def test_caches_need_a_tinysaver_config(dataset):
+    saver_cfg = load_config(os.path.join(os.path.dirname(CONFIG), "saver_cascade_rcnn_R_18_FPN.yaml"))
+    with pytest.raises(ValueError, match="META_ARCHITECTURE"):
+        build_caches(saver_cfg, [dataset])

@@ -280,3 +280,34 @@ def training_examples(records: List[dict], target: str) -> List[dict]:
             value = r["saver_ap"]
         out.append({SUMMARY_KEY: r["summary"], TARGET_KEY: float(value)})
     return out
+
+
+def cache_is_complete(cfg, dataset_name: str, views: int, with_base: bool) -> bool:
+    """Whether a finished cache is on disk (its key is checked only when it is opened)."""
+    path = os.path.join(cache_dir_for(cfg, dataset_name, views, with_base), "manifest.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return bool(json.load(f).get("complete", False))
+
+
+def build_caches(cfg, dataset_names: Optional[List[str]] = None, views: Optional[int] = None,
+                 with_base: bool = False, model=None) -> Dict[str, int]:
+    """
+    Build (or complete) caches ahead of the runs that read them. With no dataset names: the
+    evaluator's training caches (DATASETS.TRAIN, CACHE.TRAIN_VIEWS views, saver only), exactly what
+    tools/train_net.py would build; they need no base weights. `model` defaults to the config's
+    TinySaver model with its weights. Returns records per dataset.
+    """
+    if cfg.MODEL.META_ARCHITECTURE != "TinySaverRCNN":
+        raise ValueError(f"Caches are built from a TinySaver config; MODEL.META_ARCHITECTURE is "
+                         f"{cfg.MODEL.META_ARCHITECTURE!r}")
+    if not dataset_names:
+        dataset_names = list(cfg.DATASETS.TRAIN)
+        views = views or cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS
+    counts = {}
+    for name in dataset_names:
+        cache = OutputCache(cfg, name, views=views or 1, with_base=with_base, model=model)
+        counts[name] = len(cache.load_or_build())
+        model = cache.model()  # one model for every dataset
+    return counts

@@ -1,0 +1,45 @@
+"""The demo's side-by-side lanes: each stage gets its share of the CPU threads, and a failing lane
+stops the others instead of letting them run on."""
+import os
+import sys
+import time
+
+import pytest
+
+from tinysaver_det.engine.demo import Demo
+
+PRINT_THREADS = [sys.executable, "-c", "import os; print('threads=' + os.environ.get('OMP_NUM_THREADS', 'unset'))"]
+
+
+def test_lanes_share_the_cpu_threads(tmp_path):
+    demo = Demo(str(tmp_path), quick=True, jobs=2)
+    demo.side_by_side(lambda: demo.stage("left", False, PRINT_THREADS),
+                      lambda: demo.stage("right", False, PRINT_THREADS))
+    demo.stage("alone", False, PRINT_THREADS)
+    share = max(1, (os.cpu_count() or 1) // 2)
+    for name in ("left", "right"):
+        assert (tmp_path / "logs" / f"{name}.log").read_text().strip() == f"threads={share}"
+    assert (tmp_path / "logs" / "alone.log").read_text().strip() == f"threads={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+
+
+def test_one_job_runs_lanes_one_after_the_other(tmp_path):
+    demo = Demo(str(tmp_path), quick=True, jobs=1)
+    order = []
+    assert demo.side_by_side(lambda: order.append("a") or 1, lambda: order.append("b") or 2) == [1, 2]
+    assert order == ["a", "b"]
+
+
+def test_a_failing_lane_stops_the_others(tmp_path):
+    demo = Demo(str(tmp_path), quick=True, jobs=2)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+    def failing():
+        while "sleeper" not in demo._running:  # fail once the other lane's stage is running
+            time.sleep(0.05)
+        raise ValueError("this lane failed")
+
+    with pytest.raises(ValueError, match="this lane failed"):
+        demo.side_by_side(lambda: demo.stage("sleeper", False, sleeper), failing)
+    assert demo.times["sleeper"] < 60  # terminated, not waited for
+    with pytest.raises(RuntimeError, match="another stage failed"):
+        demo.stage("later", False, PRINT_THREADS)  # nothing new starts after a failure
