@@ -244,7 +244,7 @@ class Demo:
 
         rows = [
             row("base (Cascade R-CNN R-18, 192 px)", res_base, costs["base_gflops"], 0.0, 0.0),
-            row("saver (Cascade R-CNN R-18, 80 px)", res_saver, costs["saver_gflops"], 1 - costs["c_s"], 1.0),
+            row("saver (Cascade R-CNN R-18, 88 px)", res_saver, costs["saver_gflops"], 1 - costs["c_s"], 1.0),
             row(f"TinySaver (t={calibration['chosen']['threshold']:.3g})", res_ts, routing["gflops_per_image"],
                 routing["compute_saved"], routing["exit_rate"]),
         ]
