@@ -61,15 +61,20 @@ def main():
                          f"{100 * c['compute_saved']:.1f}%", f"{100 * b['compute_saved']:.1f}%" if b["target_met"] else "none"])
         for reading, points in (("calibrated", calibrated), ("best_in_split", best)):
             ev, conf, orc = (points[r]["compute_saved"] for r in ("evaluator", "confidence", "oracle"))
-            summary[name][f"{reading}_evaluator_vs_confidence"] = ev / conf if conf > 0 else float("inf")
+            # A ratio only means something when the denominator saves compute; else it is left as NaN.
+            summary[name][f"{reading}_evaluator_vs_confidence"] = ev / conf if conf > 0 else float("nan")
             summary[name][f"{reading}_evaluator_share_of_oracle"] = ev / orc if orc > 0 else float("nan")
     headers = ["split", "router", "base AP", "AP (calibrated t)", "AP drop", "saved (calibrated t)", f"saved, best within {args.max_ap_drop} drop"]
     print(tabulate(rows, headers=headers, tablefmt="github"))
     for name in args.splits:
         for reading in ("calibrated", "best_in_split"):
-            print(f"{name} ({reading.replace('_', ' ')}): evaluator saves "
-                  f"{summary[name][f'{reading}_evaluator_vs_confidence']:.2f}x the confidence router's compute "
-                  f"(inf: confidence saves nothing), {100 * summary[name][f'{reading}_evaluator_share_of_oracle']:.0f}% of the oracle's")
+            saved = {r: 100 * summary[name][reading][r]["compute_saved"] for r in ("evaluator", "confidence", "oracle")}
+            vs_conf = summary[name][f"{reading}_evaluator_vs_confidence"]
+            share = summary[name][f"{reading}_evaluator_share_of_oracle"]
+            print(f"{name} ({reading.replace('_', ' ')}): saved: evaluator {saved['evaluator']:.1f}%, confidence "
+                  f"{saved['confidence']:.1f}%, oracle {saved['oracle']:.1f}%; evaluator / confidence "
+                  + (f"{vs_conf:.2f}x" if vs_conf == vs_conf else "n/a (confidence saves nothing)")
+                  + ", evaluator / oracle " + (f"{100 * share:.0f}%" if share == share else "n/a"))
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}
     print("machine:", machine)
     with open(os.path.join(args.out_dir, "routing_accuracy.json"), "w") as f:

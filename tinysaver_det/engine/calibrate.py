@@ -106,6 +106,13 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
                         "rank_correlation": calib.rank_correlations(cfg.MODEL.TINYSAVER.EVALUATOR.TARGET)},
         "reports": reports,
     }
+    if result["chosen"]["compute_saved"] <= 0:
+        # Routing then costs more than the base alone (every image pays the saver): say so plainly.
+        logger.warning(
+            f"At this target the {result['router']} router saves no compute on {dataset} "
+            f"({100 * result['chosen']['compute_saved']:.1f}% at exit rate {result['chosen']['exit_rate']:.2f}): "
+            "running the base alone is cheaper. A saver closer to the base, or a looser target, is needed."
+        )
     if comm.is_main_process():
         os.makedirs(output_dir, exist_ok=True)
         write_calibration(os.path.join(output_dir, "calibration.json"), result)
