@@ -89,6 +89,8 @@ class Demo:
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             with self._lock:
                 self._running[name] = proc
+                if self._stop.is_set():  # another lane failed while this stage was starting
+                    proc.terminate()
             try:
                 for line in proc.stdout:
                     log.write(line)
