@@ -142,3 +142,21 @@ def test_caches_need_a_tinysaver_config(dataset):
     saver_cfg = load_config(os.path.join(os.path.dirname(CONFIG), "saver_cascade_rcnn_R_18_FPN.yaml"))
     with pytest.raises(ValueError, match="META_ARCHITECTURE"):
         build_caches(saver_cfg, [dataset])
+
+
+def test_ap_gain_training_reads_a_cache_with_the_base(cfg, model, dataset):
+    """EVALUATOR.TARGET ap_gain: the trainer's loader caches the base too and trains on its AP gain."""
+    from tinysaver_det.engine.trainer import Trainer
+
+    cfg.DATASETS.TRAIN = (dataset,)
+    cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS = 1
+    cfg.MODEL.TINYSAVER.EVALUATOR.TARGET = "ap_gain"
+    cfg.SOLVER.IMS_PER_BATCH = 6
+    cfg.DATALOADER.NUM_WORKERS = 0
+    torch.manual_seed(0)  # the loader builds its own randomly initialised model
+    batch = next(iter(Trainer.build_train_loader(cfg)))
+    assert cache_is_complete(cfg, dataset, 1, True) and not cache_is_complete(cfg, dataset, 1, False)
+    torch.manual_seed(0)  # the same model again, so its cache key matches and the cache is read
+    records = OutputCache(cfg, dataset, views=1, with_base=True).load_or_build()
+    gains = sorted(r["base_ap"] - r["saver_ap"] for r in records)
+    assert sorted(b[TARGET_KEY] for b in batch) == pytest.approx(gains)

@@ -27,7 +27,7 @@ from tabulate import tabulate
 
 from ..config import load_config
 from ..utils.atomic import atomic_save_json
-from .output_cache import cache_is_complete
+from .output_cache import cache_is_complete, training_cache_needs_base
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +193,8 @@ class Demo:
 
         def saver_lane():
             self.train("saver", SAVER_CONFIG, no_final_eval)
+            if training_cache_needs_base(cfg):
+                return  # the evaluator's stage caches saver and base itself, once the base is trained
             # The evaluator's training cache needs only the saver: built while the base trains.
             self.cache("cache_train", cache_is_complete(cfg, cfg.DATASETS.TRAIN[0], train_views, False), [],
                        ["MODEL.TINYSAVER.SAVER.WEIGHTS", saver_w, "MODEL.TINYSAVER.BASE.WEIGHTS", ""] + cache_dir)

@@ -291,12 +291,17 @@ def cache_is_complete(cfg, dataset_name: str, views: int, with_base: bool) -> bo
         return bool(json.load(f).get("complete", False))
 
 
+def training_cache_needs_base(cfg) -> bool:
+    """The ap_gain target is the base's per-image AP minus the saver's: its training cache runs both."""
+    return cfg.MODEL.TINYSAVER.EVALUATOR.TARGET == "ap_gain"
+
+
 def build_caches(cfg, dataset_names: Optional[List[str]] = None, views: Optional[int] = None,
                  with_base: bool = False, model=None) -> Dict[str, int]:
     """
     Build (or complete) caches ahead of the runs that read them. With no dataset names: the
-    evaluator's training caches (DATASETS.TRAIN, CACHE.TRAIN_VIEWS views, saver only), exactly what
-    tools/train_net.py would build; they need no base weights. `model` defaults to the config's
+    evaluator's training caches (DATASETS.TRAIN, CACHE.TRAIN_VIEWS views), exactly what
+    tools/train_net.py would build; for the default saver_ap target they need no base weights. `model` defaults to the config's
     TinySaver model with its weights. Returns records per dataset.
     """
     if cfg.MODEL.META_ARCHITECTURE != "TinySaverRCNN":
@@ -305,6 +310,7 @@ def build_caches(cfg, dataset_names: Optional[List[str]] = None, views: Optional
     if not dataset_names:
         dataset_names = list(cfg.DATASETS.TRAIN)
         views = views or cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS
+        with_base = with_base or training_cache_needs_base(cfg)
     counts = {}
     for name in dataset_names:
         cache = OutputCache(cfg, name, views=views or 1, with_base=with_base, model=model)

@@ -23,7 +23,7 @@ from ..evaluation.throughput import ThroughputEvaluator
 from ..utils.atomic import atomic_save_json
 from ..flops import first_test_inputs, tinysaver_costs
 from .hooks import RankCorrelationHook
-from .output_cache import OutputCache, training_examples
+from .output_cache import OutputCache, training_cache_needs_base, training_examples
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,8 @@ class Trainer(DefaultTrainer):
             return build_detection_train_loader(cfg, mapper=RobustDatasetMapper(cfg, is_train=True), dataset=dicts)
         records = []
         for name in cfg.DATASETS.TRAIN:
-            records += OutputCache(cfg, name, views=cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS).load_or_build()
+            records += OutputCache(cfg, name, views=cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS,
+                                   with_base=training_cache_needs_base(cfg)).load_or_build()
         examples = training_examples(records, cfg.MODEL.TINYSAVER.EVALUATOR.TARGET)
         logger.info(f"Training the evaluator on {len(examples)} cached views of {cfg.DATASETS.TRAIN}")
         return build_detection_train_loader(
