@@ -2,8 +2,9 @@
 """
 Build (or complete) the cached saver and base outputs that evaluator training and calibration read,
 ahead of those runs; on several GPUs the images are split between processes. With no --dataset it
-builds the evaluator's training caches (DATASETS.TRAIN, CACHE.TRAIN_VIEWS views, saver only), which
-need no base weights, so they can be built while the base is still training.
+builds the evaluator's training caches (DATASETS.TRAIN, CACHE.TRAIN_VIEWS views). For the default
+saver_ap target they hold the saver only and need no base weights, so they can be built while the
+base is still training; for ap_gain they run the base too.
 
     python tools/cache_outputs.py --config-file configs/COCO-Detection/tinysaver_R18_cascade_R50.yaml \
         --num-gpus 8 MODEL.TINYSAVER.SAVER.WEIGHTS saver.pth
