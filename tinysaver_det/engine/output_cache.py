@@ -301,8 +301,8 @@ def build_caches(cfg, dataset_names: Optional[List[str]] = None, views: Optional
     """
     Build (or complete) caches ahead of the runs that read them. With no dataset names: the
     evaluator's training caches (DATASETS.TRAIN, CACHE.TRAIN_VIEWS views), exactly what
-    tools/train_net.py would build; for the default saver_ap target they need no base weights. `model` defaults to the config's
-    TinySaver model with its weights. Returns records per dataset.
+    tools/train_net.py would build; for the default saver_ap target they need no base weights.
+    `model` defaults to the config's TinySaver model with its weights. Returns records per dataset.
     """
     if cfg.MODEL.META_ARCHITECTURE != "TinySaverRCNN":
         raise ValueError(f"Caches are built from a TinySaver config; MODEL.META_ARCHITECTURE is "
