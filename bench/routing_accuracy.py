@@ -13,6 +13,7 @@ Prints tables, writes JSON and the accuracy-compute plot of each split.
 """
 import argparse
 import json
+import math
 import os
 import platform
 
@@ -73,8 +74,8 @@ def main():
             share = summary[name][f"{reading}_evaluator_share_of_oracle"]
             print(f"{name} ({reading.replace('_', ' ')}): saved: evaluator {saved['evaluator']:.1f}%, confidence "
                   f"{saved['confidence']:.1f}%, oracle {saved['oracle']:.1f}%; evaluator / confidence "
-                  + (f"{vs_conf:.2f}x" if vs_conf == vs_conf else "n/a (confidence saves nothing)")
-                  + ", evaluator / oracle " + (f"{100 * share:.0f}%" if share == share else "n/a"))
+                  + ("n/a (confidence saves nothing)" if math.isnan(vs_conf) else f"{vs_conf:.2f}x")
+                  + ", evaluator / oracle " + ("n/a" if math.isnan(share) else f"{100 * share:.0f}%"))
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}
     print("machine:", machine)
     with open(os.path.join(args.out_dir, "routing_accuracy.json"), "w") as f:

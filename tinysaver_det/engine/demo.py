@@ -27,7 +27,7 @@ from tabulate import tabulate
 
 from ..config import load_config
 from ..utils.atomic import atomic_save_json
-from .output_cache import cache_is_complete, training_cache_needs_base
+from .output_cache import cache_is_complete, training_cache_spec
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class Demo:
         cache_dir = ["MODEL.TINYSAVER.CACHE.DIR", self.path("cache")]
         sub_weights = ["MODEL.TINYSAVER.SAVER.WEIGHTS", saver_w, "MODEL.TINYSAVER.BASE.WEIGHTS", base_w] + cache_dir
         cfg = load_config(TINYSAVER_CONFIG, sub_weights + self.opts("evaluator"))
-        train_views = cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS
+        train_views, train_with_base = training_cache_spec(cfg)
         test_set = cfg.DATASETS.TEST[0]
 
         # Training skips its own final evaluation (DATASETS.TEST empty): the eval stages below evaluate
@@ -193,10 +193,11 @@ class Demo:
 
         def saver_lane():
             self.train("saver", SAVER_CONFIG, no_final_eval)
-            if training_cache_needs_base(cfg):
+            if train_with_base:
                 return  # the evaluator's stage caches saver and base itself, once the base is trained
             # The evaluator's training cache needs only the saver: built while the base trains.
-            self.cache("cache_train", cache_is_complete(cfg, cfg.DATASETS.TRAIN[0], train_views, False), [],
+            done = all(cache_is_complete(cfg, name, train_views, False) for name in cfg.DATASETS.TRAIN)
+            self.cache("cache_train", done, [],
                        ["MODEL.TINYSAVER.SAVER.WEIGHTS", saver_w, "MODEL.TINYSAVER.BASE.WEIGHTS", ""] + cache_dir)
 
         self.side_by_side(saver_lane, lambda: self.train("base", BASE_CONFIG, no_final_eval))

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -291,9 +291,12 @@ def cache_is_complete(cfg, dataset_name: str, views: int, with_base: bool) -> bo
         return bool(json.load(f).get("complete", False))
 
 
-def training_cache_needs_base(cfg) -> bool:
-    """The ap_gain target is the base's per-image AP minus the saver's: its training cache runs both."""
-    return cfg.MODEL.TINYSAVER.EVALUATOR.TARGET == "ap_gain"
+def training_cache_spec(cfg) -> Tuple[int, bool]:
+    """
+    Views per image, and whether the base runs, in the evaluator's training caches. The ap_gain
+    target is the base's per-image AP minus the saver's, so its caches run both.
+    """
+    return cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS, cfg.MODEL.TINYSAVER.EVALUATOR.TARGET == "ap_gain"
 
 
 def build_caches(cfg, dataset_names: Optional[List[str]] = None, views: Optional[int] = None,
@@ -309,8 +312,8 @@ def build_caches(cfg, dataset_names: Optional[List[str]] = None, views: Optional
                          f"{cfg.MODEL.META_ARCHITECTURE!r}")
     if not dataset_names:
         dataset_names = list(cfg.DATASETS.TRAIN)
-        views = views or cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS
-        with_base = with_base or training_cache_needs_base(cfg)
+        train_views, train_with_base = training_cache_spec(cfg)
+        views, with_base = views or train_views, with_base or train_with_base
     counts = {}
     for name in dataset_names:
         cache = OutputCache(cfg, name, views=views or 1, with_base=with_base, model=model)

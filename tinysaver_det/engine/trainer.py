@@ -23,7 +23,7 @@ from ..evaluation.throughput import ThroughputEvaluator
 from ..utils.atomic import atomic_save_json
 from ..flops import first_test_inputs, tinysaver_costs
 from .hooks import RankCorrelationHook
-from .output_cache import OutputCache, training_cache_needs_base, training_examples
+from .output_cache import OutputCache, training_cache_spec, training_examples
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +125,10 @@ class Trainer(DefaultTrainer):
             if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
                 dicts = [d for d in dicts if d["annotations"]]
             return build_detection_train_loader(cfg, mapper=RobustDatasetMapper(cfg, is_train=True), dataset=dicts)
+        views, with_base = training_cache_spec(cfg)
         records = []
         for name in cfg.DATASETS.TRAIN:
-            records += OutputCache(cfg, name, views=cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS,
-                                   with_base=training_cache_needs_base(cfg)).load_or_build()
+            records += OutputCache(cfg, name, views=views, with_base=with_base).load_or_build()
         examples = training_examples(records, cfg.MODEL.TINYSAVER.EVALUATOR.TARGET)
         logger.info(f"Training the evaluator on {len(examples)} cached views of {cfg.DATASETS.TRAIN}")
         return build_detection_train_loader(
