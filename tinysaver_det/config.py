@@ -10,6 +10,8 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 from detectron2.utils.file_io import PathManager
 
+from .data.datasets import register_coco_datasets
+
 # The two detectors a TinySaver model holds, by their config sub-node names.
 SUB_MODELS = ("SAVER", "BASE")
 
@@ -68,6 +70,12 @@ def add_tinysaver_config(cfg: CN) -> None:
     # unless this is True, which skips them with a warning.
     ts.DATA = CN()
     ts.DATA.SKIP_BAD_IMAGES = False
+    # COCO-format datasets to register when the config is loaded, so a dataset of one's own needs
+    # no Python: a list of (name, json_file, image_root), as detectron2's register_coco_instances
+    # takes them. ~ and $VARS expand ($TINYSAVER_SHARED_DATA and $DETECTRON2_DATASETS default as for
+    # the built-in sets); relative paths resolve against the working directory. Registering an
+    # entry again is a no-op; a name already taken by another dataset is refused.
+    ts.DATA.COCO_DATASETS = []
 
     # Cached detector outputs used to train the evaluator and to calibrate.
     ts.CACHE = CN()
@@ -131,6 +139,10 @@ def load_config(config_file: str, opts: Sequence[str] = (), device_fallback: boo
     for part, path in _sub_config_paths(config_file).items():
         cfg.MODEL.TINYSAVER[part].CONFIG_FILE = path
     cfg.merge_from_list(list(opts))
+    # Every entry point and every `launch` worker loads its config here: register its datasets.
+    cfg.MODEL.TINYSAVER.DATA.COCO_DATASETS = register_coco_datasets(
+        cfg.MODEL.TINYSAVER.DATA.COCO_DATASETS, key="MODEL.TINYSAVER.DATA.COCO_DATASETS"
+    )
     if device_fallback and cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         # detectron2 defaults to CUDA; run on the CPU where there is no GPU rather than fail.
         logging.getLogger(__name__).warning("No CUDA device: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)

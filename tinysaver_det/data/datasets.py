@@ -11,13 +11,17 @@ Dataset registration. Importing this module registers:
 * ``coco_2017_val_calib`` / ``coco_2017_val_eval`` (and the same halves of the 158-image subset):
   val2017 split by image-id parity, to choose thresholds on one half and report on the other.
 
+Any other COCO-format set is registered from the config (``MODEL.TINYSAVER.DATA.COCO_DATASETS``) by
+:func:`register_coco_datasets`, which ``load_config`` calls in every process.
+
 Full COCO (``coco_2017_train``, ``coco_2017_val``, ...) is already registered by detectron2 itself
 from ``$DETECTRON2_DATASETS/coco`` when ``detectron2.data`` is imported; it is not re-registered here.
 """
 import logging
 import os
+import re
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
@@ -30,6 +34,8 @@ __all__ = [
     "register_synthetic",
     "register_shared_coco",
     "register_halves",
+    "register_coco_datasets",
+    "expand_data_path",
     "register_all",
 ]
 
@@ -111,6 +117,75 @@ def register_shared_coco(shared_root: Optional[str] = None) -> List[str]:
         _register_coco(name, {}, os.path.join(base, json_rel), os.path.join(base, images_rel))
         names.append(name)
     return names
+
+
+_VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
+
+
+def expand_data_path(path: str) -> str:
+    """
+    ``path`` with ``~`` and ``$VAR``/``${VAR}`` expanded and made absolute against the working
+    directory. ``$TINYSAVER_SHARED_DATA`` and ``$DETECTRON2_DATASETS`` default as for the built-in
+    sets when unset; any other unset variable is an error (a silently empty path would point
+    somewhere else).
+    """
+    defaults = {
+        "TINYSAVER_SHARED_DATA": default_shared_root(),
+        "DETECTRON2_DATASETS": os.getenv("DETECTRON2_DATASETS", "datasets"),
+    }
+
+    def value(match: "re.Match") -> str:
+        var = match.group(1) or match.group(2)
+        if var in os.environ:
+            return os.environ[var]
+        if var in defaults:
+            return defaults[var]
+        raise KeyError(f"environment variable ${var} in the path {path!r} is not set")
+
+    return os.path.abspath(os.path.expanduser(_VARIABLE.sub(value, path)))
+
+
+def register_coco_datasets(
+    entries: Sequence[Sequence[str]], key: str = "MODEL.TINYSAVER.DATA.COCO_DATASETS"
+) -> List[List[str]]:
+    """
+    Register COCO-format datasets given as ``(name, json_file, image_root)`` entries, as
+    ``register_coco_instances`` does, checking each first. ``key`` names the config key in errors.
+
+    Returns:
+        the entries with their paths expanded (see :func:`expand_data_path`), for the saved config.
+    Raises:
+        ValueError: an entry that is not three non-empty strings, or a name already registered for
+            another json or image folder (a built-in set, say).
+        FileNotFoundError: a missing json file or image folder.
+    """
+    resolved = []
+    for i, entry in enumerate(entries):
+        where = f"{key}[{i}]"
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 3
+                and all(isinstance(x, str) and x for x in entry)):
+            raise ValueError(f"{where} = {entry!r}: expected (name, json_file, image_root)")
+        name = entry[0]
+        try:
+            json_file, image_root = expand_data_path(entry[1]), expand_data_path(entry[2])
+        except KeyError as e:
+            raise ValueError(f"{where} ({name}): {e.args[0]}") from None
+        if not os.path.isfile(json_file):
+            raise FileNotFoundError(f"{where} ({name}): the json file {json_file!r} does not exist")
+        if not os.path.isdir(image_root):
+            raise FileNotFoundError(f"{where} ({name}): the image folder {image_root!r} does not exist")
+        if name in DatasetCatalog.list():
+            meta = MetadataCatalog.get(name)
+            registered = (meta.get("json_file", None), meta.get("image_root", None))
+            if registered != (json_file, image_root):
+                raise ValueError(
+                    f"{where}: the dataset name {name!r} is already registered, with json "
+                    f"{registered[0]!r} and images {registered[1]!r}; choose another name"
+                )
+        else:
+            register_coco_instances(name, {}, json_file, image_root)
+        resolved.append([name, json_file, image_root])
+    return resolved
 
 
 def register_halves(name: str, json_file: str, image_root: str) -> List[str]:
