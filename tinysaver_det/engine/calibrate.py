@@ -25,10 +25,12 @@ from ..evaluation.calibration import (
     write_calibration,
 )
 from ..evaluation.coco_fast import MatchTable
+from ..evaluation.detections import record_dets
+from ..evaluation.ground_truth import dataset_ground_truth
 from ..evaluation.plots import plot_accuracy_compute, plot_examples, plot_score_distribution
 from ..flops import first_test_inputs, tinysaver_costs
 from .hooks import quality_of
-from .output_cache import OutputCache, dataset_ground_truth, record_dets
+from .output_cache import OutputCache
 
 logger = logging.getLogger(__name__)
 
