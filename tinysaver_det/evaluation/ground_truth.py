@@ -11,8 +11,6 @@ import logging
 import os
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
@@ -101,7 +99,3 @@ def dataset_ground_truth(dataset_name: str, dataset_dicts: List[dict]) -> List[I
     coco = coco_api(checked_coco_dict(dataset_name, dataset_dicts))
     return gt_from_coco(coco, [d["image_id"] for d in dataset_dicts])
 
-
-def count_gt(gts: Sequence[ImageGT]) -> int:
-    """Non-crowd ground-truth boxes in `gts`."""
-    return int(sum(np.count_nonzero(~g.iscrowd) for g in gts))
