@@ -129,3 +129,15 @@ class RobustDatasetMapper(DatasetMapper):
             return super().__call__(dataset_dict)
         finally:
             utils.read_image = original
+
+
+def build_test_mapper(cfg, with_ground_truth: bool = False) -> RobustDatasetMapper:
+    """
+    The test-time mapper (test resize, no augmentation). With `with_ground_truth` each image keeps
+    its non-crowd boxes as "instances" in the resized frame, as training inputs carry them: the
+    oracle router scores images by their true quality. detectron2's mapper drops annotations
+    exactly when is_train is False, so the test augmentations are built and is_train is set.
+    """
+    args = RobustDatasetMapper.from_config(cfg, is_train=False)
+    args["is_train"] = with_ground_truth
+    return RobustDatasetMapper(**args)

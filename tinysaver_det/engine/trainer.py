@@ -17,7 +17,7 @@ from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
 
 from ..checkpoint import CheckedCheckpointer, load_tinysaver_weights
-from ..data.checks import RobustDatasetMapper, checked_dataset_dicts
+from ..data.checks import RobustDatasetMapper, build_test_mapper, checked_dataset_dicts
 from ..evaluation.coco_evaluator import CheckedCOCOEvaluator
 from ..evaluation.routing_evaluator import RoutingEvaluator
 from ..evaluation.throughput import ThroughputEvaluator
@@ -118,8 +118,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        # The oracle router routes by true per-image quality: its test images keep their ground truth.
+        oracle = is_tinysaver(cfg) and cfg.MODEL.TINYSAVER.ROUTER == "oracle"
         dicts = checked_dataset_dicts([dataset_name], cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
-        return build_detection_test_loader(dicts, mapper=RobustDatasetMapper(cfg, is_train=False),
+        return build_detection_test_loader(dicts, mapper=build_test_mapper(cfg, with_ground_truth=oracle),
                                            num_workers=cfg.DATALOADER.NUM_WORKERS)
 
     @classmethod
