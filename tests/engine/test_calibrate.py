@@ -1,4 +1,4 @@
-"""Calibration says loudly when its figures mean nothing: a base of 0 AP, an undefined correlation."""
+"""Calibration says loudly when its figures mean nothing: a base of 0 AP, a NaN correlation."""
 import logging
 import math
 import os
@@ -44,7 +44,8 @@ def test_constant_quality_gives_nan_with_a_warning_not_scipys(caplog_all):
         assert math.isnan(rank_correlation([0.1, 0.5, 0.9], [0.0, 0.0, 0.0], "split, evaluator"))
         assert math.isnan(rank_correlation([0.3, 0.3, 0.3], [0.2, 0.5, 0.1], "split, confidence"))
     messages = [r.message for r in caplog_all.records]
-    assert any("true per-image quality is the same" in m and "split, evaluator" in m for m in messages)
+    assert any("true per-image quality is the same" in m and "split, evaluator" in m
+               for m in messages)
     assert any("score is the same" in m and "split, confidence" in m for m in messages)
     assert rank_correlation([1, 2, 3, 4], [10, 20, 40, 30], "ok") == pytest.approx(0.8)
 
@@ -55,7 +56,8 @@ def test_calibration_against_a_blind_base_warns(tmp_path, caplog_all):
     prefix = f"calibwarn{uuid.uuid4().hex[:6]}"
     register_synthetic(root, prefix=prefix)
     cfg = load_config(CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", "",
-                               "MODEL.TINYSAVER.BASE.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path / "out"),
+                               "MODEL.TINYSAVER.BASE.WEIGHTS", "",
+                               "OUTPUT_DIR", str(tmp_path / "out"),
                                "MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES", "1",
                                "DATASETS.TEST", f"('{prefix}_calib',)"])
     torch.manual_seed(0)

@@ -13,7 +13,11 @@ from tinysaver_det.data.datasets import register_synthetic
 from tinysaver_det.data.synthetic import generate_split, split_spec
 from tinysaver_det.engine.trainer import Trainer
 from tinysaver_det.evaluation.coco_fast import per_image_ap
-from tinysaver_det.evaluation.detections import contiguous_to_dataset_id, detections_record, record_dets
+from tinysaver_det.evaluation.detections import (
+    contiguous_to_dataset_id,
+    detections_record,
+    record_dets,
+)
 from tinysaver_det.evaluation.ground_truth import dataset_ground_truth
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic",
@@ -31,7 +35,8 @@ def dataset(tmp_path_factory):
 
 def oracle_cfg(dataset, out, router="oracle"):
     return load_config(CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", "",
-                                "MODEL.TINYSAVER.BASE.WEIGHTS", "", "MODEL.TINYSAVER.ROUTER", router,
+                                "MODEL.TINYSAVER.BASE.WEIGHTS", "",
+                                "MODEL.TINYSAVER.ROUTER", router,
                                 "MODEL.TINYSAVER.THRESHOLD", "0.0", "OUTPUT_DIR", str(out),
                                 "DATASETS.TEST", f"('{dataset}',)", "DATALOADER.NUM_WORKERS", "0",
                                 "MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES", "1"])
@@ -43,10 +48,11 @@ def test_test_loader_keeps_ground_truth_only_for_the_oracle(dataset, tmp_path):
     inputs = [x for b in batches for x in b]
     assert [len(x["instances"]) for x in inputs] == [len(d["annotations"]) for d in dicts]
     assert all(x["instances"].image_size == tuple(x["image"].shape[-2:]) for x in inputs)
-    plain = [x for b in Trainer.build_test_loader(oracle_cfg(dataset, tmp_path, "evaluator"), dataset)
-             for x in b]
+    loader = Trainer.build_test_loader(oracle_cfg(dataset, tmp_path, "evaluator"), dataset)
+    plain = [x for b in loader for x in b]
     assert all("instances" not in x for x in plain)
-    assert [x["image"].shape for x in plain] == [x["image"].shape for x in inputs]  # same test resize
+    # The same test-time resize with and without ground truth.
+    assert [x["image"].shape for x in plain] == [x["image"].shape for x in inputs]
 
 
 def test_eval_only_with_the_oracle_routes_by_true_gain(dataset, tmp_path):

@@ -1,4 +1,4 @@
-"""The output cache stores real COCO category ids, even when it is opened before the dataset loads."""
+"""The output cache stores real COCO category ids, even when opened before the dataset loads."""
 import json
 import os
 import uuid
@@ -30,8 +30,8 @@ def few_coco_images(folder, n: int) -> str:
     images = sorted(full["images"], key=lambda im: im["id"])[:n]
     ids = {im["id"] for im in images}
     path = folder / "few.json"
-    path.write_text(json.dumps({**full, "images": images,
-                                "annotations": [a for a in full["annotations"] if a["image_id"] in ids]}))
+    anns = [a for a in full["annotations"] if a["image_id"] in ids]
+    path.write_text(json.dumps({**full, "images": images, "annotations": anns}))
     name = f"cachecoco_{uuid.uuid4().hex[:8]}"
     register_coco_instances(name, {}, str(path), os.path.join(SHARED, IMAGES))
     return name
@@ -46,7 +46,8 @@ def coco80_cfg(folder):
                     "MODEL:\n  ROI_HEADS:\n    NUM_CLASSES: 80\n")
     top = folder / "tinysaver.yaml"
     top.write_text('MODEL:\n  META_ARCHITECTURE: "TinySaverRCNN"\n  TINYSAVER:\n'
-                   f'    SAVER:\n      CONFIG_FILE: "{saver}"\n    BASE:\n      CONFIG_FILE: "{base}"\n')
+                   f'    SAVER:\n      CONFIG_FILE: "{saver}"\n'
+                   f'    BASE:\n      CONFIG_FILE: "{base}"\n')
     return load_config(str(top), ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "192",
                                   "INPUT.MAX_SIZE_TEST", "320",
                                   "MODEL.TINYSAVER.CACHE.DIR", str(folder / "cache")])
@@ -63,7 +64,8 @@ def test_cached_detections_carry_the_dataset_category_ids(tmp_path):
     records = cache.load_or_build()
 
     with open(os.path.join(tmp_path, "few.json")) as f:
-        coco_ids = sorted(c["id"] for c in json.load(f)["categories"])  # contiguous i -> coco_ids[i]
+        # contiguous class i -> coco_ids[i]
+        coco_ids = sorted(c["id"] for c in json.load(f)["categories"])
     dicts = checked_dataset_dicts([name])
     seen = 0
     for record, d in zip(records, dicts):

@@ -20,7 +20,11 @@ from tinysaver_det.data.datasets import register_halves
 from tinysaver_det.evaluation.calibration import METRICS
 from tinysaver_det.evaluation.coco_evaluator import CheckedCOCOEvaluator
 from tinysaver_det.evaluation.coco_fast import MatchTable
-from tinysaver_det.evaluation.detections import contiguous_to_dataset_id
+from tinysaver_det.evaluation.detections import (
+    contiguous_to_dataset_id,
+    detections_record,
+    record_dets,
+)
 from tinysaver_det.evaluation.ground_truth import dataset_ground_truth
 
 CATEGORY_IDS = [2, 5, 11]
@@ -37,8 +41,8 @@ def make_json(path, num_images=8, seed=0, bad=True) -> dict:
         for _ in range(rng.integers(2, 5)):
             w, h = rng.uniform(34, 80, 2)  # none small: APs is undefined
             x, y = rng.uniform(0, W - w), rng.uniform(0, H - h)
-            anns.append({"id": len(anns) + 1, "image_id": 10 + i, "bbox": [x, y, w, h], "area": w * h,
-                         "iscrowd": 0, "category_id": int(rng.choice(CATEGORY_IDS))})
+            anns.append({"id": len(anns) + 1, "image_id": 10 + i, "bbox": [x, y, w, h],
+                         "area": w * h, "iscrowd": 0, "category_id": int(rng.choice(CATEGORY_IDS))})
     if bad:
         anns.append({"id": DEGENERATE, "image_id": 11, "bbox": [50.0, 40.0, 0.0, 30.0], "area": 0.0,
                      "iscrowd": 0, "category_id": 5})
@@ -75,7 +79,8 @@ def predictions(name, wrong=True, empty=False):
     rng = np.random.default_rng(1)
     out = []
     for i, d in enumerate(checked_dataset_dicts([name])):
-        boxes = torch.tensor([a["bbox"] for a in d["annotations"]], dtype=torch.float32).reshape(-1, 4)
+        boxes = torch.tensor([a["bbox"] for a in d["annotations"]], dtype=torch.float32)
+        boxes = boxes.reshape(-1, 4)
         if wrong and i % 2:
             boxes[::2] += 9.0
         inst = Instances((d["height"], d["width"]))
@@ -86,6 +91,14 @@ def predictions(name, wrong=True, empty=False):
                                          dtype=torch.int64)[keep]
         out.append(({"image_id": d["image_id"]}, {"instances": inst}))
     return out
+
+
+def checked(name, folder):
+    return CheckedCOCOEvaluator(name, tasks=("bbox",), distributed=False, output_dir=str(folder))
+
+
+def plain(name, folder):
+    return COCOEvaluator(name, tasks=("bbox",), distributed=False, output_dir=str(folder))
 
 
 def evaluate(evaluator, preds):
@@ -101,12 +114,9 @@ def test_coco_ap_scores_the_checked_boxes(tmp_path):
     (tmp_path / "clean.json").write_text(json.dumps(cleaned_by_hand(coco)))
     clean = register(tmp_path / "clean.json")
     preds = predictions(name)
-    got = evaluate(CheckedCOCOEvaluator(name, tasks=("bbox",), distributed=False,
-                                        output_dir=str(tmp_path / "a")), preds)
-    want = evaluate(COCOEvaluator(clean, tasks=("bbox",), distributed=False,
-                                  output_dir=str(tmp_path / "b")), predictions(clean))
-    raw = evaluate(COCOEvaluator(name, tasks=("bbox",), distributed=False,
-                                 output_dir=str(tmp_path / "c")), predictions(name))
+    got = evaluate(checked(name, tmp_path / "a"), preds)
+    want = evaluate(plain(clean, tmp_path / "b"), predictions(clean))
+    raw = evaluate(plain(name, tmp_path / "c"), predictions(name))
     assert 5.0 < want["AP"] < 95.0
     for k in METRICS:
         assert got[k] == pytest.approx(want[k], abs=1e-6, nan_ok=True), k
@@ -126,13 +136,10 @@ def test_caches_and_calibration_score_the_same_boxes(tmp_path):
     # AP of the same detections from the per-image ground truth equals COCO evaluation's.
     to_id = contiguous_to_dataset_id(name)
     dets = []
-    from tinysaver_det.evaluation.detections import detections_record, record_dets
-
     for _, y in predictions(name):
         dets.append(record_dets(detections_record(y["instances"], to_id)))
     fast = MatchTable.build(gts, {"p": dets}).source_metrics("p")
-    want = evaluate(CheckedCOCOEvaluator(name, tasks=("bbox",), distributed=False,
-                                         output_dir=str(tmp_path / "a")), predictions(name))
+    want = evaluate(checked(name, tmp_path / "a"), predictions(name))
     assert fast["AP"] == pytest.approx(want["AP"], abs=1e-6)
 
 
@@ -142,10 +149,8 @@ def test_a_half_of_a_json_is_scored_on_its_own_images(tmp_path):
     calib, _ = register_halves(prefix, str(tmp_path / "full.json"), str(tmp_path))
     perfect = predictions(calib, wrong=False)
     assert len(perfect) == len(DatasetCatalog.get(calib)) == 4
-    got = evaluate(CheckedCOCOEvaluator(calib, tasks=("bbox",), distributed=False,
-                                        output_dir=str(tmp_path / "a")), perfect)
-    raw = evaluate(COCOEvaluator(calib, tasks=("bbox",), distributed=False,
-                                 output_dir=str(tmp_path / "b")), predictions(calib, wrong=False))
+    got = evaluate(checked(calib, tmp_path / "a"), perfect)
+    raw = evaluate(plain(calib, tmp_path / "b"), predictions(calib, wrong=False))
     assert got["AP"] == pytest.approx(100.0)
     assert raw["AP"] < 80.0  # detectron2's counts the other half's boxes as missed
 
@@ -153,7 +158,8 @@ def test_a_half_of_a_json_is_scored_on_its_own_images(tmp_path):
 def test_no_detections_score_zero_not_nan(tmp_path):
     make_json(tmp_path / "full.json", bad=False)
     name = register(tmp_path / "full.json")
-    got = evaluate(CheckedCOCOEvaluator(name, tasks=("bbox",), distributed=False,
-                                        output_dir=str(tmp_path / "a")), predictions(name, empty=True))
+    got = evaluate(checked(name, tmp_path / "a"), predictions(name, empty=True))
     assert got["AP"] == 0.0 and got["AP50"] == 0.0 and got["APm"] == 0.0
     assert np.isnan(got["APs"])  # no box below 32x32 px: undefined, as COCOeval has it
+    # detectron2's own evaluator (what --eval-only ran before) says NaN: "no value".
+    assert np.isnan(evaluate(plain(name, tmp_path / "b"), predictions(name, empty=True))["AP"])

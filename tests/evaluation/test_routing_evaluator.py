@@ -36,8 +36,8 @@ def fresh_coco_subset() -> str:
 def detections_of(record: dict, rng: np.random.Generator, wrong: bool) -> Instances:
     """The image's own non-crowd boxes as detections; `wrong` shifts some and mislabels others."""
     anns = [a for a in record["annotations"] if not a.get("iscrowd", 0)]
-    boxes = np.array([BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns],
-                     dtype=np.float32).reshape(-1, 4)
+    boxes = [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
+    boxes = np.array(boxes, dtype=np.float32).reshape(-1, 4)
     classes = np.array([a["category_id"] for a in anns], dtype=np.int64)
     if wrong:
         shift = (boxes[:, 2] - boxes[:, 0]) * rng.uniform(0.1, 0.6, len(boxes))
@@ -62,7 +62,7 @@ def run_both(name: str, tmp_path, wrong_every: int):
     ids = {"saver": [], "base": []}
     for i, record in enumerate(DatasetCatalog.get(name)[:NUM_IMAGES]):
         wrong = wrong_every > 0 and i % wrong_every == 1
-        inputs = [{"image_id": record["image_id"], "height": record["height"], "width": record["width"]}]
+        inputs = [{k: record[k] for k in ("image_id", "height", "width")}]
         outputs = [{"instances": detections_of(record, rng, wrong),
                     "tinysaver": {"score": float(i), "exited": i % 3 == 0}}]
         routing.process(inputs, outputs)
@@ -72,7 +72,8 @@ def run_both(name: str, tmp_path, wrong_every: int):
     result = routing.evaluate()["routing"]
     for path in ("saver", "base"):
         want = coco[path].evaluate(img_ids=ids[path])["bbox"]  # default: all images of the json
-        yield path, {k: result[f"{k}_{path}_images"] for k in METRICS}, {k: want[k] for k in METRICS}
+        got = {k: result[f"{k}_{path}_images"] for k in METRICS}
+        yield path, got, {k: want[k] for k in METRICS}
 
 
 def test_perfect_detections_score_100_on_each_path(tmp_path):

@@ -21,7 +21,8 @@ BASE_CONFIG = os.path.join(ROOT, "configs", "Synthetic", "base_cascade_rcnn_R_18
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("analyze_model", os.path.join(ROOT, "tools", "analyze_model.py"))
+    path = os.path.join(ROOT, "tools", "analyze_model.py")
+    spec = importlib.util.spec_from_file_location("analyze_model", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

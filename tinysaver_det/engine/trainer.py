@@ -92,7 +92,8 @@ class Trainer(DefaultTrainer):
         """
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluators = [
-            CheckedCOCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder),
+            CheckedCOCOEvaluator(dataset_name, tasks=("bbox",), distributed=True,
+                                 output_dir=output_folder),
             ThroughputEvaluator(),
         ]
         if is_tinysaver(cfg):
@@ -118,10 +119,11 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        # The oracle router routes by true per-image quality: its test images keep their ground truth.
+        # The oracle router routes by true per-image quality: its images keep their ground truth.
         oracle = is_tinysaver(cfg) and cfg.MODEL.TINYSAVER.ROUTER == "oracle"
         dicts = checked_dataset_dicts([dataset_name], cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
-        return build_detection_test_loader(dicts, mapper=build_test_mapper(cfg, with_ground_truth=oracle),
+        mapper = build_test_mapper(cfg, with_ground_truth=oracle)
+        return build_detection_test_loader(dicts, mapper=mapper,
                                            num_workers=cfg.DATALOADER.NUM_WORKERS)
 
     @classmethod

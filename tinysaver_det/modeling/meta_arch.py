@@ -282,7 +282,8 @@ class TinySaverRCNN(nn.Module):
         if any("instances" not in x for x in batched_inputs):
             raise ValueError(
                 "ROUTER 'oracle' needs ground truth: the inputs must carry 'instances' (the test "
-                "loader of tools/train_net.py keeps them for the oracle: data.checks.build_test_mapper)"
+                "loader of tools/train_net.py keeps them for the oracle: "
+                "data.checks.build_test_mapper)"
             )
         gains = [
             per_image_quality(gt_in_output_frame(x), b["instances"]) - per_image_quality(gt_in_output_frame(x), s["instances"])
