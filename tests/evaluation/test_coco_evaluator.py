@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, Instances
@@ -163,3 +163,20 @@ def test_no_detections_score_zero_not_nan(tmp_path):
     assert np.isnan(got["APs"])  # no box below 32x32 px: undefined, as COCOeval has it
     # detectron2's own evaluator (what --eval-only ran before) says NaN: "no value".
     assert np.isnan(evaluate(plain(name, tmp_path / "b"), predictions(name, empty=True))["AP"])
+
+
+def test_a_dataset_without_json_is_checked_too(tmp_path):
+    """Dicts in contiguous ids (no json): the degenerate box is dropped for evaluation as well."""
+    coco = make_json(tmp_path / "bad.json")
+    json_name = register(tmp_path / "bad.json")
+    dicts = DatasetCatalog.get(json_name)  # raw dicts, the degenerate box still in
+    name = f"dicts_{uuid.uuid4().hex[:8]}"
+    DatasetCatalog.register(name, lambda: dicts)
+    MetadataCatalog.get(name).set(thing_classes=[f"c{c}" for c in CATEGORY_IDS])
+    gts = dataset_ground_truth(name, dicts)
+    assert sum(len(g.boxes) for g in gts) == len(cleaned_by_hand(coco)["annotations"])
+    assert {int(c) for g in gts for c in g.category_ids} <= {0, 1, 2}  # the dicts' own ids
+    got = evaluate(checked(name, tmp_path / "a"), predictions(name))
+    want = evaluate(checked(json_name, tmp_path / "b"), predictions(json_name))
+    for k in METRICS:
+        assert got[k] == pytest.approx(want[k], abs=1e-6, nan_ok=True), k
