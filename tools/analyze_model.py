@@ -11,7 +11,8 @@ no weights is flagged in the log and in the table.
 
     python tools/analyze_model.py --config-file configs/Synthetic/base_cascade_rcnn_R_18_FPN.yaml \
         MODEL.WEIGHTS output/base/model_final.pth
-    python tools/analyze_model.py --config-file configs/Synthetic/tinysaver_R18_cascade_R18.yaml --num-inputs 16
+    python tools/analyze_model.py --num-inputs 16 \
+        --config-file configs/Synthetic/tinysaver_R18_cascade_R18.yaml
 """
 import argparse
 import json
@@ -85,9 +86,11 @@ def format_result(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--num-inputs", type=int, default=8, help="images of DATASETS.TEST[0] to average over")
+    parser.add_argument("--num-inputs", type=int, default=8,
+                        help="images of DATASETS.TEST[0] to average over")
     parser.add_argument("--json", default="", help="also write the figures to this json file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     args = parser.parse_args(argv)

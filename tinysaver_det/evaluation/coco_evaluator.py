@@ -24,7 +24,7 @@ EMPTY = ImageDets(boxes=np.zeros((0, 4)), scores=np.zeros(0), category_ids=np.ze
 
 class CheckedCOCOEvaluator(COCOEvaluator):
     """
-    detectron2's COCOEvaluator (same arguments, same results) scoring against the checked ground
+    detectron2's COCOEvaluator (same arguments, same output) scoring against the checked ground
     truth of `dataset_name` on its own images.
 
     Args:

@@ -7,7 +7,6 @@ For a COCO-json dataset the json's own annotations are kept (ids, COCO areas, cr
 only cleaned; without a json it is converted from the dataset dicts (box areas).
 """
 import json
-import logging
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -18,8 +17,6 @@ from ..data.checks import clean_annotations, clean_box
 from ..utils.quiet import quiet
 from .coco_fast import ImageGT, gt_from_coco
 from .detections import contiguous_to_dataset_id
-
-logger = logging.getLogger(__name__)
 
 
 def _cleaned_json_annotations(annotations: Sequence[dict], images: Dict[int, dict]) -> List[dict]:
@@ -51,10 +48,11 @@ def _coco_dict_from_dicts(dataset_name: str, dataset_dicts: Sequence[dict]) -> d
                                 "iscrowd": int(ann.get("iscrowd", 0)),
                                 "category_id": int(to_dataset_id[ann["category_id"]])})
     classes = MetadataCatalog.get(dataset_name).get("thing_classes", None)
-    cat_ids = sorted(to_dataset_id.values()) if classes else sorted(
-        {a["category_id"] for a in annotations})
-    categories = [{"id": c, "name": classes[i] if classes else str(c)} for i, c in
-                  enumerate(cat_ids)]
+    if classes:
+        categories = [{"id": to_dataset_id[i], "name": n} for i, n in enumerate(classes)]
+    else:
+        ids = sorted({a["category_id"] for a in annotations})
+        categories = [{"id": c, "name": str(c)} for c in ids]
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
