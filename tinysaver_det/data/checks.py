@@ -50,6 +50,24 @@ def image_problem(file_name: str) -> Optional[str]:
     return None
 
 
+def clean_box(xyxy: Sequence[float], height: Optional[int], width: Optional[int]):
+    """
+    One box (XYXY) clipped to its image: (the box, whether it was clipped), or (None, ...) when it
+    ends up empty (zero-size, degenerate, not finite or wholly outside) and is dropped.
+    Training, the caches, calibration and evaluation all clean ground truth with this rule.
+    """
+    x0, y0, x1, y1 = (float(v) for v in xyxy)
+    clipped = False
+    if height is not None and width is not None:
+        cx0, cy0 = max(0.0, x0), max(0.0, y0)
+        cx1, cy1 = min(float(width), x1), min(float(height), y1)
+        clipped = (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1)
+        x0, y0, x1, y1 = cx0, cy0, cx1, cy1
+    if not (np.isfinite([x0, y0, x1, y1]).all() and x1 - x0 > 0 and y1 - y0 > 0):
+        return None, clipped
+    return [x0, y0, x1, y1], clipped
+
+
 def clean_annotations(record: dict) -> Tuple[dict, int, int]:
     """
     Clip boxes to the image and drop the ones that end up empty (zero-size, degenerate or wholly
@@ -59,16 +77,12 @@ def clean_annotations(record: dict) -> Tuple[dict, int, int]:
     kept, clipped, dropped = [], 0, 0
     for ann in record.get("annotations", []):
         box = BoxMode.convert(list(ann["bbox"]), ann["bbox_mode"], BoxMode.XYXY_ABS)
-        x0, y0, x1, y1 = box
-        if h is not None and w is not None:
-            cx0, cy0, cx1, cy1 = max(0.0, x0), max(0.0, y0), min(float(w), x1), min(float(h), y1)
-            if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
-                clipped += 1
-            x0, y0, x1, y1 = cx0, cy0, cx1, cy1
-        if not (np.isfinite([x0, y0, x1, y1]).all() and x1 - x0 > 0 and y1 - y0 > 0):
+        box, was_clipped = clean_box(box, h, w)
+        clipped += was_clipped
+        if box is None:
             dropped += 1
             continue
-        kept.append({**ann, "bbox": [x0, y0, x1, y1], "bbox_mode": BoxMode.XYXY_ABS})
+        kept.append({**ann, "bbox": box, "bbox_mode": BoxMode.XYXY_ABS})
     return {**record, "annotations": kept}, clipped, dropped
 
 
@@ -115,3 +129,15 @@ class RobustDatasetMapper(DatasetMapper):
             return super().__call__(dataset_dict)
         finally:
             utils.read_image = original
+
+
+def build_test_mapper(cfg, with_ground_truth: bool = False) -> RobustDatasetMapper:
+    """
+    The test-time mapper (test resize, no augmentation). With `with_ground_truth` each image keeps
+    its non-crowd boxes as "instances" in the resized frame, as training inputs carry them: the
+    oracle router scores images by their true quality. detectron2's mapper drops annotations
+    exactly when is_train is False, so the test augmentations are built and is_train is set.
+    """
+    args = RobustDatasetMapper.from_config(cfg, is_train=False)
+    args["is_train"] = with_ground_truth
+    return RobustDatasetMapper(**args)

@@ -9,7 +9,6 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 from tabulate import tabulate
 
 from detectron2.data import MetadataCatalog
@@ -19,16 +18,20 @@ from ..data.checks import checked_dataset_dicts
 from ..evaluation.calibration import (
     METRICS,
     apply_threshold,
+    check_base_ap,
     choose_point,
+    rank_correlation,
     router_scores,
     sweep,
     write_calibration,
 )
 from ..evaluation.coco_fast import MatchTable
+from ..evaluation.detections import record_dets
+from ..evaluation.ground_truth import dataset_ground_truth
 from ..evaluation.plots import plot_accuracy_compute, plot_examples, plot_score_distribution
 from ..flops import first_test_inputs, tinysaver_costs
 from .hooks import quality_of
-from .output_cache import OutputCache, dataset_ground_truth, record_dets
+from .output_cache import OutputCache
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +60,8 @@ class CachedSplit:
     def rank_correlations(self, target: str) -> Dict[str, float]:
         """Spearman correlation of each router's score with the true per-image quality."""
         truth = quality_of(self.records, target)
-        return {r: float(spearmanr(s, truth).statistic) for r, s in self.scores.items() if r != "oracle"}
+        return {r: rank_correlation(s, truth, f"{self.name}, {r} router")
+                for r, s in self.scores.items() if r != "oracle"}
 
     def alone(self, source: str, costs: Dict[str, float]) -> dict:
         """Metrics of the saver or the base alone (the saver alone pays no evaluator)."""
@@ -82,6 +86,7 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
     )
     calib = CachedSplit(cfg, model, dataset)
     base, saver = calib.alone("base", costs), calib.alone("saver", costs)
+    check_base_ap(base["AP"], dataset)
     curves = {router: sweep(calib.table, s, costs) for router, s in calib.scores.items()}
     chosen = {
         router: choose_point(points, base["AP"], max_ap_drop=max_ap_drop, gflops_budget=gflops_budget)

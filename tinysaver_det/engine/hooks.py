@@ -5,11 +5,11 @@ import os
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from ..evaluation.calibration import rank_correlation
 from ..utils.atomic import atomic_save_json
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ def rank_correlations(evaluator, records, target: str) -> dict:
     truth = quality_of(records, target)
     confidence = np.array([r["confidence"] for r in records])
     return {
-        "spearman_evaluator": float(spearmanr(scores, truth).statistic),
-        "spearman_confidence": float(spearmanr(confidence, truth).statistic),
+        "spearman_evaluator": rank_correlation(scores, truth, "held-out images, evaluator"),
+        "spearman_confidence": rank_correlation(confidence, truth, "held-out images, confidence"),
         "num_images": len(records),
     }
 

@@ -24,15 +24,15 @@ import numpy as np
 import torch
 import tqdm
 
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
-from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
 from ..checkpoint import load_tinysaver_weights
 from ..config import load_sub_config
 from ..data.checks import RobustDatasetMapper, checked_dataset_dicts
-from ..evaluation.coco_fast import ImageDets, ImageGT, per_image_ap
+from ..evaluation.coco_fast import ImageGT, per_image_ap
+from ..evaluation.detections import contiguous_to_dataset_id, detections_record, record_dets
+from ..evaluation.ground_truth import dataset_ground_truth
 from ..evaluation.quality import dets_from_predictions, gt_from_instances
 from ..utils.atomic import atomic_save_json, atomic_torch_save
 from ..modeling.meta_arch import confidence_score
@@ -40,7 +40,6 @@ from ..modeling.meta_arch import confidence_score
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-MAX_STORED_DETECTIONS = 100
 
 
 def state_fingerprint(module: torch.nn.Module) -> str:
@@ -84,55 +83,6 @@ def cache_dir_for(cfg, dataset_name: str, views: int, with_base: bool) -> str:
     return os.path.join(root, f"{dataset_name}_{views}views{'_base' if with_base else ''}")
 
 
-def dataset_ground_truth(dataset_name: str, dataset_dicts: List[dict]) -> List[ImageGT]:
-    """
-    Ground truth per image in the original frame, with dataset category ids: from the COCO json
-    when the dataset has one (COCO's own areas and crowd flags, as COCOEvaluator sees them), else
-    from the dataset dicts (box areas).
-    """
-    meta = MetadataCatalog.get(dataset_name)
-    if meta.get("json_file", None) and os.path.isfile(meta.json_file):
-        from pycocotools.coco import COCO
-
-        from ..evaluation.coco_fast import gt_from_coco
-        from ..utils.quiet import quiet
-
-        with quiet():
-            coco = COCO(meta.json_file)
-        return gt_from_coco(coco, [d["image_id"] for d in dataset_dicts])
-    to_dataset_id = contiguous_to_dataset_id(dataset_name)
-    out = []
-    for d in dataset_dicts:
-        anns = d.get("annotations", [])
-        boxes = [BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYWH_ABS) for a in anns]
-        boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
-        out.append(ImageGT(boxes=boxes, category_ids=[to_dataset_id[a["category_id"]] for a in anns],
-                           iscrowd=[a.get("iscrowd", 0) for a in anns]))
-    return out
-
-
-def contiguous_to_dataset_id(dataset_name: str) -> Dict[int, int]:
-    meta = MetadataCatalog.get(dataset_name)
-    mapping = meta.get("thing_dataset_id_to_contiguous_id", None)
-    if mapping:
-        return {v: k for k, v in mapping.items()}
-    return {i: i for i in range(len(meta.get("thing_classes", [])) or 1000)}
-
-
-def detections_record(instances, to_dataset_id: Dict[int, int]) -> Dict[str, np.ndarray]:
-    """Top detections of one image, XYWH in the original frame, dataset category ids."""
-    instances = instances.to("cpu")
-    if len(instances) > MAX_STORED_DETECTIONS:
-        instances = instances[instances.scores.argsort(descending=True)[:MAX_STORED_DETECTIONS]]
-    dets = dets_from_predictions(instances)
-    cats = np.array([to_dataset_id[int(c)] for c in dets.category_ids], dtype=np.int64)
-    return {"boxes": dets.boxes.astype(np.float32), "scores": dets.scores.astype(np.float32), "category_ids": cats}
-
-
-def record_dets(record_part: Dict[str, np.ndarray]) -> ImageDets:
-    return ImageDets(boxes=record_part["boxes"], scores=record_part["scores"], category_ids=record_part["category_ids"])
-
-
 class OutputCache:
     """
     Build or open the cache of one dataset for one TinySaver model.
@@ -153,7 +103,7 @@ class OutputCache:
         self.dir = cache_dir_for(cfg, dataset_name, views, with_base)
         self.chunk_size = cfg.MODEL.TINYSAVER.CACHE.CHUNK_SIZE
         self._model = model
-        self._to_dataset_id = contiguous_to_dataset_id(dataset_name)
+        self._to_dataset_id = None  # known once the dataset is loaded (load_or_build)
         self._test_mapper = RobustDatasetMapper(cfg, is_train=False)
         self._train_mapper = RobustDatasetMapper(cfg, is_train=True) if views > 1 else None
 
@@ -168,6 +118,7 @@ class OutputCache:
     def load_or_build(self) -> List[dict]:
         """All records (one per image and view, in dataset order), building what is missing."""
         dataset_dicts = checked_dataset_dicts([self.dataset_name], self.cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
+        self._to_dataset_id = contiguous_to_dataset_id(self.dataset_name)
         model = self.model()
         key = cache_key(model, self.cfg, self.dataset_name, len(dataset_dicts), self.views, self.with_base)
         self._check_or_write_manifest(key)

@@ -13,11 +13,12 @@ from torch.nn.parallel import DistributedDataParallel
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.engine import defaults as detectron2_defaults
 from detectron2.engine.defaults import create_ddp_model as _create_ddp_model
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
 
 from ..checkpoint import CheckedCheckpointer, load_tinysaver_weights
-from ..data.checks import RobustDatasetMapper, checked_dataset_dicts
+from ..data.checks import RobustDatasetMapper, build_test_mapper, checked_dataset_dicts
+from ..evaluation.coco_evaluator import CheckedCOCOEvaluator
 from ..evaluation.routing_evaluator import RoutingEvaluator
 from ..evaluation.throughput import ThroughputEvaluator
 from ..utils.atomic import atomic_save_json
@@ -85,10 +86,14 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None, costs=None):
-        """COCO box AP; for TinySaver also the routing figures (exit rate, GFLOPs, AP per path)."""
+        """
+        COCO box AP against the checked ground truth (the boxes training and calibration see);
+        for TinySaver also the routing figures (exit rate, GFLOPs, AP per path).
+        """
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluators = [
-            COCOEvaluator(dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder),
+            CheckedCOCOEvaluator(dataset_name, tasks=("bbox",), distributed=True,
+                                 output_dir=output_folder),
             ThroughputEvaluator(),
         ]
         if is_tinysaver(cfg):
@@ -114,8 +119,11 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        # The oracle router routes by true per-image quality: its images keep their ground truth.
+        oracle = is_tinysaver(cfg) and cfg.MODEL.TINYSAVER.ROUTER == "oracle"
         dicts = checked_dataset_dicts([dataset_name], cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
-        return build_detection_test_loader(dicts, mapper=RobustDatasetMapper(cfg, is_train=False),
+        mapper = build_test_mapper(cfg, with_ground_truth=oracle)
+        return build_detection_test_loader(dicts, mapper=mapper,
                                            num_workers=cfg.DATALOADER.NUM_WORKERS)
 
     @classmethod

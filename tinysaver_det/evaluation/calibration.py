@@ -4,7 +4,8 @@ box AP of the merged predictions, exit rate, GFLOPs per image and compute saved 
 choose the threshold for a target (largest allowed AP drop against the base, or a GFLOPs budget).
 
 Every point's AP is exact COCO AP (coco_fast.MatchTable, tested against pycocotools), so a sweep
-of ~100 points over thousands of images takes seconds.
+of ~100 points over thousands of images takes seconds. A source that detects nothing scores AP 0
+where there is ground truth (NaN only where AP is undefined), as in evaluation (coco_evaluator.py).
 """
 import json
 import logging
@@ -13,6 +14,8 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from scipy.stats import spearmanr
 
 from ..flops import compute_saved, routed_gflops
 from ..modeling.routing import check_threshold, exit_mask, stable_uniform
@@ -102,6 +105,43 @@ def largest_safe_exit_rate(points: List[dict], base_ap: float) -> float:
     """r*: the largest exit rate at which the routed AP is not below the base's (the paper's ΔC)."""
     ok = [p["exit_rate"] for p in points if p["AP"] >= base_ap - 1e-9]
     return max(ok) if ok else 0.0
+
+
+def check_base_ap(base_ap: float, dataset: str) -> bool:
+    """
+    Whether the base's AP can anchor an AP-drop target; if not (0 or undefined), say loudly what
+    to check: against a base of 0 AP every threshold "meets" the target and all images exit.
+    """
+    if base_ap > 0:
+        return True
+    logger.warning(
+        f"The base scores {base_ap:.2f} AP on {dataset}: every threshold meets an AP-drop target "
+        "against it, so the chosen point lets every image exit and means nothing. Check "
+        "MODEL.TINYSAVER.BASE.WEIGHTS (missing, random or another model's), that the model's "
+        "classes match the dataset's categories (NUM_CLASSES, the category id map), and that "
+        "the dataset has ground truth."
+    )
+    return False
+
+
+def rank_correlation(scores, truth, what: str) -> float:
+    """
+    Spearman correlation of a router's scores with the true per-image quality. NaN, with a
+    warning that says what to check, where it is undefined (either side constant), instead of
+    scipy's bare ConstantInputWarning.
+    """
+    scores, truth = np.asarray(scores, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    for name, values in (("true per-image quality", truth), ("score", scores)):
+        if len(values) < 2 or np.all(values == values[0]):
+            logger.warning(
+                f"{what}: the {name} is the same on all {len(values)} images "
+                f"({values[0] if len(values) else 'none'}), so its rank correlation is undefined "
+                "(NaN). A constant true quality usually means no detection matches the ground "
+                "truth: check the saver and base weights and the category id map; a constant "
+                "score, the evaluator's weights (MODEL.WEIGHTS)."
+            )
+            return float("nan")
+    return float(spearmanr(scores, truth).statistic)
 
 
 def write_calibration(path: str, result: dict) -> None:

@@ -25,6 +25,9 @@ order within an image), 101-point interpolated precision and the same ``-1`` exc
 Conventions: boxes are COCO XYWH float64; ground-truth ``area`` is COCO's ``area`` field
 (as pycocotools uses it for area ranges); detection area is ``w*h``. Pass images in ascending
 image-id order to reproduce pycocotools' tie order exactly (``gt_from_coco`` does this).
+No detections against existing ground truth score 0 (as COCOeval computes it); a metric is NaN
+only where it is undefined (no ground truth in its area range). Evaluation follows the same rule
+(``coco_evaluator.CheckedCOCOEvaluator``; detectron2's own reports NaN for no detections).
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ Per-image quality of detections: the evaluator's training target.
 `saver_ap`: COCO AP@[.50:.95] of the saver's detections on one image against its ground truth,
 averaged over the categories present in the image (see `coco_fast.per_image_ap` for the edge cases:
 no ground truth -> 1.0, ground truth but no detections -> 0.0, crowd regions ignored as in COCO,
-detected categories absent from the image do not enter the mean).
+detected categories absent from the image do not enter the mean). Dataset-level AP follows the
+same rule for no detections: 0 where there is ground truth (coco_fast, coco_evaluator).
 `ap_gain`: the same AP of the base minus the saver's.
 """
 import numpy as np

@@ -15,11 +15,12 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from ..engine.output_cache import detections_record, contiguous_to_dataset_id, dataset_ground_truth, record_dets
 from ..flops import compute_saved, routed_gflops
 from ..utils.atomic import atomic_save_json
 from .calibration import METRICS
 from .coco_fast import MatchTable
+from .detections import contiguous_to_dataset_id, detections_record, record_dets
+from .ground_truth import dataset_ground_truth
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +38,15 @@ class RoutingEvaluator(DatasetEvaluator):
         self.dataset_name = dataset_name
         self.costs = costs
         self.output_dir = output_dir
-        self._to_dataset_id = contiguous_to_dataset_id(dataset_name)
+        self._to_dataset_id = None  # resolved once the dataset is loaded: see process()
         self.reset()
 
     def reset(self):
         self._rows = []
 
     def process(self, inputs, outputs):
+        if self._to_dataset_id is None:
+            self._to_dataset_id = contiguous_to_dataset_id(self.dataset_name)
         for x, out in zip(inputs, outputs):
             routing = out.get("tinysaver", {})
             self._rows.append(

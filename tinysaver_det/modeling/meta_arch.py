@@ -280,7 +280,11 @@ class TinySaverRCNN(nn.Module):
             return torch.tensor([stable_uniform(k, self.random_seed) for k in keys], device=self.device)
         # oracle: exit the images where the base gains least over the saver.
         if any("instances" not in x for x in batched_inputs):
-            raise ValueError("ROUTER 'oracle' needs ground truth: the inputs must carry 'instances'")
+            raise ValueError(
+                "ROUTER 'oracle' needs ground truth: the inputs must carry 'instances' (the test "
+                "loader of tools/train_net.py keeps them for the oracle: "
+                "data.checks.build_test_mapper)"
+            )
         gains = [
             per_image_quality(gt_in_output_frame(x), b["instances"]) - per_image_quality(gt_in_output_frame(x), s["instances"])
             for x, s, b in zip(batched_inputs, saver_outputs, base_outputs)
