@@ -14,11 +14,12 @@ from detectron2.engine import default_argument_parser, launch
 
 from tinysaver_det.engine.calibrate import calibrate, format_results
 from tinysaver_det.engine.setup import setup_cfg
-from tinysaver_det.engine.trainer import Trainer, load_weights
+from tinysaver_det.engine.trainer import Trainer, check_inference_weights, load_weights
 
 
 def main(args):
     cfg = setup_cfg(args)
+    check_inference_weights(cfg, resume=args.resume)
     model = Trainer.build_model(cfg)
     load_weights(model, cfg, resume=args.resume)
     model.eval()
