@@ -2,8 +2,8 @@
 """
 Choose the routing threshold of a trained TinySaver model on its calibration split and report it on
 the test splits, from cached saver and base predictions. Writes to OUTPUT_DIR: calibration.json
-(picked up through MODEL.TINYSAVER.CALIBRATION_FILE), config_calibrated.yaml (the config to deploy)
-and PNG plots.
+(picked up through MODEL.TINYSAVER.CALIBRATION_FILE), config_calibrated.yaml (the config to deploy:
+absolute paths, so it runs from any directory, and its own OUTPUT_DIR, OUTPUT_DIR/eval) and PNG plots.
 
     python tools/calibrate.py --config-file configs/Synthetic/tinysaver_R18_cascade_R18.yaml \
         MODEL.WEIGHTS output/synthetic/tinysaver/model_final.pth
