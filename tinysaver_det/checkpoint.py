@@ -5,6 +5,9 @@ base checkpoints into a TinySaver model's `saver.` and `base.` parts.
 import logging
 import os
 from typing import Optional
+from urllib.parse import urlparse
+
+from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
@@ -52,6 +55,18 @@ class CheckedCheckpointer(DetectionCheckpointer):
         self.logger.info(f"Saving checkpoint to {save_file}")
         atomic_torch_save(data, save_file)
         self.tag_last_checkpoint(basename)
+
+    def load(self, path, *args, **kwargs):
+        """DetectionCheckpointer.load, refusing a missing local file with the key it came from."""
+        local = urlparse(path)._replace(query="").geturl() if path else ""
+        # A DDP model's load is synchronised across processes by DetectionCheckpointer: leave it be.
+        ddp = isinstance(self.model, DistributedDataParallel)
+        if local and "://" not in local and not ddp and not os.path.isfile(local):
+            raise FileNotFoundError(
+                f"The checkpoint {path!r} for {self.what} does not exist (relative paths resolve "
+                f"against the working directory when the config is loaded; now {os.getcwd()!r})"
+            )
+        return super().load(path, *args, **kwargs)
 
     def _load_file(self, filename):
         self._current_file = filename

@@ -1,7 +1,18 @@
-"""The one place where tinysaver_det's config keys are defined (all under MODEL.TINYSAVER)."""
+"""
+The one place where tinysaver_det's config keys are defined (all under MODEL.TINYSAVER), and the
+one loader every entry point uses.
+
+Paths: one rule. `load_config` makes every path a config holds absolute (see PATH_KEYS), so a
+config written back out (OUTPUT_DIR/config.yaml, config_calibrated.yaml) means the same from any
+working directory. A relative SAVER/BASE.CONFIG_FILE in a file resolves against the folder of the
+file that names it (like _BASE_); every other relative path, and any path given on the command
+line, resolves against the working directory (as in detectron2). URLs (detectron2://...) are kept.
+"""
+import json
 import logging
+import math
 import os
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import yaml
@@ -14,6 +25,23 @@ from .data.datasets import register_coco_datasets
 
 # The two detectors a TinySaver model holds, by their config sub-node names.
 SUB_MODELS = ("SAVER", "BASE")
+# Config keys that hold a file or folder path: load_config makes them absolute.
+PATH_KEYS = (
+    "OUTPUT_DIR",
+    "MODEL.WEIGHTS",
+    "MODEL.TINYSAVER.SAVER.CONFIG_FILE",
+    "MODEL.TINYSAVER.SAVER.WEIGHTS",
+    "MODEL.TINYSAVER.BASE.CONFIG_FILE",
+    "MODEL.TINYSAVER.BASE.WEIGHTS",
+    "MODEL.TINYSAVER.CALIBRATION_FILE",
+    "MODEL.TINYSAVER.CACHE.DIR",
+)
+THRESHOLD_KEY = "MODEL.TINYSAVER.THRESHOLD"
+# Spellings of infinity accepted on the command line for float keys (yacs reads them as strings).
+INFINITIES = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf,
+              "infinity": math.inf, "+infinity": math.inf, "-infinity": -math.inf}
+
+logger = logging.getLogger(__name__)
 
 
 def add_tinysaver_config(cfg: CN) -> None:
@@ -58,10 +86,11 @@ def add_tinysaver_config(cfg: CN) -> None:
     # needs ground truth, analysis only).
     ts.ROUTER = "evaluator"
     # Images whose score is >= THRESHOLD exit with the saver's detections; the rest go to the base.
-    # Changeable on a built model (`model.threshold = t`). -inf: everything exits; inf: nothing does.
+    # Changeable on a built model (`model.threshold = t`). -inf: everything exits; inf: nothing does
+    # (both accepted on the command line).
     ts.THRESHOLD = 0.5
-    # If set, a calibration json (written by tools/calibrate.py) whose chosen threshold overrides
-    # THRESHOLD when the model is built.
+    # If set, a calibration json (written by tools/calibrate.py) whose chosen threshold load_config
+    # puts into THRESHOLD; a THRESHOLD given on the command line wins over it (with a warning).
     ts.CALIBRATION_FILE = ""
     # Seed of the random router.
     ts.RANDOM_SEED = 0
@@ -79,7 +108,8 @@ def add_tinysaver_config(cfg: CN) -> None:
 
     # Cached detector outputs used to train the evaluator and to calibrate.
     ts.CACHE = CN()
-    # Folder of the caches ("" = OUTPUT_DIR/cache).
+    # Folder of the caches ("" = $TINYSAVER_CACHE, else "cache" beside OUTPUT_DIR: runs whose output
+    # folders share a parent share their caches; see default_cache_dir).
     ts.CACHE.DIR = ""
     # Augmented views cached per training image (view 0 is the plain image; the others are
     # random flips and rescales), so the evaluator trains with augmentation without re-running
@@ -98,8 +128,55 @@ def add_tinysaver_config(cfg: CN) -> None:
     ts.CALIBRATION.MAX_AP_DROP = 0.5
     # ... or, if > 0, a compute budget in GFLOPs per image (then MAX_AP_DROP is ignored).
     ts.CALIBRATION.GFLOPS_BUDGET = 0.0
-    # Number of images on which GFLOPs per image of each sub-model are measured.
+    # Number of images on which GFLOPs per image of each sub-model are measured (at least 1).
     ts.CALIBRATION.FLOPS_IMAGES = 8
+
+
+def default_cache_dir(cfg: CN) -> str:
+    """
+    The cache folder when MODEL.TINYSAVER.CACHE.DIR is empty: $TINYSAVER_CACHE, else `cache` beside
+    OUTPUT_DIR, so that the README's runs (output/coco/tinysaver, output/coco/calibration) build the
+    calibration split's cache once. Sharing is safe: a cache built from other models is refused.
+    """
+    env = os.getenv("TINYSAVER_CACHE")
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    return os.path.join(os.path.dirname(os.path.abspath(cfg.OUTPUT_DIR)), "cache")
+
+
+def cache_root(cfg: CN) -> str:
+    """MODEL.TINYSAVER.CACHE.DIR, or its default."""
+    return cfg.MODEL.TINYSAVER.CACHE.DIR or default_cache_dir(cfg)
+
+
+def check_threshold(threshold) -> float:
+    """
+    A threshold is any real number, including -inf (every finite score exits) and +inf (nothing
+    exits). NaN, strings and None are refused: they would silently route everything or nothing.
+    """
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{THRESHOLD_KEY} must be a number (or -inf/inf), got {threshold!r}"
+        ) from None
+    if isinstance(threshold, bool) or math.isnan(value):
+        raise ValueError(f"{THRESHOLD_KEY} must be a number (or -inf/inf), got {threshold!r}")
+    return value
+
+
+def read_calibrated_threshold(path: str) -> float:
+    """The chosen threshold of a calibration json written by tools/calibrate.py."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"MODEL.TINYSAVER.CALIBRATION_FILE {path!r} does not exist; run tools/calibrate.py"
+        )
+    try:
+        with open(path) as f:
+            value = json.load(f)["chosen"]["threshold"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"Calibration file {path!r} has no readable chosen.threshold: {e}") from e
+    return check_threshold(value)
 
 
 def _sub_config_paths(config_file: str) -> Dict[str, str]:
@@ -109,7 +186,7 @@ def _sub_config_paths(config_file: str) -> Dict[str, str]:
     """
     with PathManager.open(config_file, "r") as f:
         raw = yaml.safe_load(f) or {}
-    here = os.path.dirname(config_file)
+    here = os.path.dirname(os.path.abspath(config_file))
     found: Dict[str, str] = {}
     bases = raw.get("_BASE_") or []
     for base in [bases] if isinstance(bases, str) else bases:
@@ -120,16 +197,112 @@ def _sub_config_paths(config_file: str) -> Dict[str, str]:
         value = (tinysaver.get(part) or {}).get("CONFIG_FILE")
         if value:
             value = os.path.expanduser(value)
-            found[part] = value if os.path.isabs(value) else os.path.normpath(os.path.join(here, value))
+            # os.path.join keeps an absolute value as it is.
+            found[part] = os.path.normpath(os.path.join(here, value))
     return found
 
 
-def load_config(config_file: str, opts: Sequence[str] = (), device_fallback: bool = True) -> CN:
+def _get(cfg: CN, key: str):
+    node = cfg
+    for name in key.split("."):
+        node = node[name]
+    return node
+
+
+def _set(cfg: CN, key: str, value) -> None:
+    *parents, last = key.split(".")
+    node = cfg
+    for name in parents:
+        node = node[name]
+    node[last] = value
+
+
+def absolute_path(path: str) -> str:
+    """A local path made absolute against the working directory; "" and URLs (x://...) unchanged."""
+    if not path or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def make_paths_absolute(cfg: CN) -> None:
+    """Every key of PATH_KEYS made absolute against the working directory, in place."""
+    for key in PATH_KEYS:
+        try:
+            value = _get(cfg, key)
+        except KeyError:
+            continue  # a config without the TinySaver keys
+        _set(cfg, key, absolute_path(value))
+
+
+def _parse_infinities(cfg: CN, opts: Sequence) -> list:
+    """
+    Command-line overrides with "inf", "-inf" (...) turned into floats for float keys: yacs reads
+    them as strings and would refuse them as a type mismatch.
+    """
+    opts = list(opts)
+    for i in range(0, len(opts) - 1, 2):
+        value = opts[i + 1]
+        if isinstance(value, str) and value.strip().lower() in INFINITIES:
+            try:
+                is_float = isinstance(_get(cfg, opts[i]), float)
+            except KeyError:
+                continue  # yacs names the unknown key
+            if is_float:
+                opts[i + 1] = INFINITIES[value.strip().lower()]
+    return opts
+
+
+def resolve_threshold(cfg: CN, explicit: Optional[float] = None) -> None:
+    """
+    Put the calibration file's chosen threshold into MODEL.TINYSAVER.THRESHOLD, so that a model
+    reads its threshold from the config alone. A threshold given explicitly (on the command line)
+    wins over the calibration file; the choice is logged.
+    """
+    ts = cfg.MODEL.TINYSAVER
+    if not ts.CALIBRATION_FILE:
+        ts.THRESHOLD = check_threshold(ts.THRESHOLD)
+        return
+    calibrated = read_calibrated_threshold(ts.CALIBRATION_FILE)
+    if explicit is not None:
+        ts.THRESHOLD = check_threshold(explicit)
+        logger.warning(
+            f"{THRESHOLD_KEY} {ts.THRESHOLD} given on the command line wins over the threshold "
+            f"{calibrated} chosen in MODEL.TINYSAVER.CALIBRATION_FILE {ts.CALIBRATION_FILE}"
+        )
+    else:
+        ts.THRESHOLD = calibrated
+        logger.info(
+            f"{THRESHOLD_KEY} {calibrated}, from MODEL.TINYSAVER.CALIBRATION_FILE "
+            f"{ts.CALIBRATION_FILE}"
+        )
+
+
+def check_values(cfg: CN) -> None:
+    """Refuse values that would run and give wrong results, naming the key."""
+    ts = cfg.MODEL.TINYSAVER
+    flops_images = ts.CALIBRATION.FLOPS_IMAGES
+    if isinstance(flops_images, bool) or not isinstance(flops_images, int) or flops_images < 1:
+        raise ValueError(
+            f"MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES must be an integer >= 1 (images on which "
+            f"GFLOPs are measured), got {flops_images!r}"
+        )
+
+
+def check_sub_configs(cfg: CN) -> None:
+    """A TinySaver config's saver and base config files exist (else an error naming the key)."""
+    if cfg.MODEL.META_ARCHITECTURE == "TinySaverRCNN":
+        for part in SUB_MODELS:
+            _sub_config_file(cfg, part)
+
+
+def load_config(config_file: str, opts: Sequence[str] = (), device_fallback: bool = True,
+                resolve: bool = True) -> CN:
     """
     Read a config file (with detectron2's _BASE_ inheritance) plus command-line style overrides into
-    a fresh config with the TinySaver keys. Sub-config paths in files resolve relative to the file
-    that names them; paths given in `opts` resolve relative to the working directory.
-    With `device_fallback`, a CUDA device on a machine without one becomes the CPU.
+    a fresh config with the TinySaver keys. With `resolve` (what a run needs): every path is made
+    absolute (see the module docstring), CALIBRATION_FILE's threshold goes into THRESHOLD unless
+    `opts` sets THRESHOLD, and values are checked. With `device_fallback`, a CUDA device on a
+    machine without one becomes the CPU.
     """
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Config file {config_file!r} does not exist")
@@ -138,20 +311,26 @@ def load_config(config_file: str, opts: Sequence[str] = (), device_fallback: boo
     cfg.merge_from_file(config_file)
     for part, path in _sub_config_paths(config_file).items():
         cfg.MODEL.TINYSAVER[part].CONFIG_FILE = path
-    cfg.merge_from_list(list(opts))
+    opts = _parse_infinities(cfg, opts)
+    cfg.merge_from_list(opts)
     # Every entry point and every `launch` worker loads its config here: register its datasets.
     cfg.MODEL.TINYSAVER.DATA.COCO_DATASETS = register_coco_datasets(
         cfg.MODEL.TINYSAVER.DATA.COCO_DATASETS, key="MODEL.TINYSAVER.DATA.COCO_DATASETS"
     )
+    if resolve:
+        make_paths_absolute(cfg)
+        # The THRESHOLD merged from opts (the last one given there) is the explicit one.
+        explicit = cfg.MODEL.TINYSAVER.THRESHOLD if THRESHOLD_KEY in opts[0::2] else None
+        resolve_threshold(cfg, explicit)
+        check_values(cfg)
     if device_fallback and cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         # detectron2 defaults to CUDA; run on the CPU where there is no GPU rather than fail.
-        logging.getLogger(__name__).warning("No CUDA device: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)
+        logger.warning("No CUDA device: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     return cfg
 
 
-def load_sub_config(cfg: CN, part: str) -> CN:
-    """The detectron2 config of the saver or the base ("SAVER" or "BASE") named in a TinySaver config."""
+def _sub_config_file(cfg: CN, part: str) -> str:
     key = f"MODEL.TINYSAVER.{part}.CONFIG_FILE"
     path = cfg.MODEL.TINYSAVER[part].CONFIG_FILE
     if not path:
@@ -161,7 +340,15 @@ def load_sub_config(cfg: CN, part: str) -> CN:
             f"{key} = {path!r} does not exist (relative paths in a config file resolve against "
             "that file's folder, on the command line against the working directory)"
         )
-    sub = load_config(path, device_fallback=False)  # the parent's device is used
+    return path
+
+
+def load_sub_config(cfg: CN, part: str) -> CN:
+    """The detectron2 config of the saver or the base ("SAVER" or "BASE") named in a TinySaver config."""
+    key = f"MODEL.TINYSAVER.{part}.CONFIG_FILE"
+    path = _sub_config_file(cfg, part)
+    # Paths kept as written: the sub-config's content keys the output cache, from any directory.
+    sub = load_config(path, device_fallback=False, resolve=False)  # the parent's device is used
     if sub.MODEL.META_ARCHITECTURE == "TinySaverRCNN":
         raise ValueError(f"{key} = {path!r} is itself a TinySaver config; name a plain detector's config")
     # The parent decides device; weights are loaded by the checkpointer, never by build_model.

@@ -2,8 +2,8 @@
 """
 Choose the routing threshold of a trained TinySaver model on its calibration split and report it on
 the test splits, from cached saver and base predictions. Writes to OUTPUT_DIR: calibration.json
-(picked up through MODEL.TINYSAVER.CALIBRATION_FILE), config_calibrated.yaml (the config to deploy)
-and PNG plots.
+(picked up through MODEL.TINYSAVER.CALIBRATION_FILE), config_calibrated.yaml (the config to deploy:
+absolute paths, so it runs from any directory, and its own OUTPUT_DIR, OUTPUT_DIR/eval) and PNG plots.
 
     python tools/calibrate.py --config-file configs/Synthetic/tinysaver_R18_cascade_R18.yaml \
         MODEL.WEIGHTS output/synthetic/tinysaver/model_final.pth
@@ -14,11 +14,12 @@ from detectron2.engine import default_argument_parser, launch
 
 from tinysaver_det.engine.calibrate import calibrate, format_results
 from tinysaver_det.engine.setup import setup_cfg
-from tinysaver_det.engine.trainer import Trainer, load_weights
+from tinysaver_det.engine.trainer import Trainer, check_inference_weights, load_weights
 
 
 def main(args):
     cfg = setup_cfg(args)
+    check_inference_weights(cfg, resume=args.resume)
     model = Trainer.build_model(cfg)
     load_weights(model, cfg, resume=args.resume)
     model.eval()

@@ -10,15 +10,13 @@ the evaluator head with saver and base frozen). All logic lives in tinysaver_det
 from detectron2.engine import default_argument_parser, launch
 
 from tinysaver_det.engine.setup import setup_cfg
-from tinysaver_det.engine.trainer import Trainer, load_weights
+from tinysaver_det.engine.trainer import Trainer, evaluate_only
 
 
 def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        load_weights(model, cfg, resume=args.resume)
-        return Trainer.test(cfg, model)
+        return evaluate_only(cfg, resume=args.resume)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

@@ -120,3 +120,17 @@ def test_unknown_category_id_is_named(tmp_path):
     json_file = write_coco(tmp_path, ["a.jpg"], annotations=anns)
     with pytest.raises(KeyError, match="category_id=99"):
         load_coco_json(json_file, str(tmp_path), f"unknown_{uuid.uuid4().hex[:6]}")
+
+
+def test_missing_data_names_the_file_and_the_data_root_variable(tmp_path, monkeypatch):
+    # Relative data paths (the default data root 'datasets') run from another directory.
+    from tinysaver_det.data.datasets import register_synthetic
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
+    name = register_synthetic("datasets", prefix=f"nodata_{uuid.uuid4().hex[:8]}")[0]
+    with pytest.raises(FileNotFoundError) as error:
+        checked_dataset_dicts([name])
+    message = str(error.value)
+    assert name in message and "datasets/synthetic" in message and "DETECTRON2_DATASETS" in message
+    assert str(tmp_path) in message  # where the relative root was looked up

@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.structures import BoxMode
 
@@ -86,6 +86,36 @@ def clean_annotations(record: dict) -> Tuple[dict, int, int]:
     return {**record, "annotations": kept}, clipped, dropped
 
 
+def missing_data_message(name: str, path: str) -> str:
+    """Why a dataset's file is missing, with where relative data paths resolve."""
+    root = os.getenv("DETECTRON2_DATASETS")
+    where = (f"$DETECTRON2_DATASETS is {root!r}" if root else "$DETECTRON2_DATASETS is not set, so "
+             f"it is 'datasets' in the working directory {os.getcwd()!r}")
+    return (
+        f"Dataset {name!r}: {path!r} does not exist. Datasets are registered under the data root "
+        f"when tinysaver_det is imported, and {where}. Set DETECTRON2_DATASETS to the folder that "
+        "holds the data (datasets/prepare_synthetic.py generates the synthetic splits)."
+    )
+
+
+def check_dataset_files(names: Sequence[str]) -> None:
+    """Refuse datasets whose registered json or image folder is missing, before a run starts."""
+    for name in names:
+        meta = MetadataCatalog.get(name)
+        for path in (meta.get("json_file", None), meta.get("image_root", None)):
+            if path and "://" not in path and not os.path.exists(path):
+                raise FileNotFoundError(missing_data_message(name, path))
+
+
+def load_dataset_dicts(name: str) -> List[dict]:
+    """DatasetCatalog.get, naming a missing file and the data root it was looked for in."""
+    check_dataset_files([name])
+    try:
+        return DatasetCatalog.get(name)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(missing_data_message(name, e.filename or str(e))) from e
+
+
 def checked_dataset_dicts(names: Sequence[str], skip_bad_images: bool = False) -> List[dict]:
     """
     The dataset dicts of `names`, with every image file checked and every box cleaned.
@@ -95,7 +125,7 @@ def checked_dataset_dicts(names: Sequence[str], skip_bad_images: bool = False) -
     """
     out = []
     for name in names:
-        dicts = DatasetCatalog.get(name)
+        dicts = load_dataset_dicts(name)
         bad = [(d["file_name"], p) for d in dicts if (p := image_problem(d["file_name"])) is not None]
         if bad:
             listing = "\n".join(f"  {f}: {p}" for f, p in bad[:20]) + ("\n  ..." if len(bad) > 20 else "")

@@ -14,7 +14,8 @@ from tabulate import tabulate
 from detectron2.data import MetadataCatalog
 from detectron2.utils import comm
 
-from ..data.checks import checked_dataset_dicts
+from ..config import make_paths_absolute, read_calibrated_threshold
+from ..data.checks import check_dataset_files, checked_dataset_dicts
 from ..evaluation.calibration import (
     METRICS,
     apply_threshold,
@@ -79,6 +80,7 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
     model's threshold) and the plots to `output_dir`. Returns the result dict.
     """
     output_dir = output_dir or cfg.OUTPUT_DIR
+    check_dataset_files([dataset, *report_datasets])
     costs = tinysaver_costs(model, first_test_inputs(cfg, dataset, cfg.MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES))
     logger.info(
         f"GFLOPs/image: saver {costs['saver_gflops']:.3f}, evaluator {costs['evaluator_gflops']:.5f}, "
@@ -133,10 +135,17 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
 
 
 def write_calibrated_config(cfg, calibration_file: str, path: str) -> None:
-    """The config to deploy: the same model, with the calibration file naming the threshold."""
+    """
+    The config to deploy: the same model, with the calibration file and its chosen threshold, every
+    path absolute (it runs from any working directory), and its own OUTPUT_DIR (`eval` beside it),
+    so that running it keeps this calibration run's config.yaml.
+    """
     out = cfg.clone()
     out.defrost()
+    make_paths_absolute(out)
     out.MODEL.TINYSAVER.CALIBRATION_FILE = os.path.abspath(calibration_file)
+    out.MODEL.TINYSAVER.THRESHOLD = read_calibrated_threshold(calibration_file)
+    out.OUTPUT_DIR = os.path.join(os.path.dirname(os.path.abspath(path)), "eval")
     with open(path + ".tmp", "w") as f:
         f.write(out.dump())
     os.replace(path + ".tmp", path)

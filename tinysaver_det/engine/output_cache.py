@@ -28,7 +28,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 
 from ..checkpoint import load_tinysaver_weights
-from ..config import load_sub_config
+from ..config import cache_root, load_sub_config
 from ..data.checks import RobustDatasetMapper, checked_dataset_dicts
 from ..evaluation.coco_fast import ImageGT, per_image_ap
 from ..evaluation.detections import contiguous_to_dataset_id, detections_record, record_dets
@@ -79,8 +79,8 @@ def cache_key(model, cfg, dataset_name: str, num_images: int, views: int, with_b
 
 
 def cache_dir_for(cfg, dataset_name: str, views: int, with_base: bool) -> str:
-    root = cfg.MODEL.TINYSAVER.CACHE.DIR or os.path.join(cfg.OUTPUT_DIR, "cache")
-    return os.path.join(root, f"{dataset_name}_{views}views{'_base' if with_base else ''}")
+    name = f"{dataset_name}_{views}views{'_base' if with_base else ''}"
+    return os.path.join(cache_root(cfg), name)
 
 
 class OutputCache:

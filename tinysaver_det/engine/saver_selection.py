@@ -4,6 +4,7 @@ base's, r* the largest exit rate at which the routed system's AP on the given sp
 below the base's. Lower is better. r* is measured with the confidence router, which needs no trained
 evaluator: selection comes before evaluator training.
 """
+import hashlib
 import logging
 import os
 from typing import List, Sequence, Tuple
@@ -12,7 +13,7 @@ from tabulate import tabulate
 
 from detectron2.modeling import build_model
 
-from ..config import load_config
+from ..config import cache_root, load_config
 from ..evaluation.calibration import largest_safe_exit_rate, sweep
 from ..flops import first_test_inputs, tinysaver_costs
 from .calibrate import CachedSplit
@@ -31,13 +32,14 @@ def rank_savers(tinysaver_config: str, candidates: Sequence[Tuple[str, str]], da
         one dict per candidate, sorted by ΔC (best first).
     """
     rows = []
-    for i, (config_file, weights) in enumerate(candidates):
+    for config_file, weights in candidates:
         cfg = load_config(tinysaver_config, list(opts) + [
             "MODEL.TINYSAVER.SAVER.CONFIG_FILE", config_file, "MODEL.TINYSAVER.SAVER.WEIGHTS", weights])
-        # One cache folder per candidate: a shared one would (rightly) be refused as stale.
-        cfg.MODEL.TINYSAVER.CACHE.DIR = os.path.join(
-            cfg.MODEL.TINYSAVER.CACHE.DIR or os.path.join(cfg.OUTPUT_DIR, "cache"), f"saver_selection_{i}"
-        )
+        # One cache folder per candidate (by its files, so a rerun reuses it): a shared one would
+        # (rightly) be refused as stale.
+        sub = cfg.MODEL.TINYSAVER.SAVER
+        tag = hashlib.sha256(f"{sub.CONFIG_FILE}\n{sub.WEIGHTS}".encode()).hexdigest()[:12]
+        cfg.MODEL.TINYSAVER.CACHE.DIR = os.path.join(cache_root(cfg), f"saver_selection_{tag}")
         model = build_model(cfg)
         load_weights(model, cfg)
         model.eval()

@@ -17,7 +17,12 @@ from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
 
 from ..checkpoint import CheckedCheckpointer, load_tinysaver_weights
-from ..data.checks import RobustDatasetMapper, build_test_mapper, checked_dataset_dicts
+from ..data.checks import (
+    RobustDatasetMapper,
+    build_test_mapper,
+    check_dataset_files,
+    checked_dataset_dicts,
+)
 from ..evaluation.coco_evaluator import CheckedCOCOEvaluator
 from ..evaluation.routing_evaluator import RoutingEvaluator
 from ..evaluation.throughput import ThroughputEvaluator
@@ -46,6 +51,44 @@ def routing_costs(cfg, model, dataset_name: str):
             return json.load(f)["costs"]
     inputs = first_test_inputs(cfg, dataset_name, cfg.MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES)
     return tinysaver_costs(model, inputs)
+
+
+def results_path(cfg) -> str:
+    return os.path.join(cfg.OUTPUT_DIR, "inference", "results.json")
+
+
+def forget_results(cfg) -> None:
+    """
+    Remove the results.json of an earlier evaluation in OUTPUT_DIR before a new one starts, so that
+    a run that fails leaves no results that look like its own.
+    """
+    path = results_path(cfg)
+    if comm.is_main_process() and os.path.isfile(path):
+        os.remove(path)
+        logger.info(f"Removed the earlier results {path}")
+
+
+def check_inference_weights(cfg, resume: bool = False) -> None:
+    """
+    Evaluating or calibrating a TinySaver model needs its trained evaluator: an empty MODEL.WEIGHTS
+    would leave the evaluator randomly initialised and its routing meaningless, so it is refused.
+    """
+    resumable = resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    if is_tinysaver(cfg) and not cfg.MODEL.WEIGHTS and not resumable:
+        raise ValueError(
+            "MODEL.WEIGHTS is empty: evaluating or calibrating a TinySaver model needs its trained "
+            "evaluator. Give the checkpoint tools/train_net.py wrote for this config "
+            "(OUTPUT_DIR/model_final.pth) as MODEL.WEIGHTS."
+        )
+
+
+def evaluate_only(cfg, resume: bool = False) -> dict:
+    """tools/train_net.py --eval-only: the model with its weights, evaluated on DATASETS.TEST."""
+    forget_results(cfg)  # first: the checks and loading below may fail
+    check_inference_weights(cfg, resume)
+    model = Trainer.build_model(cfg)
+    load_weights(model, cfg, resume=resume)
+    return Trainer.test(cfg, model)
 
 
 def load_weights(model, cfg, resume: bool = False) -> None:
@@ -107,6 +150,8 @@ class Trainer(DefaultTrainer):
         always keyed by dataset name (DefaultTrainer unwraps a single dataset) and written to
         OUTPUT_DIR/inference/results.json.
         """
+        forget_results(cfg)
+        check_dataset_files(cfg.DATASETS.TEST)  # before evaluators that open the json themselves
         if evaluators is None and is_tinysaver(cfg):
             bare = getattr(model, "module", model)
             evaluators = [cls.build_evaluator(cfg, name, costs=routing_costs(cfg, bare, name)) for name in cfg.DATASETS.TEST]
@@ -114,7 +159,7 @@ class Trainer(DefaultTrainer):
         if len(cfg.DATASETS.TEST) == 1:
             results = {cfg.DATASETS.TEST[0]: results}
         if comm.is_main_process():
-            atomic_save_json(results, os.path.join(cfg.OUTPUT_DIR, "inference", "results.json"))
+            atomic_save_json(results, results_path(cfg))
         return results
 
     @classmethod

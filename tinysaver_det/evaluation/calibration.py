@@ -7,18 +7,17 @@ Every point's AP is exact COCO AP (coco_fast.MatchTable, tested against pycocoto
 of ~100 points over thousands of images takes seconds. A source that detects nothing scores AP 0
 where there is ground truth (NaN only where AP is undefined), as in evaluation (coco_evaluator.py).
 """
-import json
 import logging
 import math
-import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from scipy.stats import spearmanr
 
+from ..config import read_calibrated_threshold as read_threshold  # noqa: F401  (its old home)
 from ..flops import compute_saved, routed_gflops
-from ..modeling.routing import check_threshold, exit_mask, stable_uniform
+from ..modeling.routing import exit_mask, stable_uniform
 from ..utils.atomic import atomic_save_json
 from .coco_fast import MatchTable
 
@@ -146,15 +145,3 @@ def rank_correlation(scores, truth, what: str) -> float:
 
 def write_calibration(path: str, result: dict) -> None:
     atomic_save_json(result, path)
-
-
-def read_threshold(path: str) -> float:
-    """The chosen threshold of a calibration json written by tools/calibrate.py."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.TINYSAVER.CALIBRATION_FILE {path!r} does not exist; run tools/calibrate.py")
-    try:
-        with open(path) as f:
-            value = json.load(f)["chosen"]["threshold"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"Calibration file {path!r} has no readable chosen.threshold: {e}") from e
-    return check_threshold(value)

@@ -179,11 +179,6 @@ class TinySaverRCNN(nn.Module):
         evaluator = build_evaluator_head(cfg, saver.backbone.output_shape(), num_classes_of(saver_cfg))
         evaluator.to(torch.device(cfg.MODEL.DEVICE))
         ts = cfg.MODEL.TINYSAVER
-        threshold = ts.THRESHOLD
-        if ts.CALIBRATION_FILE:
-            from ..evaluation.calibration import read_threshold
-
-            threshold = read_threshold(ts.CALIBRATION_FILE)
         return {
             "saver": saver,
             "base": base,
@@ -192,7 +187,8 @@ class TinySaverRCNN(nn.Module):
             "base_input_size": (base_cfg.INPUT.MIN_SIZE_TEST, base_cfg.INPUT.MAX_SIZE_TEST),
             "saver_flip_channels": channels_differ(cfg.INPUT.FORMAT, saver_cfg.INPUT.FORMAT),
             "base_flip_channels": channels_differ(cfg.INPUT.FORMAT, base_cfg.INPUT.FORMAT),
-            "threshold": threshold,
+            # load_config has put CALIBRATION_FILE's threshold here (or an explicit one over it).
+            "threshold": ts.THRESHOLD,
             "router": ts.ROUTER,
             "random_seed": ts.RANDOM_SEED,
         }

@@ -3,31 +3,17 @@ Routing as small pure functions: which images exit at the saver, and how the two
 are merged back into input order. The meta-architecture, the calibration sweep and the tests all
 use these, so the rules live in one place.
 """
-import math
 import zlib
 from typing import Dict, Hashable, List, Sequence, Tuple, TypeVar
 
 import torch
 
+# The threshold rule is a config value rule, defined in config.py (which cannot import modeling).
+from ..config import check_threshold  # noqa: F401
+
 T = TypeVar("T")
 
 ROUTERS = ("evaluator", "confidence", "random", "oracle")
-
-
-def check_threshold(threshold) -> float:
-    """
-    A threshold is any real number, including -inf (every finite score exits) and +inf (nothing
-    exits). NaN, strings and None are refused, because they would silently route everything or nothing.
-    """
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"MODEL.TINYSAVER.THRESHOLD must be a number (or -inf/inf), got {threshold!r}"
-        ) from None
-    if isinstance(threshold, bool) or math.isnan(value):
-        raise ValueError(f"MODEL.TINYSAVER.THRESHOLD must be a number (or -inf/inf), got {threshold!r}")
-    return value
 
 
 def check_router(router: str) -> str:
