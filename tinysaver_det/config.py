@@ -95,6 +95,21 @@ def add_tinysaver_config(cfg: CN) -> None:
     # Seed of the random router.
     ts.RANDOM_SEED = 0
 
+    # The RegNet of the registered backbone `build_regnet_fpn_backbone` (modeling/backbone.py), in
+    # the parameters of :paper:`dds`. Defaults: RegNetX-200MF, a light backbone for savers.
+    ts.REGNET = CN()
+    ts.REGNET.STEM_WIDTH = 32
+    ts.REGNET.DEPTH = 13
+    ts.REGNET.W_A = 36.44
+    ts.REGNET.W_0 = 24
+    ts.REGNET.W_M = 2.49
+    ts.REGNET.GROUP_WIDTH = 8
+    ts.REGNET.SE_RATIO = 0.0
+    # "BN": trainable batch norm, for training from scratch ("FrozenBN" for pretrained weights).
+    ts.REGNET.NORM = "BN"
+    # Stages fed to the FPN (strides 4, 8, 16, 32).
+    ts.REGNET.OUT_FEATURES = ["s1", "s2", "s3", "s4"]
+
     # Input checks (tinysaver_det/data/checks.py): unreadable images fail the run with their list,
     # unless this is True, which skips them with a warning.
     ts.DATA = CN()
