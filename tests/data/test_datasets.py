@@ -57,8 +57,9 @@ def test_synthetic_loads_through_catalog(tmp_path, tmp_prefix):
     meta = MetadataCatalog.get(f"{tmp_prefix}_val")
     assert meta.thing_classes == list(CATEGORIES)
     assert meta.thing_dataset_id_to_contiguous_id == {i + 1: i for i in range(len(CATEGORIES))}
-    # A split that was never generated is registered but fails only when loaded.
-    with pytest.raises(Exception):
+    # A split that was never generated is registered but fails only when loaded, naming its json.
+    assert f"{tmp_prefix}_train" in DatasetCatalog.list()
+    with pytest.raises(FileNotFoundError, match=r"instances_train\.json"):
         DatasetCatalog.get(f"{tmp_prefix}_train")
 
 

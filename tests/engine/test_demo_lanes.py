@@ -29,12 +29,16 @@ def test_one_job_runs_lanes_one_after_the_other(tmp_path):
     assert order == ["a", "b"]
 
 
+@pytest.mark.timeout(120)
 def test_a_failing_lane_stops_the_others(tmp_path):
     demo = Demo(str(tmp_path), quick=True, jobs=2)
     sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
 
     def failing():
+        deadline = time.monotonic() + 60
         while "sleeper" not in demo._running:  # fail once the other lane's stage is running
+            if time.monotonic() > deadline:
+                raise TimeoutError("the other lane's stage never started")
             time.sleep(0.05)
         raise ValueError("this lane failed")
 

@@ -160,3 +160,26 @@ def test_ap_gain_training_reads_a_cache_with_the_base(cfg, model, dataset):
     records = OutputCache(cfg, dataset, views=1, with_base=True).load_or_build()
     gains = sorted(r["base_ap"] - r["saver_ap"] for r in records)
     assert sorted(b[TARGET_KEY] for b in batch) == pytest.approx(gains)
+
+
+def test_targets_of_trained_detectors_on_plain_and_augmented_views(tmp_path, trained_detectors):
+    """
+    With the session's trained saver and base, the targets are not all zero, and those of augmented
+    views (outputs and ground truth both in the augmented frame) are on the plain views' scale:
+    ground truth left in the original frame would score a resized view's detections near 0.
+    """
+    td = trained_detectors
+    cfg = load_config(td.configs["tinysaver"], [
+        "MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", td.weights["saver"],
+        "MODEL.TINYSAVER.BASE.WEIGHTS", td.weights["base"], "MODEL.TINYSAVER.CACHE.DIR", str(tmp_path / "cache"),
+        "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "144",  # views resized by ~0.5x
+    ])
+    records = OutputCache(cfg, f"{td.prefix}_calib", views=2, with_base=True).load_or_build()
+    for part in ("saver_ap", "base_ap"):
+        plain = [r[part] for r in records if r["view"] == 0]
+        augmented = [r[part] for r in records if r["view"] == 1]
+        assert len(plain) == len(augmented) == 8
+        assert all(0.0 <= v <= 1.0 for v in plain + augmented)
+        assert sum(plain) > 0 and sum(augmented) > 0.25 * sum(plain), (part, plain, augmented)
+    base_gain = [r["base_ap"] - r["saver_ap"] for r in records]
+    assert max(base_gain) > 0  # the base is better somewhere: ap_gain targets are not all zero

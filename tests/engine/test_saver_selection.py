@@ -1,45 +1,34 @@
-"""Saver selection by ΔC = c_s - r*, with two real savers of different cost."""
+"""
+Saver selection by ΔC = c_s - r*, on the session's trained detectors (tests/conftest.py): the trained
+saver, and the trained base offered as a saver of its own. That second candidate has known answers:
+it costs what the base costs (c_s = 1) and its outputs are the base's, so routing never loses AP
+(r* = 1) and ΔC = 0.
+"""
 import os
-import uuid
 
 import pytest
-import torch
 
-import tinysaver_det  # noqa: F401
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
-from tinysaver_det.config import load_config
-from tinysaver_det.data.datasets import register_synthetic
-from tinysaver_det.data.synthetic import generate_split, split_spec
 from tinysaver_det.engine.saver_selection import format_ranking, rank_savers
 
-SYNTHETIC = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic")
-TINYSAVER = os.path.join(SYNTHETIC, "tinysaver_R18_cascade_R18.yaml")
-SAVERS = [os.path.join(SYNTHETIC, "saver_faster_rcnn_R_18_FPN.yaml"), os.path.join(SYNTHETIC, "saver_retinanet_R_18_FPN.yaml")]
 
-
-def test_rank_savers_orders_by_delta_c(tmp_path):
-    root = str(tmp_path / "data")
-    generate_split(root, "calib", split_spec("calib", 0.01), num_images=4, progress=False)
-    prefix = f"select{uuid.uuid4().hex[:6]}"
-    register_synthetic(root, prefix=prefix)
-    torch.manual_seed(0)
-    paths = {}
-    for name, config in [("base", os.path.join(SYNTHETIC, "base_cascade_rcnn_R_18_FPN.yaml"))] + [
-        (f"saver{i}", c) for i, c in enumerate(SAVERS)
-    ]:
-        model = build_model(load_config(config, ["MODEL.DEVICE", "cpu"]))
-        DetectionCheckpointer(model, str(tmp_path)).save(name)
-        paths[name] = str(tmp_path / f"{name}.pth")
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.BASE.WEIGHTS", paths["base"], "OUTPUT_DIR", str(tmp_path / "out"),
-            "MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES", "1", "DATASETS.TEST", f"('{prefix}_calib',)"]
-    rows = rank_savers(TINYSAVER, [(SAVERS[0], paths["saver0"]), (SAVERS[1], paths["saver1"])], f"{prefix}_calib", opts)
+def test_rank_savers_orders_by_delta_c(tmp_path, trained_detectors):
+    td = trained_detectors
+    calib = f"{td.prefix}_calib"
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.BASE.WEIGHTS", td.weights["base"], "OUTPUT_DIR", str(tmp_path / "out"),
+            "MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES", "1", "DATASETS.TEST", f"('{calib}',)"]
+    candidates = [(td.configs["saver"], td.weights["saver"]), (td.configs["base"], td.weights["base"])]
+    rows = rank_savers(td.configs["tinysaver"], candidates, calib, opts)
     assert len(rows) == 2
     assert [r["delta_c"] for r in rows] == sorted(r["delta_c"] for r in rows)
-    for r in rows:
-        assert r["delta_c"] == pytest.approx(r["c_s"] - r["r_star"])
-        assert 0.0 <= r["r_star"] <= 1.0 and 0.0 < r["c_s"] < 1.0
-    costs = {r["saver_config"]: r["saver_gflops"] for r in rows}
-    assert costs[SAVERS[0]] != costs[SAVERS[1]]  # two savers of different cost
+    by_config = {r["saver_config"]: r for r in rows}
+    as_base = by_config[td.configs["base"]]
+    assert as_base["c_s"] == pytest.approx(1.0) and as_base["r_star"] == 1.0 and as_base["delta_c"] == pytest.approx(0.0)
+    assert as_base["saver_AP"] == pytest.approx(as_base["base_AP"])
+    saver = by_config[td.configs["saver"]]
+    assert saver["base_AP"] > 0  # trained detectors: r* is not 1 merely because every AP is 0
+    assert saver["saver_AP"] < saver["base_AP"]
+    assert 0.0 <= saver["r_star"] < 1.0  # exiting every image loses the base's AP
+    assert 0.0 < saver["c_s"] < 0.5
+    assert saver["delta_c"] == pytest.approx(saver["c_s"] - saver["r_star"])
     table = format_ranking(rows)
-    assert "ΔC" in table and os.path.basename(SAVERS[0]) in table
+    assert "ΔC" in table and os.path.basename(td.configs["saver"]) in table

@@ -14,7 +14,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from tinysaver_det.checkpoint import load_tinysaver_weights
 from tinysaver_det.config import load_config
-from tinysaver_det.modeling.meta_arch import SUMMARY_KEY, TARGET_KEY, resize_inputs
+from tinysaver_det.evaluation.quality import per_image_quality
+from tinysaver_det.modeling.meta_arch import SUMMARY_KEY, TARGET_KEY, gt_in_output_frame, resize_inputs
 from tinysaver_det.modeling.routing import stable_uniform
 
 SYNTHETIC = Path(__file__).resolve().parents[2] / "configs" / "Synthetic"
@@ -284,6 +285,48 @@ def test_oracle_router_needs_ground_truth(model, inputs):
     model.router = "oracle"
     with pytest.raises(ValueError, match="instances"):
         run(model, inputs)
+
+
+def test_gt_in_output_frame_scales_boxes_to_the_requested_size():
+    gt = Instances((100, 200))
+    gt.gt_boxes = Boxes(torch.tensor([[10.0, 20.0, 50.0, 80.0]]))
+    gt.gt_classes = torch.tensor([3])
+    x = {"image": torch.zeros(3, 100, 200, dtype=torch.uint8), "instances": gt, "height": 150, "width": 100}
+    scaled = gt_in_output_frame(x)
+    assert scaled.image_size == (150, 100)
+    torch.testing.assert_close(scaled.gt_boxes.tensor, torch.tensor([[5.0, 30.0, 25.0, 120.0]]))
+    assert scaled.gt_classes.tolist() == [3]
+    assert gt_in_output_frame(dict(x, height=100, width=200)) is gt  # same size: unchanged
+
+
+def test_oracle_scores_are_minus_the_base_gain_at_the_requested_size(model):
+    """
+    Inputs at half the requested size; each image's ground truth is the saver's top detection
+    (mapped back into the input tensor's frame), so the saver's AP there is 1 and the oracle's
+    score is 1 minus the base's AP. Scoring against ground truth left in the tensor's frame would
+    give the saver an AP of 0.
+    """
+    inputs = make_inputs(sizes=[(150, 170), (170, 150)], seed=3)
+    for x in inputs:
+        x.update(height=2 * x["image"].shape[1], width=2 * x["image"].shape[2])
+    saver_out = alone(model.saver, inputs, model.saver_input_size)
+    base_out = alone(model.base, inputs, model.base_input_size)
+    expected = []
+    for x, s, b in zip(inputs, saver_out, base_out):
+        top = s["instances"][int(s["instances"].scores.argmax())]
+        in_output = Instances((x["height"], x["width"]))  # the ground truth, as the output frame sees it
+        in_output.gt_boxes, in_output.gt_classes = top.pred_boxes, top.pred_classes
+        gt = Instances(tuple(x["image"].shape[-2:]))
+        gt.gt_boxes, gt.gt_classes = Boxes(top.pred_boxes.tensor / 2), top.pred_classes
+        x["instances"] = gt
+        assert per_image_quality(in_output, s["instances"]) == pytest.approx(1.0)
+        expected.append(-(per_image_quality(in_output, b["instances"]) - 1.0))
+    model.router = "oracle"
+    model.threshold = 0.5
+    outputs = run(model, inputs)
+    scores = [o["tinysaver"]["score"] for o in outputs]
+    assert scores == pytest.approx(expected, abs=1e-6)
+    assert [o["tinysaver"]["exited"] for o in outputs] == [s >= 0.5 for s in expected]
 
 
 def test_unknown_router_is_refused(model, cfg):

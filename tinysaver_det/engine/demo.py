@@ -32,21 +32,14 @@ from .output_cache import cache_is_complete, training_cache_spec
 logger = logging.getLogger(__name__)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = os.path.join(REPO, "configs", "Synthetic")
-SAVER_CONFIG = os.path.join(CONFIGS, "saver_cascade_rcnn_R_18_FPN.yaml")
-BASE_CONFIG = os.path.join(CONFIGS, "base_cascade_rcnn_R_18_FPN.yaml")
-TINYSAVER_CONFIG = os.path.join(CONFIGS, "tinysaver_R18_cascade_R18.yaml")
-
-# The quick variant (run end to end by the tests): a few images, a few iterations.
+CONFIGS_DIR = os.path.join(REPO, "configs", "Synthetic")
+CONFIGS = {part: os.path.join(CONFIGS_DIR, name) for part, name in (
+    ("saver", "saver_cascade_rcnn_R_18_FPN.yaml"), ("base", "base_cascade_rcnn_R_18_FPN.yaml"),
+    ("tinysaver", "tinysaver_R18_cascade_R18.yaml"))}
+# The quick variant (run end to end by the tests): a few images, and the instant-test configs
+# (smaller inputs, a few dozen iterations; see configs/Synthetic/*_instant_test.yaml).
 QUICK_SCALE = 0.02
-QUICK_OPTS = {
-    "saver": ["SOLVER.MAX_ITER", "12", "SOLVER.STEPS", "(8,)", "SOLVER.WARMUP_ITERS", "4", "SOLVER.IMS_PER_BATCH", "4"],
-    "base": ["SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4,)", "SOLVER.WARMUP_ITERS", "2", "SOLVER.IMS_PER_BATCH", "4"],
-    "evaluator": ["SOLVER.MAX_ITER", "30", "SOLVER.STEPS", "(20,)", "SOLVER.WARMUP_ITERS", "5",
-                  "SOLVER.IMS_PER_BATCH", "8", "TEST.EVAL_PERIOD", "10", "MODEL.TINYSAVER.CACHE.TRAIN_VIEWS", "2"],
-    "all": ["MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES", "2", "MODEL.TINYSAVER.CACHE.CHUNK_SIZE", "8",
-            "DATALOADER.NUM_WORKERS", "0"],
-}
+QUICK_CONFIGS = {part: os.path.join(CONFIGS_DIR, f"{part}_instant_test.yaml") for part in CONFIGS}
 # Lines of the tools' logs echoed to the console as progress.
 PROGRESS = re.compile(r"eta: |copypaste: |Caching outputs|Held-out rank correlation|GFLOPs/image|Total inference time")
 
@@ -60,6 +53,7 @@ class Demo:
             # The quick variant keeps its tiny dataset apart from the real default's.
             data_root = self.path("datasets") if quick else os.getenv("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))
         self.data_root = os.path.abspath(data_root)
+        self.configs = QUICK_CONFIGS if quick else CONFIGS
         self.env = {**os.environ, "DETECTRON2_DATASETS": self.data_root, "PYTHONUNBUFFERED": "1"}
         self.times: Dict[str, float] = {}
         self._lock = threading.Lock()  # console lines and the set of running stages
@@ -135,18 +129,13 @@ class Demo:
                 raise failed[0].exception()
             return [f.result() for f in futures]
 
-    def opts(self, which: str) -> List[str]:
-        if not self.quick:
-            return []
-        return QUICK_OPTS["all"] + (QUICK_OPTS[which] if which != "all" else [])
-
     def train(self, name: str, config: str, extra: List[str]) -> str:
         out = self.path(name)
         self.stage(
             f"train_{name}",
             os.path.isfile(os.path.join(out, "model_final.pth")),
             [sys.executable, "tools/train_net.py", "--config-file", config, "--resume", "OUTPUT_DIR", out]
-            + extra + self.opts("evaluator" if name == "tinysaver" else name),
+            + extra,
         )
         return os.path.join(out, "model_final.pth")
 
@@ -157,7 +146,7 @@ class Demo:
             f"eval_{name}",
             os.path.isfile(results),
             [sys.executable, "tools/train_net.py", "--config-file", config, "--eval-only", "OUTPUT_DIR", out]
-            + extra + self.opts("all"),
+            + extra,
         )
         with open(results) as f:
             return json.load(f)
@@ -166,8 +155,8 @@ class Demo:
         """Build caches with tools/cache_outputs.py ahead of the stage that reads them."""
         self.stage(
             name, done,
-            [sys.executable, "tools/cache_outputs.py", "--config-file", TINYSAVER_CONFIG, *args,
-             "OUTPUT_DIR", self.path("logs", name)] + weights + self.opts("evaluator"),
+            [sys.executable, "tools/cache_outputs.py", "--config-file", self.configs["tinysaver"], *args,
+             "OUTPUT_DIR", self.path("logs", name)] + weights,
         )
 
     # --- the job ----------------------------------------------------------------------------------
@@ -183,7 +172,7 @@ class Demo:
         base_w = self.path("base", "model_final.pth")
         cache_dir = ["MODEL.TINYSAVER.CACHE.DIR", self.path("cache")]
         sub_weights = ["MODEL.TINYSAVER.SAVER.WEIGHTS", saver_w, "MODEL.TINYSAVER.BASE.WEIGHTS", base_w] + cache_dir
-        cfg = load_config(TINYSAVER_CONFIG, sub_weights + self.opts("evaluator"))
+        cfg = load_config(self.configs["tinysaver"], sub_weights)
         train_views, train_with_base = training_cache_spec(cfg)
         test_set = cfg.DATASETS.TEST[0]
 
@@ -192,7 +181,7 @@ class Demo:
         no_final_eval = ["DATASETS.TEST", "()"]
 
         def saver_lane():
-            self.train("saver", SAVER_CONFIG, no_final_eval)
+            self.train("saver", self.configs["saver"], no_final_eval)
             if train_with_base:
                 return  # the evaluator's stage caches saver and base itself, once the base is trained
             # The evaluator's training cache needs only the saver: built while the base trains.
@@ -200,10 +189,10 @@ class Demo:
             self.cache("cache_train", done, [],
                        ["MODEL.TINYSAVER.SAVER.WEIGHTS", saver_w, "MODEL.TINYSAVER.BASE.WEIGHTS", ""] + cache_dir)
 
-        self.side_by_side(saver_lane, lambda: self.train("base", BASE_CONFIG, no_final_eval))
+        self.side_by_side(saver_lane, lambda: self.train("base", self.configs["base"], no_final_eval))
         # The evaluator trains (building its held-out cache) while the test split is cached for calibration.
         evaluator_w, _ = self.side_by_side(
-            lambda: self.train("tinysaver", TINYSAVER_CONFIG, sub_weights),
+            lambda: self.train("tinysaver", self.configs["tinysaver"], sub_weights),
             lambda: self.cache("cache_test", cache_is_complete(cfg, test_set, 1, True),
                                ["--dataset", test_set, "--with-base"], sub_weights),
         )
@@ -211,20 +200,21 @@ class Demo:
         self.stage(
             "calibrate",
             os.path.isfile(os.path.join(calib_dir, "calibration.json")),
-            [sys.executable, "tools/calibrate.py", "--config-file", TINYSAVER_CONFIG, "OUTPUT_DIR", calib_dir,
-             "MODEL.WEIGHTS", evaluator_w] + sub_weights + self.opts("all"),
+            [sys.executable, "tools/calibrate.py", "--config-file", self.configs["tinysaver"], "OUTPUT_DIR", calib_dir,
+             "MODEL.WEIGHTS", evaluator_w] + sub_weights,
         )
         with open(os.path.join(calib_dir, "calibration.json")) as f:
             calibration = json.load(f)
         # One after the other, on every thread: these measure images per second.
-        res_saver = self.evaluate("saver", SAVER_CONFIG, ["MODEL.WEIGHTS", saver_w])
-        res_base = self.evaluate("base", BASE_CONFIG, ["MODEL.WEIGHTS", base_w])
+        res_saver = self.evaluate("saver", self.configs["saver"], ["MODEL.WEIGHTS", saver_w])
+        res_base = self.evaluate("base", self.configs["base"], ["MODEL.WEIGHTS", base_w])
         res_ts = self.evaluate(
-            "tinysaver", TINYSAVER_CONFIG,
+            "tinysaver", self.configs["tinysaver"],
             ["MODEL.WEIGHTS", evaluator_w, "MODEL.TINYSAVER.CALIBRATION_FILE", os.path.join(calib_dir, "calibration.json")]
             + sub_weights,
         )
-        summary = self.summarize(calibration, res_saver, res_base, res_ts)
+        summary = self.summarize(calibration, res_saver, res_base, res_ts,
+                                 {p: load_config(self.configs[p]).INPUT.MIN_SIZE_TEST for p in ("saver", "base")})
         summary["wall_time_s"] = time.perf_counter() - total
         summary["stage_times_s"] = self.times
         summary["jobs"] = self.jobs
@@ -236,8 +226,13 @@ class Demo:
         return summary
 
     @staticmethod
-    def summarize(calibration: dict, res_saver: dict, res_base: dict, res_ts: dict) -> dict:
-        """One row each for base, saver and TinySaver at the chosen threshold, on the test split."""
+    def summarize(calibration: dict, res_saver: dict, res_base: dict, res_ts: dict,
+                  sizes: Optional[Dict[str, int]] = None) -> dict:
+        """
+        One row each for base, saver and TinySaver at the chosen threshold, on the test split.
+        sizes: each detector's test-time input size in pixels ("saver", "base"), for the labels.
+        """
+        sizes = sizes or {"saver": 88, "base": 192}
         dataset = next(iter(res_ts))
         costs = calibration["costs"]
         routing = res_ts[dataset]["routing"]
@@ -248,8 +243,8 @@ class Demo:
                     f"{100 * saved:.1f}%", f"{100 * exit_rate:.1f}%", round(res[dataset]["speed"]["images_per_second"], 2)]
 
         rows = [
-            row("base (Cascade R-CNN R-18, 192 px)", res_base, costs["base_gflops"], 0.0, 0.0),
-            row("saver (Cascade R-CNN R-18, 88 px)", res_saver, costs["saver_gflops"], 1 - costs["c_s"], 1.0),
+            row(f"base (Cascade R-CNN R-18, {sizes['base']} px)", res_base, costs["base_gflops"], 0.0, 0.0),
+            row(f"saver (Cascade R-CNN R-18, {sizes['saver']} px)", res_saver, costs["saver_gflops"], 1 - costs["c_s"], 1.0),
             row(f"TinySaver (t={calibration['chosen']['threshold']:.3g})", res_ts, routing["gflops_per_image"],
                 routing["compute_saved"], routing["exit_rate"]),
         ]
