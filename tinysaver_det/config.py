@@ -314,9 +314,10 @@ def load_config(config_file: str, opts: Sequence[str] = (), device_fallback: boo
                 resolve: bool = True) -> CN:
     """
     Read a config file (with detectron2's _BASE_ inheritance) plus command-line style overrides into
-    a fresh config with the TinySaver keys. With `resolve` (what a run needs): every path is made
-    absolute (see the module docstring), CALIBRATION_FILE's threshold goes into THRESHOLD unless
-    `opts` sets THRESHOLD, and values are checked. With `device_fallback`, a CUDA device on a
+    a fresh config with the TinySaver keys. With `resolve` (what a run needs): the datasets of
+    DATA.COCO_DATASETS are registered, every path is made absolute (see the module docstring),
+    CALIBRATION_FILE's threshold goes into THRESHOLD unless `opts` sets THRESHOLD, and values are
+    checked. With `device_fallback`, a CUDA device on a
     machine without one becomes the CPU.
     """
     if not os.path.isfile(config_file):
@@ -328,11 +329,12 @@ def load_config(config_file: str, opts: Sequence[str] = (), device_fallback: boo
         cfg.MODEL.TINYSAVER[part].CONFIG_FILE = path
     opts = _parse_infinities(cfg, opts)
     cfg.merge_from_list(opts)
-    # Every entry point and every `launch` worker loads its config here: register its datasets.
-    cfg.MODEL.TINYSAVER.DATA.COCO_DATASETS = register_coco_datasets(
-        cfg.MODEL.TINYSAVER.DATA.COCO_DATASETS, key="MODEL.TINYSAVER.DATA.COCO_DATASETS"
-    )
     if resolve:
+        # Every entry point and every `launch` worker loads its config here: register its
+        # datasets (a sub-config's are not: the run's own config names the data it uses).
+        cfg.MODEL.TINYSAVER.DATA.COCO_DATASETS = register_coco_datasets(
+            cfg.MODEL.TINYSAVER.DATA.COCO_DATASETS, key="MODEL.TINYSAVER.DATA.COCO_DATASETS"
+        )
         make_paths_absolute(cfg)
         # The THRESHOLD merged from opts (the last one given there) is the explicit one.
         explicit = cfg.MODEL.TINYSAVER.THRESHOLD if THRESHOLD_KEY in opts[0::2] else None
