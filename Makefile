@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo demo-quick test bench clean
+.PHONY: venv demo demo-quick demo-bccd demo-bccd-quick test bench clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,13 @@ demo: venv
 
 demo-quick: venv
 	$(PY) tools/demo.py --quick --output-dir output/demo_quick
+
+# The same pipeline on real microscope images (BCCD, from ../shared/data or $TINYSAVER_SHARED_DATA).
+demo-bccd: venv
+	$(PY) tools/demo.py --track bccd --output-dir output/demo_bccd
+
+demo-bccd-quick: venv
+	$(PY) tools/demo.py --track bccd --quick --output-dir output/demo_bccd_quick
 
 test: venv
 	$(PY) -m pytest -q tests

@@ -145,6 +145,8 @@ def add_tinysaver_config(cfg: CN) -> None:
     ts.CALIBRATION.GFLOPS_BUDGET = 0.0
     # Number of images on which GFLOPs per image of each sub-model are measured (at least 1).
     ts.CALIBRATION.FLOPS_IMAGES = 8
+    # Resamples of the report splits' images for the bootstrap intervals of the reported figures.
+    ts.CALIBRATION.BOOTSTRAP_SAMPLES = 200
 
 
 def default_cache_dir(cfg: CN) -> str:

@@ -5,10 +5,11 @@ calibration, evaluation, and a final table. Re-running reuses finished stages.
 
     python tools/demo.py --output-dir output/demo           # the full run (about 16 min on 2 CPU cores)
     python tools/demo.py --quick --output-dir /tmp/demo     # a tiny end-to-end run (a few minutes)
+    python tools/demo.py --track bccd --output-dir output/demo_bccd   # real microscope images (BCCD)
 """
 import argparse
 
-from tinysaver_det.engine.demo import Demo
+from tinysaver_det.engine.demo import TRACKS, Demo
 
 
 def main():
@@ -18,8 +19,11 @@ def main():
     parser.add_argument("--data-root", default="", help="dataset root (default: $DETECTRON2_DATASETS or ./datasets)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="independent stages run at once, each on its share of the CPU threads (1: one at a time)")
+    parser.add_argument("--track", default="synthetic", choices=sorted(TRACKS),
+                        help="the embedded default: generated shapes, or BCCD's real images (shared data)")
     args = parser.parse_args()
-    Demo(args.output_dir, quick=args.quick, data_root=args.data_root or None, jobs=args.jobs).run()
+    Demo(args.output_dir, quick=args.quick, data_root=args.data_root or None, jobs=args.jobs,
+         track=args.track).run()
 
 
 if __name__ == "__main__":

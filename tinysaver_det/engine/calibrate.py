@@ -26,11 +26,13 @@ from ..evaluation.calibration import (
     sweep,
     write_calibration,
 )
+from ..evaluation.bootstrap import bootstrap_routing
 from ..evaluation.coco_fast import MatchTable
 from ..evaluation.detections import record_dets
 from ..evaluation.ground_truth import dataset_ground_truth
 from ..evaluation.plots import plot_accuracy_compute, plot_examples, plot_score_distribution
 from ..flops import first_test_inputs, tinysaver_costs
+from ..modeling.routing import exit_mask
 from .hooks import quality_of
 from .output_cache import OutputCache
 
@@ -48,11 +50,9 @@ class CachedSplit:
         # MatchTable reproduces pycocotools' tie order when images come in ascending id order.
         order = np.argsort([r["image_id"] for r in self.records], kind="stable")
         self.records = [self.records[i] for i in order]
-        gts = [gts[r["index"]] for r in self.records]
-        self.table = MatchTable.build(
-            gts,
-            {"saver": [record_dets(r["saver"]) for r in self.records], "base": [record_dets(r["base"]) for r in self.records]},
-        )
+        self.gts = [gts[r["index"]] for r in self.records]
+        self.dets = {part: [record_dets(r[part]) for r in self.records] for part in ("saver", "base")}
+        self.table = MatchTable.build(self.gts, self.dets)
         summary = torch.stack([r["summary"] for r in self.records]).to(model.device)
         with torch.no_grad():
             evaluator_scores = model.evaluator.eval().scores(summary).cpu().numpy()
@@ -63,6 +63,12 @@ class CachedSplit:
         truth = quality_of(self.records, target)
         return {r: rank_correlation(s, truth, f"{self.name}, {r} router")
                 for r, s in self.scores.items() if r != "oracle"}
+
+    def intervals(self, router: str, threshold: float, costs: Dict[str, float], samples: int) -> dict:
+        """Bootstrap intervals over this split's images of the routed model's figures."""
+        exited = exit_mask(self.scores[router], threshold).numpy()
+        return bootstrap_routing(self.gts, self.dets["saver"], self.dets["base"], exited, costs,
+                                 samples=samples)
 
     def alone(self, source: str, costs: Dict[str, float]) -> dict:
         """Metrics of the saver or the base alone (the saver alone pays no evaluator)."""
@@ -94,6 +100,7 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
         router: choose_point(points, base["AP"], max_ap_drop=max_ap_drop, gflops_budget=gflops_budget)
         for router, points in curves.items()
     }
+    deployed = cfg.MODEL.TINYSAVER.ROUTER
     reports = {}
     for name in report_datasets:
         split = CachedSplit(cfg, model, name)
@@ -102,10 +109,13 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
             "base": split.alone("base", costs),
             "saver": split.alone("saver", costs),
             "routers": {r: apply_threshold(split.table, split.scores[r], chosen[r]["threshold"], costs) for r in split.scores},
+            # Intervals of the deployed router's figures (bootstrap over this split's images).
+            "intervals": split.intervals(deployed, chosen[deployed]["threshold"], costs,
+                                         cfg.MODEL.TINYSAVER.CALIBRATION.BOOTSTRAP_SAMPLES),
         }
     result = {
-        "chosen": chosen.get(cfg.MODEL.TINYSAVER.ROUTER, chosen.get("evaluator")),
-        "router": cfg.MODEL.TINYSAVER.ROUTER,
+        "chosen": chosen[deployed],
+        "router": deployed,
         "target": {"max_ap_drop": max_ap_drop, "gflops_budget": gflops_budget},
         "calibration_dataset": dataset,
         "costs": costs,
@@ -124,7 +134,7 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
         os.makedirs(output_dir, exist_ok=True)
         write_calibration(os.path.join(output_dir, "calibration.json"), result)
         write_calibrated_config(cfg, os.path.join(output_dir, "calibration.json"), os.path.join(output_dir, "config_calibrated.yaml"))
-        router = "evaluator" if "evaluator" in chosen else cfg.MODEL.TINYSAVER.ROUTER
+        router = deployed  # the plots show the router the model deploys
         plot_accuracy_compute(curves, base, saver, chosen[router], os.path.join(output_dir, "accuracy_vs_gflops.png"),
                               title=f"{dataset}: AP against GFLOPs per image")
         plot_score_distribution(calib.scores[router], chosen[router]["threshold"],
@@ -176,4 +186,7 @@ def format_results(result: dict) -> str:
     splits = [(split, cal["rank_correlation"])] + [(n, r["rank_correlation"]) for n, r in result["reports"].items()]
     for name, corr in splits:
         lines.append(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in corr.items()))
+    for name, rep in result["reports"].items():
+        lines.append(f"95% bootstrap intervals over the images of {name} ({result['router']} router): "
+                     + ", ".join(f"{k} [{lo:.3g}, {hi:.3g}]" for k, (lo, hi) in rep["intervals"].items()))
     return "\n".join(lines)
