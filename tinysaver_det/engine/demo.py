@@ -155,8 +155,8 @@ class Demo:
         """Build caches with tools/cache_outputs.py ahead of the stage that reads them."""
         self.stage(
             name, done,
-            [sys.executable, "tools/cache_outputs.py", "--config-file", self.configs["tinysaver"], *args,
-             "OUTPUT_DIR", self.path("logs", name)] + weights,
+            [sys.executable, "tools/cache_outputs.py", "--config-file", self.configs["tinysaver"],
+             *args, "OUTPUT_DIR", self.path("logs", name)] + weights,
         )
 
     # --- the job ----------------------------------------------------------------------------------
@@ -189,7 +189,8 @@ class Demo:
             self.cache("cache_train", done, [],
                        ["MODEL.TINYSAVER.SAVER.WEIGHTS", saver_w, "MODEL.TINYSAVER.BASE.WEIGHTS", ""] + cache_dir)
 
-        self.side_by_side(saver_lane, lambda: self.train("base", self.configs["base"], no_final_eval))
+        self.side_by_side(saver_lane,
+                          lambda: self.train("base", self.configs["base"], no_final_eval))
         # The evaluator trains (building its held-out cache) while the test split is cached for calibration.
         evaluator_w, _ = self.side_by_side(
             lambda: self.train("tinysaver", self.configs["tinysaver"], sub_weights),
@@ -200,8 +201,8 @@ class Demo:
         self.stage(
             "calibrate",
             os.path.isfile(os.path.join(calib_dir, "calibration.json")),
-            [sys.executable, "tools/calibrate.py", "--config-file", self.configs["tinysaver"], "OUTPUT_DIR", calib_dir,
-             "MODEL.WEIGHTS", evaluator_w] + sub_weights,
+            [sys.executable, "tools/calibrate.py", "--config-file", self.configs["tinysaver"],
+             "OUTPUT_DIR", calib_dir, "MODEL.WEIGHTS", evaluator_w] + sub_weights,
         )
         with open(os.path.join(calib_dir, "calibration.json")) as f:
             calibration = json.load(f)
@@ -213,8 +214,8 @@ class Demo:
             ["MODEL.WEIGHTS", evaluator_w, "MODEL.TINYSAVER.CALIBRATION_FILE", os.path.join(calib_dir, "calibration.json")]
             + sub_weights,
         )
-        summary = self.summarize(calibration, res_saver, res_base, res_ts,
-                                 {p: load_config(self.configs[p]).INPUT.MIN_SIZE_TEST for p in ("saver", "base")})
+        sizes = {p: load_config(self.configs[p]).INPUT.MIN_SIZE_TEST for p in ("saver", "base")}
+        summary = self.summarize(calibration, res_saver, res_base, res_ts, sizes)
         summary["wall_time_s"] = time.perf_counter() - total
         summary["stage_times_s"] = self.times
         summary["jobs"] = self.jobs
@@ -243,8 +244,10 @@ class Demo:
                     f"{100 * saved:.1f}%", f"{100 * exit_rate:.1f}%", round(res[dataset]["speed"]["images_per_second"], 2)]
 
         rows = [
-            row(f"base (Cascade R-CNN R-18, {sizes['base']} px)", res_base, costs["base_gflops"], 0.0, 0.0),
-            row(f"saver (Cascade R-CNN R-18, {sizes['saver']} px)", res_saver, costs["saver_gflops"], 1 - costs["c_s"], 1.0),
+            row(f"base (Cascade R-CNN R-18, {sizes['base']} px)", res_base, costs["base_gflops"],
+                0.0, 0.0),
+            row(f"saver (Cascade R-CNN R-18, {sizes['saver']} px)", res_saver,
+                costs["saver_gflops"], 1 - costs["c_s"], 1.0),
             row(f"TinySaver (t={calibration['chosen']['threshold']:.3g})", res_ts, routing["gflops_per_image"],
                 routing["compute_saved"], routing["exit_rate"]),
         ]
