@@ -140,8 +140,8 @@ def _num_classes(cfg):
 @pytest.mark.parametrize("path", DETECTOR_CONFIGS, ids=_rel)
 def test_detector_config_builds_trains_and_infers(path):
     torch.manual_seed(0)
-    # Keep every candidate box, so that an untrained detector (a RetinaNet starts from the focal-loss
-    # prior, scores ~0.01) still returns detections whose bounds can be checked.
+    # Keep every candidate box, so that an untrained detector (a RetinaNet starts from the
+    # focal-loss prior, scores ~0.01) still returns detections whose bounds can be checked.
     cfg = load_config(str(path), SMALL + ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
                                           "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
     model = build_model(cfg)
@@ -175,7 +175,8 @@ def test_detector_config_builds_trains_and_infers(path):
             assert inst.pred_boxes.tensor[:, 0::2].max() <= ow and inst.pred_boxes.tensor[:, 1::2].max() <= oh
             assert inst.pred_boxes.tensor.min() >= 0
             assert 0 <= int(inst.pred_classes.min()) and int(inst.pred_classes.max()) < _num_classes(cfg)
-    assert sum(len(out["instances"]) for out in outputs) > 0  # ... never on both: bounds were checked
+    # ... never on both: some bounds were checked.
+    assert sum(len(out["instances"]) for out in outputs) > 0
 
 
 @pytest.mark.parametrize("path", TINYSAVER_CONFIGS, ids=_rel)

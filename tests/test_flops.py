@@ -12,7 +12,8 @@ from detectron2.modeling import build_model
 from tinysaver_det.config import load_config
 from tinysaver_det.flops import detector_gflops, evaluator_gflops, tinysaver_costs
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "Synthetic", "tinysaver_instant_test.yaml")
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "Synthetic",
+                      "tinysaver_instant_test.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -23,19 +24,22 @@ def model():
 
 def image(h, w, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), "height": h, "width": w}
+    pixels = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+    return {"image": pixels, "height": h, "width": w}
 
 
 def resized(x, min_size, max_size):
     """The image as detectron2's own test-time resize would give it to a detector of that size."""
     aug = T.ResizeShortestEdge(min_size, max_size)
-    array = aug.get_transform(x["image"].permute(1, 2, 0).numpy()).apply_image(x["image"].permute(1, 2, 0).numpy())
+    hwc = x["image"].permute(1, 2, 0).numpy()
+    array = aug.get_transform(hwc).apply_image(hwc)
     return dict(x, image=torch.as_tensor(np.ascontiguousarray(array)).permute(2, 0, 1))
 
 
 def test_evaluator_gflops_is_its_mlp_and_pooling(model):
     ev = model.evaluator
-    assert (ev.summary_dim, ev.in_strides, model.saver_input_size) == (684, [4, 8, 16, 32, 64], (48, 72))
+    assert ev.summary_dim == 684 and ev.in_strides == [4, 8, 16, 32, 64]
+    assert model.saver_input_size == (48, 72)
     # A 96x128 image reaches the saver at 48x64: feature maps of 12x16, 6x8, 3x4, 2x2 and 1x1 cells,
     # 64 channels each, one mean and one max per element.
     pooling = 2 * 64 * (12 * 16 + 6 * 8 + 3 * 4 + 2 * 2 + 1 * 1)

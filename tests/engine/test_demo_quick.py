@@ -32,8 +32,9 @@ def read_json(path):
 
 def test_quick_demo_reuses_the_trained_detectors(quick_run):
     _, summary = quick_run
-    assert "train_saver" not in summary["stage_times_s"] and "train_base" not in summary["stage_times_s"]
-    assert {"cache_train", "train_tinysaver", "cache_test", "calibrate", "eval_tinysaver"} <= set(summary["stage_times_s"])
+    stages = set(summary["stage_times_s"])
+    assert "train_saver" not in stages and "train_base" not in stages
+    assert {"cache_train", "train_tinysaver", "cache_test", "calibrate", "eval_tinysaver"} <= stages
 
 
 def test_quick_demo_ends_at_a_real_operating_point(quick_run):
@@ -44,7 +45,8 @@ def test_quick_demo_ends_at_a_real_operating_point(quick_run):
     assert math.isfinite(chosen["threshold"]) and 0.0 < chosen["exit_rate"] < 1.0
     assert chosen["target_met"] and chosen["gflops"] <= calibration["target"]["gflops_budget"]
     assert calibration["calibration"]["base"]["AP"] > 0
-    assert set(calibration["calibration"]["curves"]) == {"evaluator", "confidence", "random", "oracle"}
+    curves = calibration["calibration"]["curves"]
+    assert set(curves) == {"evaluator", "confidence", "random", "oracle"}
     assert calibration["costs"]["c_e"] < 0.01  # the evaluator costs under 1% of the base
 
     # The evaluation used the calibrated threshold: every image's decision follows from its score.
@@ -55,12 +57,15 @@ def test_quick_demo_ends_at_a_real_operating_point(quick_run):
     exited = sum(im["exited"] for im in images)
     assert 0 < exited < len(images)
 
-    routing = read_json(out / "eval" / "tinysaver" / "inference" / "results.json")[summary["dataset"]]["routing"]
+    results = read_json(out / "eval" / "tinysaver" / "inference" / "results.json")
+    routing = results[summary["dataset"]]["routing"]
     assert routing["exit_rate"] == exited / len(images)
-    assert routing["AP_saver_images"] >= 0 and routing["AP_base_images"] >= 0  # both paths evaluated
+    # Both paths were taken, so each has its AP.
+    assert routing["AP_saver_images"] >= 0 and routing["AP_base_images"] >= 0
     costs = calibration["costs"]
-    expected_gflops = costs["saver_gflops"] + costs["evaluator_gflops"] + (1 - exited / len(images)) * costs["base_gflops"]
-    assert routing["gflops_per_image"] == pytest.approx(expected_gflops)
+    routed = 1 - exited / len(images)
+    expected = costs["saver_gflops"] + costs["evaluator_gflops"] + routed * costs["base_gflops"]
+    assert routing["gflops_per_image"] == pytest.approx(expected)
 
 
 def test_quick_demo_produces_the_final_table(quick_run):
@@ -70,10 +75,12 @@ def test_quick_demo_produces_the_final_table(quick_run):
     assert summary["dataset"] == "synthetic_val"
     assert base["AP"] > 0  # trained detectors: the table is not a row of zeros
     assert saver["GFLOPs/img"] < routed["GFLOPs/img"] < base["GFLOPs/img"]
-    assert summary["threshold"] == read_json(out / "calibration" / "calibration.json")["chosen"]["threshold"]
+    calibration = read_json(out / "calibration" / "calibration.json")
+    assert summary["threshold"] == calibration["chosen"]["threshold"]
     for row in summary["rows"]:
         assert row["images/s"] > 0
-    for name in ("accuracy_vs_gflops.png", "score_distribution.png", "examples.png", "config_calibrated.yaml"):
+    for name in ("accuracy_vs_gflops.png", "score_distribution.png", "examples.png",
+                 "config_calibrated.yaml"):
         assert os.path.getsize(out / "calibration" / name) > 0
     assert (out / "tinysaver" / "evaluator_rank_correlation.json").is_file()
 
@@ -81,5 +88,6 @@ def test_quick_demo_produces_the_final_table(quick_run):
 def test_rerun_reuses_every_stage(quick_run, trained_detectors):
     out, first = quick_run
     again = Demo(str(out), quick=True, data_root=trained_detectors.root).run()
-    assert set(again["stage_times_s"]) == {"data"}  # nothing retrained, recalibrated or re-evaluated
+    # Nothing retrained, recalibrated or re-evaluated.
+    assert set(again["stage_times_s"]) == {"data"}
     assert again["rows"] == first["rows"]

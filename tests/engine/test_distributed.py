@@ -49,13 +49,15 @@ def run_stages(detectors, out_dir: str, result_file: str) -> None:
     cfg = load_config(detectors.configs["tinysaver"], [
         "MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", detectors.weights["saver"],
         "MODEL.TINYSAVER.BASE.WEIGHTS", detectors.weights["base"],
-        "MODEL.TINYSAVER.CACHE.DIR", os.path.join(out_dir, "cache"), "MODEL.TINYSAVER.CACHE.CHUNK_SIZE", "2",
+        "MODEL.TINYSAVER.CACHE.DIR", os.path.join(out_dir, "cache"),
+        "MODEL.TINYSAVER.CACHE.CHUNK_SIZE", "2",
         "MODEL.TINYSAVER.CALIBRATION.DATASET", calib,
         # Evaluated on the calibration split: the routed model's COCO AP and exit rate must then
         # be what the calibration predicted from the cache at the chosen threshold.
         "DATASETS.TRAIN", f"('{prefix}_train',)", "DATASETS.TEST", f"('{calib}',)",
-        "SOLVER.MAX_ITER", "6", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
-        "SOLVER.BASE_LR", "0.05", "TEST.EVAL_PERIOD", "3", "OUTPUT_DIR", os.path.join(out_dir, "train"), "SEED", "3",
+        "SOLVER.MAX_ITER", "6", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "1",
+        "SOLVER.STEPS", "()", "SOLVER.BASE_LR", "0.05", "TEST.EVAL_PERIOD", "3",
+        "OUTPUT_DIR", os.path.join(out_dir, "train"), "SEED", "3",
     ])
     torch.manual_seed(0)  # the evaluator head's initialisation: the same in every process and run
     model = build_model(cfg).eval()
@@ -71,7 +73,8 @@ def run_stages(detectors, out_dir: str, result_file: str) -> None:
     # Training with 1 and 2 processes sees different batches, so compare calibration and evaluation
     # on one fixed model: any difference then comes from sharding and gathering. A budget of half
     # the base's cost forces an operating point with images on both paths.
-    costs = tinysaver_costs(model, first_test_inputs(cfg, calib, cfg.MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES))
+    flops_inputs = first_test_inputs(cfg, calib, cfg.MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES)
+    costs = tinysaver_costs(model, flops_inputs)
     result = calibrate(cfg, model, dataset=calib, gflops_budget=routed_gflops(costs, 0.5),
                        output_dir=os.path.join(out_dir, "calib"))
     cfg.defrost()
@@ -118,7 +121,8 @@ def test_cache_is_the_same_with_two_processes(runs):
     assert len(targets) == 2 * 24  # 24 training images, 2 views each
     for view in (0, 1):  # trained detectors: targets that are not all zero, on both views
         assert any(ap > 0 for _, v, ap in targets if v == view)
-    assert torch.allclose(torch.tensor(runs[2]["summaries"]), torch.tensor(runs[1]["summaries"]), atol=1e-5)
+    one, two = torch.tensor(runs[1]["summaries"]), torch.tensor(runs[2]["summaries"])
+    assert torch.allclose(two, one, atol=1e-5)
 
 
 @pytest.mark.parametrize("world", [1, 2])
@@ -150,7 +154,8 @@ def test_routed_evaluation_is_the_same_with_two_processes(runs):
     one, two = runs[1]["evaluation"], runs[2]["evaluation"]
     name = next(iter(one))
     assert two[name]["routing"]["num_images"] == one[name]["routing"]["num_images"] == 8
-    assert runs[2]["per_image_routing"] == runs[1]["per_image_routing"]  # same scores and decisions per image
+    # The same scores and decisions, image by image.
+    assert runs[2]["per_image_routing"] == runs[1]["per_image_routing"]
     keys = [k for k in one[name]["routing"] if k.startswith("AP")]
     # Both paths were taken, so each path's AP is reported, and it is the same in both runs.
     assert {"AP_saver_images", "AP_base_images"} <= set(keys)

@@ -171,7 +171,8 @@ def test_targets_of_trained_detectors_on_plain_and_augmented_views(tmp_path, tra
     td = trained_detectors
     cfg = load_config(td.configs["tinysaver"], [
         "MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", td.weights["saver"],
-        "MODEL.TINYSAVER.BASE.WEIGHTS", td.weights["base"], "MODEL.TINYSAVER.CACHE.DIR", str(tmp_path / "cache"),
+        "MODEL.TINYSAVER.BASE.WEIGHTS", td.weights["base"],
+        "MODEL.TINYSAVER.CACHE.DIR", str(tmp_path / "cache"),
         "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "144",  # views resized by ~0.5x
     ])
     records = OutputCache(cfg, f"{td.prefix}_calib", views=2, with_base=True).load_or_build()

@@ -92,6 +92,9 @@ def test_r_star_and_delta_c_follow_the_score_order(table):
     assert r_good == pytest.approx(0.6)
     assert r_mixed == pytest.approx(0.2)  # the third image by score is a wrong one
     assert c_s - r_good == pytest.approx(-0.5) and c_s - r_mixed == pytest.approx(-0.1)
+    # Any loss, however small, makes an exit rate unsafe.
+    points = [{"exit_rate": 0.3, "AP": 50.0}, {"exit_rate": 0.6, "AP": 49.99}]
+    assert largest_safe_exit_rate(points, 50.0) == 0.3
 
 
 def test_a_saver_right_everywhere_exits_everything():
@@ -113,7 +116,7 @@ def test_tied_scores_exit_together(table):
 
 
 def test_apply_threshold_on_another_split(table):
-    """A threshold chosen on one split, applied to another's scores (not one of its own candidates)."""
+    """A threshold chosen on one split, applied to another's scores (not one of its candidates)."""
     other = cached_outputs([True, False] * 5)
     scores = np.linspace(1.0, 0.1, N)  # the first four images score above 0.65
     point = apply_threshold(other, scores, 0.65, COSTS)
@@ -151,7 +154,9 @@ def test_choose_point_breaks_ties_by_accuracy():
 
 
 def test_choose_point_routes_everything_when_no_point_qualifies():
-    chosen = choose_point(POINTS[1:], base_ap=60.0, max_ap_drop=0.5)  # even the base-only point fails
+    # Even the base-only point fails the target.
+    chosen = choose_point(POINTS[:0:-1], base_ap=60.0, max_ap_drop=0.5)
     assert chosen["threshold"] == 0.8 and not chosen["target_met"]  # the most routed point offered
-    chosen = choose_point(POINTS, base_ap=60.0, max_ap_drop=0.5)
-    assert chosen["threshold"] == math.inf and chosen["exit_rate"] == 0.0 and not chosen["target_met"]
+    chosen = choose_point(POINTS[::-1], base_ap=60.0, max_ap_drop=0.5)
+    assert chosen["threshold"] == math.inf and chosen["exit_rate"] == 0.0
+    assert not chosen["target_met"]

@@ -20,7 +20,8 @@ from tinysaver_det.modeling.routing import exit_mask
 def head(target: str) -> DetectionQualityHead:
     torch.manual_seed(0)
     return DetectionQualityHead(in_features=["p2"], in_channels=[2], in_strides=[4], num_classes=3,
-                                top_k=4, hidden_dim=8, num_layers=1, dropout=0.0, target=target).eval()
+                                top_k=4, hidden_dim=8, num_layers=1, dropout=0.0,
+                                target=target).eval()
 
 
 @pytest.mark.parametrize("target,sign", [("saver_ap", 1.0), ("ap_gain", -1.0)])
@@ -34,7 +35,7 @@ def test_scores_flip_the_sign_of_a_predicted_gain(target, sign):
 
 
 def test_ap_gain_routes_the_image_with_the_largest_predicted_gain():
-    """Higher score = exit: the image where the base is predicted to gain most must go to the base."""
+    """Higher score = exit: the image where the base is predicted to gain most goes to the base."""
     h = head("ap_gain")
     with torch.no_grad():  # a head whose prediction is the summary's first entry
         h.input_norm.running_mean.zero_()
@@ -73,14 +74,16 @@ def instances(size, boxes, scores, classes):
 
 def test_detection_statistics_values():
     h, w = 100, 100
-    inst = instances((h, w), [[0, 0, 40, 40], [0, 0, 40, 40], [50, 50, 52, 52]], [0.9, 0.35, 0.06], [0, 2, 2])
+    boxes = [[0, 0, 40, 40], [0, 0, 40, 40], [50, 50, 52, 52]]
+    inst = instances((h, w), boxes, [0.9, 0.35, 0.06], [0, 2, 2])
     stats = detection_statistics(inst, num_classes=3, top_k=4)
     assert stats.shape == (statistics_dim(3, 4),)
     top, rest = stats[:4], stats[4:]
     torch.testing.assert_close(top, torch.tensor([0.9, 0.35, 0.06, 0.0]))
     counts = rest[: len(SCORE_LEVELS)]
     expected_counts = [sum(s >= lvl for s in (0.9, 0.35, 0.06)) for lvl in SCORE_LEVELS]
-    torch.testing.assert_close(counts, torch.log1p(torch.tensor(expected_counts, dtype=torch.float32)))
+    expected_counts = torch.tensor(expected_counts, dtype=torch.float32)
+    torch.testing.assert_close(counts, torch.log1p(expected_counts))
     size_mix = rest[len(SCORE_LEVELS): len(SCORE_LEVELS) + 4]
     # Relative sides 0.4 (large: > 0.3) twice and 0.02 (tiny: < 0.05), weighted by score.
     torch.testing.assert_close(size_mix, torch.tensor([0.06, 0.0, 0.0, 1.25]) / 1.31)

@@ -15,7 +15,12 @@ from detectron2.utils.events import EventStorage
 from tinysaver_det.checkpoint import load_tinysaver_weights
 from tinysaver_det.config import load_config
 from tinysaver_det.evaluation.quality import per_image_quality
-from tinysaver_det.modeling.meta_arch import SUMMARY_KEY, TARGET_KEY, gt_in_output_frame, resize_inputs
+from tinysaver_det.modeling.meta_arch import (
+    SUMMARY_KEY,
+    TARGET_KEY,
+    gt_in_output_frame,
+    resize_inputs,
+)
 from tinysaver_det.modeling.routing import stable_uniform
 
 SYNTHETIC = Path(__file__).resolve().parents[2] / "configs" / "Synthetic"
@@ -291,7 +296,8 @@ def test_gt_in_output_frame_scales_boxes_to_the_requested_size():
     gt = Instances((100, 200))
     gt.gt_boxes = Boxes(torch.tensor([[10.0, 20.0, 50.0, 80.0]]))
     gt.gt_classes = torch.tensor([3])
-    x = {"image": torch.zeros(3, 100, 200, dtype=torch.uint8), "instances": gt, "height": 150, "width": 100}
+    image = torch.zeros(3, 100, 200, dtype=torch.uint8)
+    x = {"image": image, "instances": gt, "height": 150, "width": 100}
     scaled = gt_in_output_frame(x)
     assert scaled.image_size == (150, 100)
     torch.testing.assert_close(scaled.gt_boxes.tensor, torch.tensor([[5.0, 30.0, 25.0, 120.0]]))
@@ -314,7 +320,8 @@ def test_oracle_scores_are_minus_the_base_gain_at_the_requested_size(model):
     expected = []
     for x, s, b in zip(inputs, saver_out, base_out):
         top = s["instances"][int(s["instances"].scores.argmax())]
-        in_output = Instances((x["height"], x["width"]))  # the ground truth, as the output frame sees it
+        # The ground truth as the output frame sees it.
+        in_output = Instances((x["height"], x["width"]))
         in_output.gt_boxes, in_output.gt_classes = top.pred_boxes, top.pred_classes
         gt = Instances(tuple(x["image"].shape[-2:]))
         gt.gt_boxes, gt.gt_classes = Boxes(top.pred_boxes.tensor / 2), top.pred_classes

@@ -271,7 +271,8 @@ class Demo:
             self.cache("cache_train", done, [],
                        ["MODEL.TINYSAVER.SAVER.WEIGHTS", saver_w, "MODEL.TINYSAVER.BASE.WEIGHTS", ""] + cache_dir)
 
-        self.side_by_side(saver_lane, lambda: self.train("base", self.configs["base"], no_final_eval))
+        self.side_by_side(saver_lane,
+                          lambda: self.train("base", self.configs["base"], no_final_eval))
         # The evaluator trains (building its held-out cache) while the test split is cached for calibration.
         evaluator_w, _ = self.side_by_side(
             lambda: self.train("tinysaver", self.configs["tinysaver"], sub_weights),
