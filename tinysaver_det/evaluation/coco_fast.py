@@ -429,6 +429,16 @@ def per_image_ap(gt: ImageGT, dets: ImageDets, *, max_dets: int = 100,
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
+def _metrics_from_precision(p: np.ndarray) -> Dict[str, float]:
+    """COCOeval stats[:6] (x100, NaN if undefined) of precision (T, 101, K, A)."""
+    return {"AP": 100 * _mean_defined(p[:, :, :, 0]),
+            "AP50": 100 * _mean_defined(p[0, :, :, 0]),
+            "AP75": 100 * _mean_defined(p[5, :, :, 0]),
+            "APs": 100 * _mean_defined(p[:, :, :, 1]),
+            "APm": 100 * _mean_defined(p[:, :, :, 2]),
+            "APl": 100 * _mean_defined(p[:, :, :, 3])}
+
+
 @dataclass
 class MatchTable:
     """Matches of several detection sources on the same images, for fast merged COCO metrics.
@@ -497,13 +507,7 @@ class MatchTable:
 
     def coco_metrics(self, choice) -> Dict[str, float]:
         """AP, AP50, AP75, APs, APm, APl (x100, NaN if undefined) of the merged detections."""
-        p = self.precision(choice)
-        return {"AP": 100 * _mean_defined(p[:, :, :, 0]),
-                "AP50": 100 * _mean_defined(p[0, :, :, 0]),
-                "AP75": 100 * _mean_defined(p[5, :, :, 0]),
-                "APs": 100 * _mean_defined(p[:, :, :, 1]),
-                "APm": 100 * _mean_defined(p[:, :, :, 2]),
-                "APl": 100 * _mean_defined(p[:, :, :, 3])}
+        return _metrics_from_precision(self.precision(choice))
 
     def source_metrics(self, source: str) -> Dict[str, float]:
         """Metrics of one source alone (every image takes it)."""

@@ -1,0 +1,247 @@
+"""Threshold sweeps of merged COCO box metrics that grow gently with the number of images.
+
+A sweep point keeps, for every image, the saver's (source 0) or the base's (source 1) detections.
+``MatchTable.coco_metrics`` recomputes each point from all rows. Here a router's thresholds are
+walked in order of growing exit set: an image moves from the base to the saver exactly once, so a
+step flips only the moved images' rows and updates running counts, and a point costs one pass over
+the *true-positive* entries that are kept (the precision envelope needs each of them), never a pass
+over every detection. Results are bit-identical to ``MatchTable.coco_metrics`` (same float
+operations, same sums; ``tests/evaluation/test_coco_sweep.py``).
+
+Layout: per area range a and IoU threshold t, rows are presorted in COCOeval.accumulate's order
+(category, score desc, image, source, rank). The *items* of segment (a, t, category) are its true
+positives at t plus the rows valid only at some IoU thresholds ("partial"); every other valid row
+is valid at all thresholds and is counted through ``fv`` (one running count per query row).
+For a kept true positive: k = kept true positives so far, nv = kept valid rows so far, and
+precision = k / (nv + eps), exactly as pycocotools (tp / (fp + tp + eps), fp + tp == nv).
+
+``build`` matches images in chunks and keeps only compact arrays, so 118k images with two
+sources of 100 detections each fit in well under 3 GB.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Sequence
+
+import numpy as np
+
+from .coco_fast import (A, REC_THRS, T, ImageDets, ImageGT, MatchTable, _category_ids,
+                        _flatten_gt, _match, _metrics_from_precision)
+
+R = len(REC_THRS)
+EPS = np.spacing(1)
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, e) for every pair, vectorised."""
+    n = ends - starts
+    if not n.sum():
+        return np.zeros(0, np.int64)
+    offs = np.repeat(starts - np.cumsum(n) + n, n)
+    return offs + np.arange(int(n.sum()))
+
+
+def _group(keys: np.ndarray, num: int):
+    """(order, offsets): ``order[offsets[i]:offsets[i+1]]`` are the positions with key i."""
+    order = np.argsort(keys, kind="stable").astype(np.int64)
+    offsets = np.zeros(num + 1, np.int64)
+    np.cumsum(np.bincount(keys, minlength=num), out=offsets[1:])
+    return order, offsets
+
+
+class SweepTable:
+    """Presorted, compact matches of a saver and a base on the same images (see module doc).
+
+    Build with ``build`` (chunked, from ground truth and detections) or ``from_match_table``.
+    ``sweep_metrics(exit_step, num_steps)`` gives the metrics of every step at once;
+    ``coco_metrics(choice)`` one choice (0 = saver, 1 = base per image).
+    """
+
+    def __init__(self, num_images: int, cat_ids: np.ndarray, npig: np.ndarray,
+                 rows: Sequence[tuple]):
+        """``rows[a] = (img, src, cat, tp (n,T) bool, valid (n,T) bool)`` in accumulate order,
+        rows invalid at every threshold already dropped (as MatchTable keeps them)."""
+        self.num_images = num_images
+        self.cat_ids = np.asarray(cat_ids)
+        self.npig = np.asarray(npig, np.int64)            # (ncat, A)
+        ncat = len(self.cat_ids)
+        self.num_segs = A * T * ncat
+        items = dict(seg=[], tp=[], part=[], qr=[], img=[], src=[])
+        fv = dict(qs=[], qe=[], img=[], src=[])
+        q_off = 0
+        for a, (img, src, cat, tp, valid) in enumerate(rows):
+            full = valid.all(axis=1)
+            part = ~full
+            qrows = np.flatnonzero(tp.any(axis=1) | part)         # query rows of area a
+            q_of_row = np.full(len(img), -1, np.int64)
+            q_of_row[qrows] = np.arange(len(qrows)) + q_off
+            for t in range(T):
+                sel = np.flatnonzero(tp[:, t] | (part & valid[:, t]))
+                items["seg"].append(((a * T + t) * ncat + cat[sel]).astype(np.int32))
+                items["tp"].append(tp[sel, t])
+                items["part"].append(part[sel])
+                items["qr"].append(q_of_row[sel].astype(np.int32))
+                items["img"].append(img[sel].astype(np.int32))
+                items["src"].append(src[sel].astype(np.int8))
+            # A fully valid row counts for the query rows at or after it in its category.
+            rows_f = np.flatnonzero(full)
+            qcat = cat[qrows]
+            qs = np.searchsorted(qrows, rows_f)
+            qe = np.searchsorted(qcat, cat[rows_f], side="right")
+            live = qs < qe
+            fv["qs"].append((qs[live] + q_off).astype(np.int32))
+            fv["qe"].append((qe[live] + q_off).astype(np.int32))
+            fv["img"].append(img[rows_f[live]].astype(np.int32))
+            fv["src"].append(src[rows_f[live]].astype(np.int8))
+            q_off += len(qrows)
+        cat_ = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)
+        self.item_seg = cat_(items["seg"], np.int32)
+        self.item_tp = cat_(items["tp"], bool)
+        self.item_part = cat_(items["part"], bool)
+        self.item_qr = cat_(items["qr"], np.int32)
+        self.item_base = cat_(items["src"], np.int8) == 1
+        self.num_q = q_off
+        self.seg_start = np.searchsorted(self.item_seg, np.arange(self.num_segs + 1))
+        self.item_order, self.item_off = _group(cat_(items["img"], np.int32), num_images)
+        fv_src = cat_(fv["src"], np.int8)
+        self.fv_qs, self.fv_qe = cat_(fv["qs"], np.int32), cat_(fv["qe"], np.int32)
+        self.fv_w = np.where(fv_src == 0, 1, -1).astype(np.int32)   # +1 enters when moving to 0
+        self.fv_order, self.fv_off = _group(cat_(fv["img"], np.int32), num_images)
+        base = fv_src == 1
+        self._fv_all_base = self._fv_delta(self.fv_qs[base], self.fv_qe[base],
+                                           np.ones(int(base.sum()), np.int32))
+        # Recall bucket of k true positives, per (category, area): same float ops as accumulate.
+        npig = self.npig.T.reshape(-1)                                # index a * ncat + cat
+        self.lut_off = np.r_[0, np.cumsum(npig + 1)].astype(np.int64)
+        k = np.arange(int(self.lut_off[-1])) - np.repeat(self.lut_off[:-1], npig + 1)
+        with np.errstate(invalid="ignore"):   # categories without ground truth: never looked up
+            rc = k / np.repeat(npig, npig + 1).astype(np.float64)
+        self.lut = (np.searchsorted(REC_THRS, rc, side="right") - 1).astype(np.int16)
+        segs = np.arange(self.num_segs)
+        self.seg_lut = self.lut_off[(segs // (T * ncat)) * ncat + segs % ncat]
+
+    # ------------------------------------------------------------------------------ builders
+    @classmethod
+    def from_match_table(cls, table: MatchTable) -> "SweepTable":
+        """Reuse a MatchTable whose sources are (saver, base), in that order."""
+        if len(table.sources) != 2:
+            raise ValueError(f"A sweep needs two sources (saver, base); got {table.sources}")
+        rows = [(table.rows_img[a], table.rows_src[a], table.rows_cat[a], table.rows_tp[a],
+                 table.rows_valid[a]) for a in range(A)]
+        return cls(table.num_images, table.cat_ids, table.npig, rows)
+
+    @classmethod
+    def build(cls, gts: Sequence[ImageGT], saver: Sequence[ImageDets], base: Sequence[ImageDets],
+              max_dets: int = 100, chunk: int = 4096) -> "SweepTable":
+        """Match saver and base against ``gts`` (ascending image-id order) in image chunks."""
+        if not len(saver) == len(base) == len(gts):
+            raise ValueError(f"saver/base/gts lengths differ: {len(saver)}, {len(base)}, {len(gts)}")
+        cat_ids = _category_ids(gts, saver, base)
+        ncat = len(cat_ids)
+        npig = np.zeros((ncat, A), np.int64)
+        bits = 1 << np.arange(T, dtype=np.uint16)
+        cols = dict(img=[], src=[], cat=[], score=[], rank=[], tp=[], valid=[])
+        for lo in range(0, len(gts), chunk):
+            hi = min(len(gts), lo + chunk)
+            fg = _flatten_gt(gts[lo:hi], cat_ids)
+            np.add.at(npig, fg.cat, fg.notig.astype(np.int64))
+            for s, dets in enumerate((saver, base)):
+                m = _match(fg, dets[lo:hi], cat_ids, max_dets)
+                cols["img"].append((m.img + lo).astype(np.int32))
+                cols["src"].append(np.full(len(m.img), s, np.int8))
+                cols["cat"].append(m.cat.astype(np.int32))
+                cols["score"].append(m.score)
+                cols["rank"].append(m.rank.astype(np.int32))
+                # (N, T, A) bools -> (N, A) bit masks over IoU thresholds.
+                cols["tp"].append(np.einsum("nta,t->na", m.tp.astype(np.uint16), bits))
+                cols["valid"].append(np.einsum("nta,t->na", (~m.ig).astype(np.uint16), bits))
+        col = {k: np.concatenate(v) for k, v in cols.items()}
+        del cols
+        o = np.lexsort((col["rank"], col["src"], col["img"], -col["score"], col["cat"]))
+        del col["rank"], col["score"]
+        rows = []
+        for a in range(A):
+            sel = o[col["valid"][o, a] != 0]
+            unpack = lambda b: ((b[:, None] >> np.arange(T, dtype=np.uint16)) & 1).astype(bool)
+            rows.append((col["img"][sel], col["src"][sel], col["cat"][sel],
+                         unpack(col["tp"][sel, a]), unpack(col["valid"][sel, a])))
+        del o, col
+        return cls(len(gts), cat_ids, npig, rows)
+
+    # ------------------------------------------------------------------------------ evaluation
+    def _fv_delta(self, qs, qe, w) -> np.ndarray:
+        d = np.bincount(qs, w, minlength=self.num_q + 1) - np.bincount(qe, w, minlength=self.num_q + 1)
+        return np.cumsum(d[:self.num_q]).astype(np.int32)
+
+    def _precision(self, kept: np.ndarray, fv: np.ndarray) -> np.ndarray:
+        """COCOeval precision (T, 101, K, A) of the kept items."""
+        idx = np.flatnonzero(kept)
+        tpf = self.item_tp[idx]
+        ctp = np.cumsum(tpf, dtype=np.int32)
+        cpt = np.cumsum(self.item_part[idx], dtype=np.int32)
+        starts = np.searchsorted(idx, self.seg_start)                 # kept items before each seg
+        base_tp = np.r_[np.int32(0), ctp][starts[:-1]]
+        base_pt = np.r_[np.int32(0), cpt][starts[:-1]]
+        j = np.flatnonzero(tpf)
+        ii = idx[j]
+        seg = self.item_seg[ii]
+        k = ctp[j] - base_tp[seg]
+        nv = fv[self.item_qr[ii]] + cpt[j] - base_pt[seg]
+        pr = k / (nv + EPS)
+        flat = seg.astype(np.int64) * R + self.lut[self.seg_lut[seg] + k]
+        ncat = len(self.cat_ids)
+        q = np.zeros(self.num_segs * R)
+        if len(flat):
+            run = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
+            q[flat[run]] = np.maximum.reduceat(pr, run)
+        q = q.reshape(A, T, ncat, R)
+        q = np.maximum.accumulate(q[..., ::-1], axis=-1)[..., ::-1]   # monotone precision
+        q[np.broadcast_to((self.npig.T == 0)[:, None, :], (A, T, ncat))] = -1
+        return q.transpose(1, 3, 2, 0)
+
+    def sweep_metrics(self, exit_step: np.ndarray, num_steps: int) -> List[Dict[str, float]]:
+        """Metrics of steps 0..num_steps-1; image i takes the saver from step ``exit_step[i]`` on
+        (>= num_steps: never). Exit sets grow with the step, so each image moves once."""
+        e = np.asarray(exit_step, np.int64).reshape(self.num_images)
+        e = np.clip(e, 0, num_steps)
+        order, off = _group(e, num_steps + 1)
+        kept = self.item_base.copy()
+        fv = self._fv_all_base.copy()
+        out = []
+        for s in range(num_steps):
+            moved = order[off[s]:off[s + 1]]
+            if len(moved):
+                it = self.item_order[_ranges(self.item_off[moved], self.item_off[moved + 1])]
+                kept[it] ^= True
+                f = self.fv_order[_ranges(self.fv_off[moved], self.fv_off[moved + 1])]
+                fv += self._fv_delta(self.fv_qs[f], self.fv_qe[f], self.fv_w[f])
+            out.append(_metrics_from_precision(self._precision(kept, fv)))
+        return out
+
+    def coco_metrics(self, choice) -> Dict[str, float]:
+        """Metrics of one choice (0 = saver, 1 = base for each image)."""
+        choice = np.asarray(choice, np.int64).reshape(self.num_images)
+        return self.sweep_metrics(np.where(choice == 0, 0, 1), 1)[0]
+
+
+def as_sweep_table(table) -> SweepTable:
+    """A SweepTable for a MatchTable (built once and kept on it) or a SweepTable itself."""
+    if isinstance(table, SweepTable):
+        return table
+    cached = getattr(table, "_sweep_table", None)
+    if cached is None:
+        cached = SweepTable.from_match_table(table)
+        table._sweep_table = cached
+    return cached
+
+
+def exit_steps(scores: np.ndarray, thresholds: Sequence[float]) -> tuple:
+    """(exit_step per image, step order): thresholds visited in descending order so exit sets
+    grow; an image exits where its finite score >= threshold (as ``routing.exit_mask``)."""
+    thr = np.asarray(thresholds, np.float64)
+    order = np.argsort(-thr, kind="stable")
+    s = np.asarray(scores, np.float64)
+    finite = np.isfinite(s)
+    # Exits at step j iff score >= thr[order[j]]; thresholds descend, so the first such step.
+    desc = thr[order]
+    first = np.searchsorted(-desc, -s, side="left")   # first j with desc[j] <= s
+    return np.where(finite, first, len(thr)), order
