@@ -24,8 +24,9 @@ from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 
-from .coco_fast import (A, REC_THRS, T, ImageDets, ImageGT, MatchTable, _category_ids,
-                        _flatten_gt, _match, _metrics_from_precision)
+from .coco_fast import (A, REC_THRS, T, ImageDets, ImageGT, MatchTable, _flatten_gt, _match,
+                        _metrics_from_precision)
+from .flat import category_ids_of, chunk_of
 
 R = len(REC_THRS)
 EPS = np.spacing(1)
@@ -132,20 +133,21 @@ class SweepTable:
     @classmethod
     def build(cls, gts: Sequence[ImageGT], saver: Sequence[ImageDets], base: Sequence[ImageDets],
               max_dets: int = 100, chunk: int = 4096) -> "SweepTable":
-        """Match saver and base against ``gts`` (ascending image-id order) in image chunks."""
+        """Match saver and base against ``gts`` (ascending image-id order) in image chunks.
+        Each may be a sequence of images or a flat container (``evaluation.flat``)."""
         if not len(saver) == len(base) == len(gts):
             raise ValueError(f"saver/base/gts lengths differ: {len(saver)}, {len(base)}, {len(gts)}")
-        cat_ids = _category_ids(gts, saver, base)
+        cat_ids = category_ids_of(gts, saver, base)
         ncat = len(cat_ids)
         npig = np.zeros((ncat, A), np.int64)
         bits = 1 << np.arange(T, dtype=np.uint16)
         cols = dict(img=[], src=[], cat=[], score=[], rank=[], tp=[], valid=[])
         for lo in range(0, len(gts), chunk):
             hi = min(len(gts), lo + chunk)
-            fg = _flatten_gt(gts[lo:hi], cat_ids)
+            fg = _flatten_gt(chunk_of(gts, lo, hi), cat_ids)
             np.add.at(npig, fg.cat, fg.notig.astype(np.int64))
             for s, dets in enumerate((saver, base)):
-                m = _match(fg, dets[lo:hi], cat_ids, max_dets)
+                m = _match(fg, chunk_of(dets, lo, hi), cat_ids, max_dets)
                 cols["img"].append((m.img + lo).astype(np.int32))
                 cols["src"].append(np.full(len(m.img), s, np.int8))
                 cols["cat"].append(m.cat.astype(np.int32))
