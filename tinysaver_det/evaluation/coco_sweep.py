@@ -20,7 +20,7 @@ sources of 100 detections each fit in well under 3 GB.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 
@@ -30,6 +30,16 @@ from .flat import category_ids_of, chunk_of
 
 R = len(REC_THRS)
 EPS = np.spacing(1)
+
+
+ALL_T = np.uint16((1 << T) - 1)
+
+
+def _bits(x: np.ndarray) -> np.ndarray:
+    """Bool (N, T[, A]) -> uint16 (N[, A]) with bit t set where x[:, t] is."""
+    w = (1 << np.arange(T)).astype(np.uint16)
+    w = w if x.ndim == 2 else w[:, None]
+    return (x.astype(np.uint16) * w).sum(axis=1, dtype=np.uint16)
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -43,7 +53,7 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 
 def _group(keys: np.ndarray, num: int):
     """(order, offsets): ``order[offsets[i]:offsets[i+1]]`` are the positions with key i."""
-    order = np.argsort(keys, kind="stable").astype(np.int64)
+    order = np.argsort(keys, kind="stable").astype(np.int32)
     offsets = np.zeros(num + 1, np.int64)
     np.cumsum(np.bincount(keys, minlength=num), out=offsets[1:])
     return order, offsets
@@ -58,9 +68,11 @@ class SweepTable:
     """
 
     def __init__(self, num_images: int, cat_ids: np.ndarray, npig: np.ndarray,
-                 rows: Sequence[tuple]):
-        """``rows[a] = (img, src, cat, tp (n,T) bool, valid (n,T) bool)`` in accumulate order,
-        rows invalid at every threshold already dropped (as MatchTable keeps them)."""
+                 rows: Iterable[tuple]):
+        """``rows`` yields, per area range a, ``(img, src, cat, tp_bits, valid_bits)`` in
+        accumulate order, rows invalid at every threshold already dropped (as in MatchTable);
+        bit t of ``tp_bits`` / ``valid_bits`` (uint16) is IoU threshold t. A generator keeps
+        only one area's rows in memory."""
         self.num_images = num_images
         self.cat_ids = np.asarray(cat_ids)
         self.npig = np.asarray(npig, np.int64)            # (ncat, A)
@@ -70,30 +82,33 @@ class SweepTable:
         fv = dict(qs=[], qe=[], img=[], src=[])
         q_off = 0
         for a, (img, src, cat, tp, valid) in enumerate(rows):
-            full = valid.all(axis=1)
-            part = ~full
-            qrows = np.flatnonzero(tp.any(axis=1) | part)         # query rows of area a
-            q_of_row = np.full(len(img), -1, np.int64)
+            part = valid != ALL_T
+            qrows = np.flatnonzero((tp != 0) | part)              # query rows of area a
+            q_of_row = np.full(len(img), -1, np.int32)
             q_of_row[qrows] = np.arange(len(qrows)) + q_off
             for t in range(T):
-                sel = np.flatnonzero(tp[:, t] | (part & valid[:, t]))
+                tp_t = (tp >> t) & 1 != 0
+                sel = np.flatnonzero(tp_t | (part & ((valid >> t) & 1 != 0)))
                 items["seg"].append(((a * T + t) * ncat + cat[sel]).astype(np.int32))
-                items["tp"].append(tp[sel, t])
+                items["tp"].append(tp_t[sel])
                 items["part"].append(part[sel])
-                items["qr"].append(q_of_row[sel].astype(np.int32))
+                items["qr"].append(q_of_row[sel])
                 items["img"].append(img[sel].astype(np.int32))
                 items["src"].append(src[sel].astype(np.int8))
+                del tp_t, sel
             # A fully valid row counts for the query rows at or after it in its category.
-            rows_f = np.flatnonzero(full)
+            rows_f = np.flatnonzero(~part)
             qcat = cat[qrows]
-            qs = np.searchsorted(qrows, rows_f)
-            qe = np.searchsorted(qcat, cat[rows_f], side="right")
+            qs = np.searchsorted(qrows, rows_f).astype(np.int32)
+            qe = np.searchsorted(qcat, cat[rows_f], side="right").astype(np.int32)
             live = qs < qe
-            fv["qs"].append((qs[live] + q_off).astype(np.int32))
-            fv["qe"].append((qe[live] + q_off).astype(np.int32))
-            fv["img"].append(img[rows_f[live]].astype(np.int32))
-            fv["src"].append(src[rows_f[live]].astype(np.int8))
+            fv["qs"].append(qs[live] + q_off)
+            fv["qe"].append(qe[live] + q_off)
+            rows_f = rows_f[live]
+            fv["img"].append(img[rows_f].astype(np.int32))
+            fv["src"].append(src[rows_f].astype(np.int8))
             q_off += len(qrows)
+            del img, src, cat, tp, valid, part, qrows, q_of_row, rows_f, qcat, qs, qe, live
         cat_ = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)
         self.item_seg = cat_(items["seg"], np.int32)
         self.item_tp = cat_(items["tp"], bool)
@@ -102,11 +117,17 @@ class SweepTable:
         self.item_base = cat_(items["src"], np.int8) == 1
         self.num_q = q_off
         self.seg_start = np.searchsorted(self.item_seg, np.arange(self.num_segs + 1))
+        del items["seg"], items["tp"], items["part"], items["qr"], items["src"]
         self.item_order, self.item_off = _group(cat_(items["img"], np.int32), num_images)
+        del items
         fv_src = cat_(fv["src"], np.int8)
-        self.fv_qs, self.fv_qe = cat_(fv["qs"], np.int32), cat_(fv["qe"], np.int32)
-        self.fv_w = np.where(fv_src == 0, 1, -1).astype(np.int32)   # +1 enters when moving to 0
-        self.fv_order, self.fv_off = _group(cat_(fv["img"], np.int32), num_images)
+        # Stored grouped by image: a moved image's entries are one contiguous range.
+        order, self.fv_off = _group(cat_(fv.pop("img"), np.int32), num_images)
+        self.fv_qs = cat_(fv.pop("qs"), np.int32)[order]
+        self.fv_qe = cat_(fv.pop("qe"), np.int32)[order]
+        fv_src = fv_src[order]
+        del fv, order
+        self.fv_w = np.where(fv_src == 0, 1, -1).astype(np.int8)    # +1 enters when moving to 0
         base = fv_src == 1
         self._fv_all_base = self._fv_delta(self.fv_qs[base], self.fv_qe[base],
                                            np.ones(int(base.sum()), np.int32))
@@ -126,8 +147,8 @@ class SweepTable:
         """Reuse a MatchTable whose sources are (saver, base), in that order."""
         if len(table.sources) != 2:
             raise ValueError(f"A sweep needs two sources (saver, base); got {table.sources}")
-        rows = [(table.rows_img[a], table.rows_src[a], table.rows_cat[a], table.rows_tp[a],
-                 table.rows_valid[a]) for a in range(A)]
+        rows = ((table.rows_img[a], table.rows_src[a], table.rows_cat[a], _bits(table.rows_tp[a]),
+                 _bits(table.rows_valid[a])) for a in range(A))
         return cls(table.num_images, table.cat_ids, table.npig, rows)
 
     @classmethod
@@ -137,42 +158,58 @@ class SweepTable:
         Each may be a sequence of images or a flat container (``evaluation.flat``)."""
         if not len(saver) == len(base) == len(gts):
             raise ValueError(f"saver/base/gts lengths differ: {len(saver)}, {len(base)}, {len(gts)}")
-        cat_ids = category_ids_of(gts, saver, base)
-        ncat = len(cat_ids)
-        npig = np.zeros((ncat, A), np.int64)
-        bits = 1 << np.arange(T, dtype=np.uint16)
+        chunks = ((chunk_of(gts, lo, lo + chunk), chunk_of(saver, lo, lo + chunk),
+                   chunk_of(base, lo, lo + chunk)) for lo in range(0, len(gts), chunk))
+        return cls.build_streaming(chunks, category_ids_of(gts, saver, base), max_dets)
+
+    @classmethod
+    def build_streaming(cls, chunks: Iterable[tuple], cat_ids: Sequence[int],
+                        max_dets: int = 100) -> "SweepTable":
+        """Build from consecutive image chunks ``(gts, saver, base)`` (lists of ImageGT /
+        ImageDets), e.g. read one cache chunk at a time: only compact columns are kept.
+        ``cat_ids``: every category id that occurs (the dataset's)."""
+        cat_ids = np.unique(np.asarray(cat_ids, np.int64))
+        npig = np.zeros((len(cat_ids), A), np.int64)
         cols = dict(img=[], src=[], cat=[], score=[], rank=[], tp=[], valid=[])
-        for lo in range(0, len(gts), chunk):
-            hi = min(len(gts), lo + chunk)
-            fg = _flatten_gt(chunk_of(gts, lo, hi), cat_ids)
+        lo = 0
+        for gts, saver, base in chunks:
+            if not len(saver) == len(base) == len(gts):
+                raise ValueError(f"chunk at image {lo}: saver/base/gts lengths differ: "
+                                 f"{len(saver)}, {len(base)}, {len(gts)}")
+            fg = _flatten_gt(gts, cat_ids)
             np.add.at(npig, fg.cat, fg.notig.astype(np.int64))
             for s, dets in enumerate((saver, base)):
-                m = _match(fg, chunk_of(dets, lo, hi), cat_ids, max_dets)
+                m = _match(fg, dets, cat_ids, max_dets)
                 cols["img"].append((m.img + lo).astype(np.int32))
                 cols["src"].append(np.full(len(m.img), s, np.int8))
-                cols["cat"].append(m.cat.astype(np.int32))
+                cols["cat"].append(m.cat.astype(np.int16 if len(cat_ids) < 2 ** 15 else np.int32))
                 cols["score"].append(m.score)
                 cols["rank"].append(m.rank.astype(np.int32))
-                # (N, T, A) bools -> (N, A) bit masks over IoU thresholds.
-                cols["tp"].append(np.einsum("nta,t->na", m.tp.astype(np.uint16), bits))
-                cols["valid"].append(np.einsum("nta,t->na", (~m.ig).astype(np.uint16), bits))
+                cols["tp"].append(_bits(m.tp))
+                cols["valid"].append(_bits(~m.ig))
+                del m
+            lo += len(gts)
         col = {k: np.concatenate(v) for k, v in cols.items()}
         del cols
-        o = np.lexsort((col["rank"], col["src"], col["img"], -col["score"], col["cat"]))
-        del col["rank"], col["score"]
-        rows = []
-        for a in range(A):
-            sel = o[col["valid"][o, a] != 0]
-            unpack = lambda b: ((b[:, None] >> np.arange(T, dtype=np.uint16)) & 1).astype(bool)
-            rows.append((col["img"][sel], col["src"][sel], col["cat"][sel],
-                         unpack(col["tp"][sel, a]), unpack(col["valid"][sel, a])))
-        del o, col
-        return cls(len(gts), cat_ids, npig, rows)
+        o = np.lexsort((col.pop("rank"), col["src"], col["img"], -col.pop("score"), col["cat"]))
+        col["o"] = o.astype(np.int32) if len(o) < 2 ** 31 else o
+        del o
+
+        def rows():  # one area at a time, then the columns are freed
+            for a in range(A):
+                o = col["o"]
+                sel = o[col["valid"][o, a] != 0]
+                yield (col["img"][sel], col["src"][sel], col["cat"][sel], col["tp"][sel, a],
+                       col["valid"][sel, a])
+            col.clear()
+        return cls(lo, cat_ids, npig, rows())
 
     # ------------------------------------------------------------------------------ evaluation
     def _fv_delta(self, qs, qe, w) -> np.ndarray:
-        d = np.bincount(qs, w, minlength=self.num_q + 1) - np.bincount(qe, w, minlength=self.num_q + 1)
-        return np.cumsum(d[:self.num_q]).astype(np.int32)
+        d = np.zeros(self.num_q + 1, np.int32)
+        np.add.at(d, qs, w)
+        np.subtract.at(d, qe, w)
+        return np.cumsum(d[:self.num_q], dtype=np.int32)
 
     def _precision(self, kept: np.ndarray, fv: np.ndarray) -> np.ndarray:
         """COCOeval precision (T, 101, K, A) of the kept items."""
@@ -181,8 +218,9 @@ class SweepTable:
         ctp = np.cumsum(tpf, dtype=np.int32)
         cpt = np.cumsum(self.item_part[idx], dtype=np.int32)
         starts = np.searchsorted(idx, self.seg_start)                 # kept items before each seg
-        base_tp = np.r_[np.int32(0), ctp][starts[:-1]]
-        base_pt = np.r_[np.int32(0), cpt][starts[:-1]]
+        before = starts[:-1] - 1                                      # last kept item before seg
+        base_tp = np.where(before >= 0, ctp[np.maximum(before, 0)], 0) if len(idx) else before * 0
+        base_pt = np.where(before >= 0, cpt[np.maximum(before, 0)], 0) if len(idx) else before * 0
         j = np.flatnonzero(tpf)
         ii = idx[j]
         seg = self.item_seg[ii]
@@ -214,8 +252,8 @@ class SweepTable:
             if len(moved):
                 it = self.item_order[_ranges(self.item_off[moved], self.item_off[moved + 1])]
                 kept[it] ^= True
-                f = self.fv_order[_ranges(self.fv_off[moved], self.fv_off[moved + 1])]
-                fv += self._fv_delta(self.fv_qs[f], self.fv_qe[f], self.fv_w[f])
+                f = _ranges(self.fv_off[moved], self.fv_off[moved + 1])
+                fv += self._fv_delta(self.fv_qs[f], self.fv_qe[f], self.fv_w[f].astype(np.int32))
             out.append(_metrics_from_precision(self._precision(kept, fv)))
         return out
 
