@@ -79,3 +79,35 @@ def test_exit_steps_follow_exit_mask():
     assert [thr[i] for i in order] == [math.inf, 0.5, 0.2, -math.inf]
     for j, i in enumerate(order):
         assert ((step <= j) == (np.isfinite(scores) & (scores >= thr[i]))).all()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_marginal_ap_equals_one_image_swaps_in_pycocotools(seed):
+    gts, a, b, cats = random_dataset(300 + seed, n_img=12)
+    table = SweepTable.build(gts, a, b)
+    marginal = table.marginal_ap()
+    base_ap = as_metrics(cocoeval(gts, b, cats))["AP"]
+    for i in range(len(gts)):
+        choice = np.ones(len(gts), int)
+        choice[i] = 0
+        swapped = as_metrics(cocoeval(gts, merged(choice, [a, b]), cats))["AP"]
+        assert marginal[i] == pytest.approx(swapped - base_ap, abs=1e-9), i
+    # The same differences as full recomputations, and state is restored between images.
+    mt = MatchTable.build(gts, {"saver": a, "base": b})
+    ref = mt.coco_metrics(np.ones(len(gts), int))["AP"]
+    some = [3, 0, 3]
+    for i, got in zip(some, table.marginal_ap(some)):
+        choice = np.ones(len(gts), int)
+        choice[i] = 0
+        assert got == mt.coco_metrics(choice)["AP"] - ref
+    assert np.abs(marginal).max() > 0   # a swap does move the AP in these cases
+
+
+def test_source_metrics_of_a_sweep_table():
+    gts, a, b, _ = random_dataset(7, n_img=10)
+    mt = MatchTable.build(gts, {"saver": a, "base": b})
+    st = SweepTable.from_match_table(mt)
+    same(st.source_metrics("saver"), mt.source_metrics("saver"))
+    same(st.source_metrics("base"), mt.source_metrics("base"))
+    with pytest.raises(ValueError, match="'evaluator'"):
+        st.source_metrics("evaluator")

@@ -24,7 +24,7 @@ from ..evaluation.calibration import (
     sweep,
     write_calibration,
 )
-from ..evaluation.coco_fast import MatchTable
+from ..evaluation.coco_sweep import SweepTable
 from ..evaluation.plots import plot_accuracy_compute, plot_examples, plot_score_distribution
 from ..flops import first_test_inputs, tinysaver_costs
 from .hooks import quality_of
@@ -34,20 +34,20 @@ logger = logging.getLogger(__name__)
 
 
 class CachedSplit:
-    """A dataset's cached saver and base predictions, ready for sweeps: records, MatchTable, scores."""
+    """A dataset's cached saver and base predictions, ready for sweeps: records, SweepTable, scores."""
 
     def __init__(self, cfg, model, dataset_name: str):
         self.name = dataset_name
         self.records = OutputCache(cfg, dataset_name, views=1, with_base=True, model=model).load_or_build()
         self.dataset_dicts = checked_dataset_dicts([dataset_name], cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
         gts = dataset_ground_truth(dataset_name, self.dataset_dicts)
-        # MatchTable reproduces pycocotools' tie order when images come in ascending id order.
+        # Images in ascending id order reproduce pycocotools' tie order.
         order = np.argsort([r["image_id"] for r in self.records], kind="stable")
         self.records = [self.records[i] for i in order]
         gts = [gts[r["index"]] for r in self.records]
-        self.table = MatchTable.build(
-            gts,
-            {"saver": [record_dets(r["saver"]) for r in self.records], "base": [record_dets(r["base"]) for r in self.records]},
+        # SweepTable (not MatchTable): compact, and its sweeps walk thresholds incrementally.
+        self.table = SweepTable.build(
+            gts, [record_dets(r["saver"]) for r in self.records], [record_dets(r["base"]) for r in self.records]
         )
         summary = torch.stack([r["summary"] for r in self.records]).to(model.device)
         with torch.no_grad():
