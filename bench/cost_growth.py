@@ -183,28 +183,27 @@ def stage_sweep(folder, key, args):
 
 
 def stage_train(folder, key, args):
+    """One epoch as the trainer reads it: output_cache.examples_from_chunks (one summary array)."""
     import torch
-    from tinysaver_det.engine.cache_store import read_chunk
+    from tinysaver_det.engine.output_cache import examples_from_chunks
     from tinysaver_det.modeling.evaluator_head import DetectionQualityHead
     torch.manual_seed(0)
+    ex = examples_from_chunks(lambda cols: (a for _, a in chunks(folder, key, cols)), "saver_ap")
     head = DetectionQualityHead(in_features=["p2", "p3", "p4", "p5"], in_channels=IN_CHANNELS,
                                 in_strides=[4, 8, 16, 32], num_classes=80).train()
     opt = torch.optim.SGD(head.parameters(), lr=0.01, momentum=0.9)
-    rng = np.random.default_rng(0)
+    order = np.random.default_rng(0).permutation(len(ex))
     steps = 0
-    files = sorted(f for f in os.listdir(folder) if f.startswith("chunk_"))
-    for f in rng.permutation(files):       # chunk order shuffled, records shuffled within a chunk
-        a = read_chunk(os.path.join(folder, f), key, ["summary", "saver_ap"])
-        order = rng.permutation(len(a["summary"]))
-        x = torch.from_numpy(a["summary"][order])
-        y = torch.from_numpy(a["saver_ap"][order]).float()
-        for lo in range(0, len(order) - 1, 256):
-            loss = sum(head.losses(head(x[lo:lo + 256]), y[lo:lo + 256]).values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            steps += 1
-    return {"steps": steps}
+    for lo in range(0, len(order) - 1, 256):
+        idx = np.sort(order[lo:lo + 256])
+        x = torch.from_numpy(ex.summary[idx])
+        y = torch.from_numpy(ex.target[idx]).float()
+        loss = sum(head.losses(head(x), y).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+    return {"steps": steps, "examples": len(ex)}
 
 
 def peak_rss_mb():

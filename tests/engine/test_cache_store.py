@@ -134,3 +134,27 @@ def test_old_format_cache_is_refused_with_how_to_rebuild(cfg, model, dataset):
     json.dump(m, open(manifest, "w"))
     with pytest.raises(ValueError, match=r"format 1.*Delete that folder and rebuild"):
         OutputCache(cfg, dataset, views=1, model=model).load_or_build()
+
+
+def test_training_examples_from_chunks_are_one_array(tmp_path):
+    from tinysaver_det.engine.output_cache import examples_from_chunks
+    from tinysaver_det.modeling.meta_arch import SUMMARY_KEY, TARGET_KEY
+
+    rng = np.random.default_rng(3)
+    key = {"k": 2}
+    recs = [fake_records(4, True, rng), fake_records(3, True, rng)]
+    paths = [str(tmp_path / f"c{c}.npz") for c in range(2)]
+    for p, r in zip(paths, recs):
+        write_chunk(p, key, records_to_arrays(r))
+    read = lambda cols: (read_chunk(p, key, cols) for p in paths)
+    gain = examples_from_chunks(read, "ap_gain")
+    flat = recs[0] + recs[1]
+    assert len(gain) == 7 and gain.summary.shape == (7, 5)
+    for i, r in enumerate(flat):
+        ex = gain[i]
+        assert ex[TARGET_KEY] == pytest.approx(r["base_ap"] - r["saver_ap"])
+        assert torch.equal(ex[SUMMARY_KEY], r["summary"])
+    assert examples_from_chunks(read, "saver_ap")[6][TARGET_KEY] == flat[6]["saver_ap"]
+    write_chunk(paths[1], key, records_to_arrays(fake_records(3, False, rng)))  # no base there
+    with pytest.raises(ValueError, match="with_base=True"):
+        examples_from_chunks(read, "ap_gain")
