@@ -6,12 +6,15 @@ summary vector of ~4.6 KB (the DetectionQualityHead's input). The cache is writt
 format (``engine.cache_store``, chunks of 1000 images). Each stage runs in its own process, so
 its peak RSS (VmHWM, imports included) is its own:
 
-* load      read every chunk's columns into contiguous arrays (what calibration reads),
+* load      read what calibration reads (views, confidences, both sources' detections) into
+            contiguous arrays,
 * targets   per-image AP of saver and base for every image (the cached quality targets),
 * build     SweepTable.build_streaming, one cache chunk at a time (matching, presorting),
 * sweep     ``--routers`` routers x ``--thresholds`` thresholds (calibration.candidate_thresholds);
             with ``--max-sweep-steps`` only that many steps per router are timed and the rest
             extrapolated at the measured time per step (marked in the table and the JSON),
+* marginal  SweepTable.marginal_ap for every image (exact; one pass per image, so quadratic:
+            ``--max-marginal-images`` are timed, the rest extrapolated),
 * train     one epoch of the DetectionQualityHead over all records' summaries (batches of 256,
             streamed chunk by chunk).
 
@@ -38,8 +41,8 @@ from tinysaver_det.evaluation.flat import FlatDets, FlatGT
 CHUNK = 1000
 NCAT = 20
 IN_CHANNELS = [128, 128, 128, 128]   # summary = 2*512 + statistics(80 classes, top 20) = 1149 floats
-STAGES = ("load", "targets", "build", "sweep", "train")
-DEFAULT_STAGES = ("load", "targets", "sweep", "train")   # sweep includes the build
+STAGES = ("load", "targets", "build", "sweep", "marginal", "train")
+DEFAULT_STAGES = ("load", "targets", "sweep", "train")   # sweep: build, sweeps, then marginal
 
 
 # ------------------------------------------------------------------------------------ data
@@ -122,9 +125,10 @@ def view0_dets(arrays, name):
 
 # ------------------------------------------------------------------------------------ stages
 def stage_load(folder, key, args):
+    """What calibration reads: every record's view, confidence and both sources' detections."""
     from tinysaver_det.engine.cache_store import concat_chunks
-    arrays = concat_chunks([a for _, a in chunks(folder, key)])
-    return {"records": int(len(arrays["image_id"]))}
+    arrays = concat_chunks([a for _, a in chunks(folder, key, key_columns() + ["confidence"])])
+    return {"records": int(len(arrays["view"]))}
 
 
 def stage_targets(folder, key, args):
@@ -168,7 +172,8 @@ def stage_sweep(folder, key, args):
         scores = np.random.default_rng(r).random(n)
         thr = candidate_thresholds(scores, args.thresholds)
         step, _ = exit_steps(scores, thr)
-        todo = len(thr) if args.max_sweep_steps is None else min(len(thr), args.max_sweep_steps)
+        cap = args.max_sweep_steps if n > args.extrapolate_above else None
+        todo = len(thr) if cap is None else min(len(thr), cap)
         # Timing a prefix of the walk: later steps cost the same (one pass over kept items).
         step = np.where(step < todo, step, todo)
         t = time.perf_counter()
@@ -177,9 +182,34 @@ def stage_sweep(folder, key, args):
         steps_total += len(thr)
         steps_timed += todo
     per_step = t_steps / max(steps_timed, 1)
-    return {"build_s": build_s, "steps": steps_total, "steps_timed": steps_timed,
+    marginal = None
+    if args.max_marginal_images:   # on the same table: the build is shared with the sweep
+        todo = min(n, args.max_marginal_images)
+        t = time.perf_counter()
+        table.marginal_ap(np.arange(todo))
+        per_image = (time.perf_counter() - t) / todo
+        marginal = {"build_s": build_s, "images_timed": todo, "per_image_s": per_image,
+                    "marginal_only_s": per_image * n, "extrapolated": todo < n,
+                    "seconds_total": build_s + per_image * n}
+    return {"marginal": marginal, "build_s": build_s, "steps": steps_total, "steps_timed": steps_timed,
             "per_step_s": per_step, "sweep_only_s": per_step * steps_total,
             "extrapolated": steps_timed < steps_total}
+
+
+def stage_marginal(folder, key, args):
+    """SweepTable.marginal_ap: exact, one pass per image (quadratic); the first
+    ``--max-marginal-images`` images are timed and the rest extrapolated."""
+    t0 = time.perf_counter()
+    table = sweep_table(folder, key)
+    build_s = time.perf_counter() - t0
+    n = table.num_images
+    todo = min(n, args.max_marginal_images)
+    t = time.perf_counter()
+    table.marginal_ap(np.arange(todo))
+    per_image = (time.perf_counter() - t) / max(todo, 1)
+    return {"build_s": build_s, "images_timed": todo, "per_image_s": per_image,
+            "marginal_only_s": per_image * n, "extrapolated": todo < n,
+            "seconds_total": build_s + per_image * n}
 
 
 def stage_train(folder, key, args):
@@ -222,6 +252,8 @@ def run_stage(args):
     info.update(stage=args.stage, seconds=time.perf_counter() - t, peak_rss_mb=peak_rss_mb())
     if args.stage == "sweep":
         info["seconds"] = info["build_s"] + info["sweep_only_s"]   # build + all steps
+    if args.stage == "marginal":
+        info["seconds"] = info["seconds_total"]
     print("RESULT " + json.dumps(info), flush=True)
 
 
@@ -273,6 +305,10 @@ def main():
     ap.add_argument("--thresholds", type=int, default=100)
     ap.add_argument("--max-sweep-steps", type=int, default=None,
                     help="time only this many steps per router, extrapolate the rest")
+    ap.add_argument("--extrapolate-above", type=int, default=50000,
+                    help="--max-sweep-steps applies only above this many images")
+    ap.add_argument("--max-marginal-images", type=int, default=100,
+                    help="time marginal_ap on this many images, extrapolate to all")
     ap.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), choices=STAGES)
     ap.add_argument("--pycoco-images", type=int, default=1000)
     ap.add_argument("--out", default="output/bench/cost_growth.json")
@@ -292,7 +328,9 @@ def main():
             row = {"images": n, "records": n * args.views, "write_cache_s": time.perf_counter() - t}
             for stage in args.stages:
                 cmd = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--dir", folder,
-                       "--routers", str(args.routers), "--thresholds", str(args.thresholds)]
+                       "--routers", str(args.routers), "--thresholds", str(args.thresholds),
+                       "--max-marginal-images", str(args.max_marginal_images),
+                       "--extrapolate-above", str(args.extrapolate_above)]
                 if args.max_sweep_steps:
                     cmd += ["--max-sweep-steps", str(args.max_sweep_steps)]
                 out = subprocess.run(cmd, capture_output=True, text=True)
@@ -300,32 +338,43 @@ def main():
                 if out.returncode or not lines:
                     raise RuntimeError(f"stage {stage} at {n} images failed:\n{out.stderr[-3000:]}")
                 row[stage] = json.loads(lines[-1][len("RESULT "):])
+                if stage == "sweep" and row[stage].get("marginal"):
+                    row["marginal"] = {**row[stage].pop("marginal"),
+                                       "peak_rss_mb": row[stage]["peak_rss_mb"]}
+                    row["marginal"]["seconds"] = row["marginal"]["seconds_total"]
             rows.append(row)
             print(f"done {n} images: " + ", ".join(f"{s} {row[s]['seconds']:.1f}s/"
-                                                    f"{row[s]['peak_rss_mb']:.0f}MB" for s in args.stages),
+                                                    f"{row[s]['peak_rss_mb']:.0f}MB" for s in STAGES
+                                                    if s in row),
                   flush=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
     sizes = [r["images"] for r in rows]
-    exps = {s: growth_exponent(sizes, [r[s]["seconds"] for r in rows]) for s in args.stages}
+    shown = [s for s in STAGES if all(s in r for r in rows)]
+    exps = {s: growth_exponent(sizes, [r[s]["seconds"] for r in rows]) for s in shown}
     info = machine()
     print(f"\nmachine: {info}")
-    print(f"{'images':>7} | " + " | ".join(f"{s:>17}" for s in args.stages))
+    print(f"{'images':>7} | " + " | ".join(f"{s:>17}" for s in shown))
     for r in rows:
         cells = []
-        for s in args.stages:
-            mark = "*" if r[s].get("extrapolated") else " "
+        for s in shown:
+            mark = "*" if r[s].get("extrapolated") else " "  # sweep/marginal: partly extrapolated
             cells.append(f"{r[s]['seconds']:>7.1f}s{mark}{r[s]['peak_rss_mb']:>6.0f}MB")
         print(f"{r['images']:>7} | " + " | ".join(cells))
-    print("growth  | " + " | ".join(f"{'N^%.2f' % exps[s]:>17}" for s in args.stages))
+    print("growth  | " + " | ".join(f"{'N^%.2f' % exps[s]:>17}" for s in shown))
     for r in rows:
         if "sweep" in r:
             sw = r["sweep"]
             print(f"sweep at {r['images']}: build {sw['build_s']:.1f}s, {sw['steps']} points "
                   f"({args.routers} routers) {sw['sweep_only_s']:.1f}s = {sw['per_step_s']:.3f}s/point"
                   + (f" (timed {sw['steps_timed']}, rest extrapolated)" if sw["extrapolated"] else ""))
-    print("* = sweep time partly extrapolated from the timed steps; RSS = peak of the stage's process")
+    for r in rows:
+        if "marginal" in r:
+            m = r["marginal"]
+            print(f"marginal at {r['images']}: build {m['build_s']:.1f}s + {m['per_image_s']:.4f}s/image"
+                  f" x {r['images']} = {m['seconds_total']:.0f}s (timed {m['images_timed']} images)")
+    print("* = partly extrapolated from timed steps/images; RSS = peak of the stage's process")
     out = dict(machine=info, rows=rows, growth_exponent=exps, views=args.views,
                routers=args.routers, thresholds=args.thresholds)
     if args.pycoco_images:
