@@ -303,11 +303,11 @@ def main():
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--routers", type=int, default=4)
     ap.add_argument("--thresholds", type=int, default=100)
-    ap.add_argument("--max-sweep-steps", type=int, default=None,
+    ap.add_argument("--max-sweep-steps", type=int, default=20,
                     help="time only this many steps per router, extrapolate the rest")
     ap.add_argument("--extrapolate-above", type=int, default=50000,
                     help="--max-sweep-steps applies only above this many images")
-    ap.add_argument("--max-marginal-images", type=int, default=100,
+    ap.add_argument("--max-marginal-images", type=int, default=30,
                     help="time marginal_ap on this many images, extrapolate to all")
     ap.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), choices=STAGES)
     ap.add_argument("--pycoco-images", type=int, default=1000)

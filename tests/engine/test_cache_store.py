@@ -95,7 +95,8 @@ def model():
 @pytest.fixture
 def cfg(tmp_path):
     return load_config(CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", "",
-                                "MODEL.TINYSAVER.BASE.WEIGHTS", "", "MODEL.TINYSAVER.CACHE.CHUNK_SIZE", "2",
+                                "MODEL.TINYSAVER.BASE.WEIGHTS", "",
+                                "MODEL.TINYSAVER.CACHE.CHUNK_SIZE", "2",
                                 "MODEL.TINYSAVER.CACHE.DIR", str(tmp_path / "cache")])
 
 
@@ -132,7 +133,7 @@ def test_old_format_cache_is_refused_with_how_to_rebuild(cfg, model, dataset):
     m = json.load(open(manifest))
     m["key"]["format"] = 1
     json.dump(m, open(manifest, "w"))
-    with pytest.raises(ValueError, match=r"format 1.*Delete that folder and rebuild"):
+    with pytest.raises(ValueError, match=r"format 1.*Delete that\s+folder and rebuild"):
         OutputCache(cfg, dataset, views=1, model=model).load_or_build()
 
 

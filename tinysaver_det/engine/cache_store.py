@@ -59,7 +59,8 @@ def records_to_arrays(records: List[dict]) -> Dict[str, np.ndarray]:
         out[f"{src}_scores"] = np.concatenate([np.asarray(p["scores"], np.float32).reshape(-1)
                                                for p in got] + [np.zeros(0, np.float32)])
         out[f"{src}_category_ids"] = np.concatenate(
-            [np.asarray(p["category_ids"], np.int64).reshape(-1) for p in got] + [np.zeros(0, np.int64)])
+            [np.asarray(p["category_ids"], np.int64).reshape(-1) for p in got]
+            + [np.zeros(0, np.int64)])
     return out
 
 
@@ -99,7 +100,8 @@ def read_chunk(path: str, key: Dict, columns: Iterable[str] = None) -> Dict[str,
                 [k for k in columns if k in z.files]
             arrays = {k: z[k] for k in names}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-        raise UnreadableChunk(f"Cache chunk {path!r} cannot be read ({type(e).__name__}: {e})") from e
+        raise UnreadableChunk(
+            f"Cache chunk {path!r} cannot be read ({type(e).__name__}: {e})") from e
     if stored != json.loads(json.dumps(key, sort_keys=True)):
         raise ValueError(f"Cache chunk {path!r} was built for another key; delete its folder")
     return arrays

@@ -207,7 +207,8 @@ class OutputCache:
         comm.synchronize()
         if comm.is_main_process():
             atomic_save_json({"key": key, "complete": True, "num_chunks": num_chunks,
-                              "num_records": len(dataset_dicts) * self.views}, self._manifest_path())
+                              "num_records": len(dataset_dicts) * self.views},
+                             self._manifest_path())
         for c in range(num_chunks):
             try:
                 yield read_chunk(self._chunk_path(c), key, columns)
@@ -219,9 +220,11 @@ class OutputCache:
                 self._build_chunk(c, model, dataset_dicts, gts, key)
                 yield read_chunk(self._chunk_path(c), key, columns)
 
-    def _build_chunk(self, c: int, model, dataset_dicts: List[dict], gts: List[ImageGT], key: Dict) -> None:
+    def _build_chunk(self, c: int, model, dataset_dicts: List[dict], gts: List[ImageGT],
+                     key: Dict) -> None:
         lo, hi = c * self.chunk_size, min(len(dataset_dicts), (c + 1) * self.chunk_size)
-        records = [r for i in range(lo, hi) for r in self._image_records(model, dataset_dicts[i], gts[i], i)]
+        records = [r for i in range(lo, hi)
+                   for r in self._image_records(model, dataset_dicts[i], gts[i], i)]
         write_chunk(self._chunk_path(c), key, records_to_arrays(records))
 
     def _check_or_write_manifest(self, key: Dict) -> None:
@@ -231,9 +234,10 @@ class OutputCache:
             old = manifest["key"]
             if old.get("format") != CACHE_FORMAT:
                 raise ValueError(
-                    f"The cache in {self.dir} has format {old.get('format')!r} (written by an older "
-                    f"tinysaver_det); this version reads format {CACHE_FORMAT}. Delete that folder and "
-                    f"rebuild it: tools/cache_outputs.py, or any run that reads the cache, rebuilds it."
+                    f"The cache in {self.dir} has format {old.get('format')!r} (written by an "
+                    f"older tinysaver_det); this version reads format {CACHE_FORMAT}. Delete that "
+                    f"folder and rebuild it: tools/cache_outputs.py, or any run that reads the "
+                    f"cache, rebuilds it."
                 )
             if old != key:
                 diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
@@ -316,12 +320,14 @@ class CachedExamples(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         from ..modeling.meta_arch import SUMMARY_KEY, TARGET_KEY
 
-        return {SUMMARY_KEY: torch.from_numpy(np.array(self.summary[i])), TARGET_KEY: float(self.target[i])}
+        return {SUMMARY_KEY: torch.from_numpy(np.array(self.summary[i])),
+                TARGET_KEY: float(self.target[i])}
 
 
 def cached_examples(caches: List["OutputCache"], target: str) -> CachedExamples:
     """Training examples of several caches, read column by column (summaries and targets only)."""
-    return examples_from_chunks(lambda cols: (a for c in caches for a in c.iter_chunks(cols)), target)
+    return examples_from_chunks(lambda cols: (a for c in caches for a in c.iter_chunks(cols)),
+                                target)
 
 
 def examples_from_chunks(read: Callable[[List[str]], Iterator[Dict[str, np.ndarray]]],
@@ -348,7 +354,8 @@ def examples_from_chunks(read: Callable[[List[str]], Iterator[Dict[str, np.ndarr
         summary[lo:lo + len(a["summary"])] = a["summary"]
         lo += len(a["summary"])
     if lo != len(value):
-        raise ValueError(f"The cache changed while it was read: {lo} summaries, {len(value)} targets")
+        raise ValueError(f"The cache changed while it was read: {lo} summaries, "
+                         f"{len(value)} targets")
     return CachedExamples(summary, value)
 
 

@@ -157,7 +157,8 @@ class SweepTable:
         """Match saver and base against ``gts`` (ascending image-id order) in image chunks.
         Each may be a sequence of images or a flat container (``evaluation.flat``)."""
         if not len(saver) == len(base) == len(gts):
-            raise ValueError(f"saver/base/gts lengths differ: {len(saver)}, {len(base)}, {len(gts)}")
+            raise ValueError(f"saver/base/gts lengths differ: "
+                             f"{len(saver)}, {len(base)}, {len(gts)}")
         chunks = ((chunk_of(gts, lo, lo + chunk), chunk_of(saver, lo, lo + chunk),
                    chunk_of(base, lo, lo + chunk)) for lo in range(0, len(gts), chunk))
         return cls.build_streaming(chunks, category_ids_of(gts, saver, base), max_dets)

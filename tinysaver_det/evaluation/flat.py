@@ -7,7 +7,7 @@ views of a cache) and hand out ``ImageGT`` / ``ImageDets`` only for the chunk be
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List
 
 import numpy as np
 
@@ -40,14 +40,6 @@ class FlatDets:
         o = o - o[0]
         return [ImageDets(b[o[i]:o[i + 1]], s[o[i]:o[i + 1]], c[o[i]:o[i + 1]])
                 for i in range(len(o) - 1)]
-
-    @classmethod
-    def from_images(cls, dets: Sequence[ImageDets]) -> "FlatDets":
-        n = [len(d.scores) for d in dets]
-        cat = lambda xs, shape, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(shape, dt)
-        return cls(cat([d.boxes for d in dets], (0, 4), np.float32),
-                   cat([d.scores for d in dets], (0,), np.float32),
-                   cat([d.category_ids for d in dets], (0,), np.int32), np.r_[0, np.cumsum(n)])
 
 
 @dataclass
