@@ -111,3 +111,9 @@ def test_source_metrics_of_a_sweep_table():
     same(st.source_metrics("base"), mt.source_metrics("base"))
     with pytest.raises(ValueError, match="'evaluator'"):
         st.source_metrics("evaluator")
+
+
+def test_no_images():
+    table = SweepTable.build([], [], [])
+    m = table.coco_metrics(np.zeros(0, int))
+    assert all(math.isnan(m[k]) for k in KEYS) and len(table.marginal_ap()) == 0

@@ -109,7 +109,10 @@ class SweepTable:
             fv["src"].append(src[rows_f].astype(np.int8))
             q_off += len(qrows)
             del img, src, cat, tp, valid, part, qrows, q_of_row, rows_f, qcat, qs, qe, live
-        cat_ = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)
+        def cat_(parts, dt):   # concatenate one field and free its parts
+            out = np.concatenate(parts).astype(dt, copy=False) if parts else np.zeros(0, dt)
+            parts.clear()
+            return out
         self.item_seg = cat_(items["seg"], np.int32)
         self.item_tp = cat_(items["tp"], bool)
         self.item_part = cat_(items["part"], bool)
@@ -171,7 +174,8 @@ class SweepTable:
         ``cat_ids``: every category id that occurs (the dataset's)."""
         cat_ids = np.unique(np.asarray(cat_ids, np.int64))
         npig = np.zeros((len(cat_ids), A), np.int64)
-        cols = dict(img=[], src=[], cat=[], score=[], rank=[], tp=[], valid=[])
+        cols = dict(img=[], src=[], cat=[], score=[], rank=[],
+                    **{f"{x}{a}": [] for x in ("tp", "valid") for a in range(A)})
         lo = 0
         for gts, saver, base in chunks:
             if not len(saver) == len(base) == len(gts):
@@ -186,12 +190,15 @@ class SweepTable:
                 cols["cat"].append(m.cat.astype(np.int16 if len(cat_ids) < 2 ** 15 else np.int32))
                 cols["score"].append(m.score)
                 cols["rank"].append(m.rank.astype(np.int32))
-                cols["tp"].append(_bits(m.tp))
-                cols["valid"].append(_bits(~m.ig))
-                del m
+                tp, valid = _bits(m.tp), _bits(~m.ig)
+                for a in range(A):   # one column per area, each freed once its area is done
+                    cols[f"tp{a}"].append(tp[:, a].copy())
+                    cols[f"valid{a}"].append(valid[:, a].copy())
+                del m, tp, valid
             lo += len(gts)
-        col = {k: np.concatenate(v) for k, v in cols.items()}
-        del cols
+        col = {}
+        for k in list(cols):
+            col[k] = np.concatenate(cols.pop(k)) if cols[k] else np.zeros(0, np.uint16)
         o = np.lexsort((col.pop("rank"), col["src"], col["img"], -col.pop("score"), col["cat"]))
         col["o"] = o.astype(np.int32) if len(o) < 2 ** 31 else o
         del o
@@ -199,9 +206,10 @@ class SweepTable:
         def rows():  # one area at a time, then the columns are freed
             for a in range(A):
                 o = col["o"]
-                sel = o[col["valid"][o, a] != 0]
-                yield (col["img"][sel], col["src"][sel], col["cat"][sel], col["tp"][sel, a],
-                       col["valid"][sel, a])
+                tp, valid = col.pop(f"tp{a}"), col.pop(f"valid{a}")
+                sel = o[valid[o] != 0]
+                yield col["img"][sel], col["src"][sel], col["cat"][sel], tp[sel], valid[sel]
+                del tp, valid, sel
             col.clear()
         return cls(lo, cat_ids, npig, rows())
 
@@ -213,28 +221,38 @@ class SweepTable:
         return np.cumsum(d[:self.num_q], dtype=np.int32)
 
     def _precision(self, kept: np.ndarray, fv: np.ndarray, areas: int = A) -> np.ndarray:
-        """COCOeval precision (T, 101, K, areas) of the kept items (the first ``areas`` ranges)."""
+        """COCOeval precision (T, 101, K, areas) of the kept items (the first ``areas`` ranges).
+        One area range at a time, so the temporaries are a quarter of the kept items."""
         ncat = len(self.cat_ids)
-        nseg = areas * T * ncat                                       # segments are area-major
-        idx = np.flatnonzero(kept[:self.seg_start[nseg]])
-        tpf = self.item_tp[idx]
-        ctp = np.cumsum(tpf, dtype=np.int32)
-        cpt = np.cumsum(self.item_part[idx], dtype=np.int32)
-        starts = np.searchsorted(idx, self.seg_start[:nseg + 1])      # kept items before each seg
-        before = starts[:-1] - 1                                      # last kept item before seg
-        base_tp = np.where(before >= 0, ctp[np.maximum(before, 0)], 0) if len(idx) else before * 0
-        base_pt = np.where(before >= 0, cpt[np.maximum(before, 0)], 0) if len(idx) else before * 0
-        j = np.flatnonzero(tpf)
-        ii = idx[j]
-        seg = self.item_seg[ii]
-        k = ctp[j] - base_tp[seg]
-        nv = fv[self.item_qr[ii]] + cpt[j] - base_pt[seg]
-        pr = k / (nv + EPS)
-        flat = seg.astype(np.int64) * R + self.lut[self.seg_lut[seg] + k]
-        q = np.zeros(nseg * R)
-        if len(flat):
-            run = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
-            q[flat[run]] = np.maximum.reduceat(pr, run)
+        per_area = T * ncat                                           # segments are area-major
+        q = np.zeros((areas, per_area * R))
+        for a in range(areas):
+            s0 = a * per_area
+            lo, hi = self.seg_start[s0], self.seg_start[s0 + per_area]
+            idx = np.flatnonzero(kept[lo:hi]) + lo
+            tpf = self.item_tp[idx]
+            ctp = np.cumsum(tpf, dtype=np.int32)
+            cpt = np.cumsum(self.item_part[idx], dtype=np.int32)
+            before = np.searchsorted(idx, self.seg_start[s0:s0 + per_area]) - 1  # last kept before
+            base_tp = np.where(before >= 0, ctp[np.maximum(before, 0)], 0) if len(idx) else before * 0
+            base_pt = np.where(before >= 0, cpt[np.maximum(before, 0)], 0) if len(idx) else before * 0
+            j = np.flatnonzero(tpf)
+            del tpf
+            ii = idx[j]
+            del idx
+            seg = self.item_seg[ii] - s0
+            k = ctp[j] - base_tp[seg]
+            nv = self.item_qr[ii]
+            del ii
+            nv = fv[nv] + cpt[j] - base_pt[seg]
+            del ctp, cpt, j
+            pr = k / (nv + EPS)
+            del nv
+            flat = seg.astype(np.int64) * R + self.lut[self.seg_lut[seg + s0] + k]
+            del seg, k
+            if len(flat):
+                run = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
+                q[a, flat[run]] = np.maximum.reduceat(pr, run)
         q = q.reshape(areas, T, ncat, R)
         q = np.maximum.accumulate(q[..., ::-1], axis=-1)[..., ::-1]   # monotone precision
         q[np.broadcast_to((self.npig.T[:areas] == 0)[:, None, :], (areas, T, ncat))] = -1
