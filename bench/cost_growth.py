@@ -40,14 +40,14 @@ from tinysaver_det.evaluation.flat import FlatDets, FlatGT
 
 CHUNK = 1000
 NCAT = 20
-IN_CHANNELS = [128, 128, 128, 128]   # summary = 2*512 + statistics(80 classes, top 20) = 1149 floats
+IN_CHANNELS = [128, 128, 128, 128]   # summary: 2*512 + statistics(80 classes, top 20) = 1149
 STAGES = ("load", "targets", "build", "sweep", "marginal", "train")
 DEFAULT_STAGES = ("load", "targets", "sweep", "train")   # sweep: build, sweeps, then marginal
 
 
 # ------------------------------------------------------------------------------------ data
 def synth_flat(n_img, seed=0, n_gt=10, n_det=100, ncat=NCAT):
-    """Random GT over all area ranges; saver = noisy detections of it, base = tighter; flat arrays."""
+    """Random GT over all area ranges; saver = noisy detections, base = tighter; flat arrays."""
     rng = np.random.default_rng(seed)
     g = rng.poisson(n_gt, n_img)
     goff = np.r_[0, np.cumsum(g)]
@@ -89,17 +89,20 @@ def write_cache(folder, n, views):
         gt, saver, base = synth_flat(m, seed=1000 + c)
         rng = np.random.default_rng(c)
         rec = m * views
-        arrays = {"image_id": np.repeat(np.arange(lo, lo + m), views), "view": np.tile(np.arange(views), m),
+        arrays = {"image_id": np.repeat(np.arange(lo, lo + m), views),
+                  "view": np.tile(np.arange(views), m),
                   "saver_ap": rng.random(rec), "base_ap": rng.random(rec),
-                  "confidence": rng.random(rec), "summary": rng.normal(size=(rec, dim)).astype(np.float32)}
+                  "confidence": rng.random(rec),
+                  "summary": rng.normal(size=(rec, dim)).astype(np.float32)}
         arrays["index"] = arrays["image_id"]
         for name, d in (("saver", saver), ("base", base)):
             per_rec = np.where(arrays["view"] == 0, np.diff(d.offsets)[arrays["index"] - lo], 0)
-            arrays.update({f"{name}_offsets": np.r_[0, np.cumsum(per_rec)], f"{name}_boxes": d.boxes,
+            arrays.update({f"{name}_offsets": np.r_[0, np.cumsum(per_rec)],
+                           f"{name}_boxes": d.boxes,
                            f"{name}_scores": d.scores, f"{name}_category_ids": d.category_ids})
         write_chunk(os.path.join(folder, f"chunk_{c:05d}.npz"), key, arrays)
-        np.savez(os.path.join(folder, f"gt_{c:05d}.npz"), boxes=gt.boxes, category_ids=gt.category_ids,
-                 iscrowd=gt.iscrowd, area=gt.area, offsets=gt.offsets)
+        np.savez(os.path.join(folder, f"gt_{c:05d}.npz"), boxes=gt.boxes,
+                 category_ids=gt.category_ids, iscrowd=gt.iscrowd, area=gt.area, offsets=gt.offsets)
     return key
 
 
@@ -147,12 +150,14 @@ def sweep_table(folder, key):
     def parts():
         for f, a in chunks(folder, key, key_columns()):
             gts = gt_of(folder, f).chunk(0, int((a["view"] == 0).sum()))
-            yield gts, view0_dets(a, "saver").chunk(0, len(gts)), view0_dets(a, "base").chunk(0, len(gts))
+            n = len(gts)
+            yield gts, view0_dets(a, "saver").chunk(0, n), view0_dets(a, "base").chunk(0, n)
     return SweepTable.build_streaming(parts(), np.arange(1, NCAT + 1))
 
 
 def key_columns():
-    return ["view"] + [f"{s}_{c}" for s in ("saver", "base") for c in ("offsets", "boxes", "scores", "category_ids")]
+    return ["view"] + [f"{s}_{c}" for s in ("saver", "base")
+                       for c in ("offsets", "boxes", "scores", "category_ids")]
 
 
 def stage_build(folder, key, args):
@@ -191,7 +196,8 @@ def stage_sweep(folder, key, args):
         marginal = {"build_s": build_s, "images_timed": todo, "per_image_s": per_image,
                     "marginal_only_s": per_image * n, "extrapolated": todo < n,
                     "seconds_total": build_s + per_image * n}
-    return {"marginal": marginal, "build_s": build_s, "steps": steps_total, "steps_timed": steps_timed,
+    return {"marginal": marginal, "build_s": build_s, "steps": steps_total,
+            "steps_timed": steps_timed,
             "per_step_s": per_step, "sweep_only_s": per_step * steps_total,
             "extrapolated": steps_timed < steps_total}
 
@@ -366,20 +372,23 @@ def main():
     for r in rows:
         if "sweep" in r:
             sw = r["sweep"]
+            timed = f" (timed {sw['steps_timed']}, rest extrapolated)" if sw["extrapolated"] else ""
             print(f"sweep at {r['images']}: build {sw['build_s']:.1f}s, {sw['steps']} points "
-                  f"({args.routers} routers) {sw['sweep_only_s']:.1f}s = {sw['per_step_s']:.3f}s/point"
-                  + (f" (timed {sw['steps_timed']}, rest extrapolated)" if sw["extrapolated"] else ""))
+                  f"({args.routers} routers) {sw['sweep_only_s']:.1f}s = "
+                  f"{sw['per_step_s']:.3f}s/point{timed}")
     for r in rows:
         if "marginal" in r:
             m = r["marginal"]
-            print(f"marginal at {r['images']}: build {m['build_s']:.1f}s + {m['per_image_s']:.4f}s/image"
-                  f" x {r['images']} = {m['seconds_total']:.0f}s (timed {m['images_timed']} images)")
+            print(f"marginal at {r['images']}: build {m['build_s']:.1f}s + "
+                  f"{m['per_image_s']:.4f}s/image x {r['images']} = {m['seconds_total']:.0f}s "
+                  f"(timed {m['images_timed']} images)")
     print("* = partly extrapolated from timed steps/images; RSS = peak of the stage's process")
     out = dict(machine=info, rows=rows, growth_exponent=exps, views=args.views,
                routers=args.routers, thresholds=args.thresholds)
     if args.pycoco_images:
         t_py, ap_py = pycocotools_time(args.pycoco_images)
-        print(f"pycocotools COCOeval (bbox) at {args.pycoco_images} images: {t_py:.2f}s (AP {ap_py:.4f})")
+        print(f"pycocotools COCOeval (bbox) at {args.pycoco_images} images: {t_py:.2f}s "
+              f"(AP {ap_py:.4f})")
         out["pycocotools"] = dict(images=args.pycoco_images, cocoeval_s=t_py, ap=ap_py)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
