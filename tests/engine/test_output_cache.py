@@ -50,7 +50,7 @@ def test_cache_records_and_targets(cfg, model, dataset):
     cache = OutputCache(cfg, dataset, views=2, with_base=True, model=model)
     records = cache.load_or_build()
     assert len(records) == 12  # 6 images x 2 views
-    assert chunk_files(cache) == ["chunk_00000.pth", "chunk_00001.pth"]
+    assert chunk_files(cache) == ["chunk_00000.npz", "chunk_00001.npz"]
     assert any(len(r["saver"]["scores"]) for r in records if r["view"] == 0)  # a random saver still detects
     for r in records:
         assert 0.0 <= r["saver_ap"] <= 1.0 and 0.0 <= r["base_ap"] <= 1.0
@@ -74,7 +74,7 @@ def test_cache_is_reused_and_resumes_missing_chunks(cfg, model, dataset):
     assert [r["saver_ap"] for r in again] == [r["saver_ap"] for r in first]
     # An interrupted build: the second chunk is missing and a stray temporary file is left.
     os.remove(paths[1])
-    open(os.path.join(cache.dir, ".tmp-partialchunk_00001.pth"), "wb").write(b"half")
+    open(os.path.join(cache.dir, ".tmp-partialchunk_00001.npz"), "wb").write(b"half")
     resumed = OutputCache(cfg, dataset, views=1, model=model).load_or_build()
     assert os.path.getmtime(paths[0]) == mtimes[0]  # the finished chunk was kept
     assert os.path.isfile(paths[1])
@@ -96,7 +96,7 @@ def test_interrupted_build_keeps_finished_chunks(cfg, model, dataset, monkeypatc
     monkeypatch.setattr(OutputCache, "_image_records", failing)
     with pytest.raises(KeyboardInterrupt):
         cache.load_or_build()
-    assert chunk_files(cache) == ["chunk_00000.pth"]
+    assert chunk_files(cache) == ["chunk_00000.npz"]
     monkeypatch.setattr(OutputCache, "_image_records", original)
     records = OutputCache(cfg, dataset, views=1, model=model).load_or_build()
     assert len(records) == 6

@@ -9,10 +9,10 @@ from tinysaver_det.evaluation.calibration import (
     candidate_thresholds,
     choose_point,
     largest_safe_exit_rate,
-    read_threshold,
     router_scores,
     sweep,
 )
+from tinysaver_det.config import read_calibrated_threshold as read_threshold
 from tinysaver_det.evaluation.coco_fast import ImageDets, ImageGT, MatchTable
 from tinysaver_det.flops import compute_saved, routed_gflops
 

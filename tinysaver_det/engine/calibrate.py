@@ -27,7 +27,7 @@ from ..evaluation.calibration import (
     write_calibration,
 )
 from ..evaluation.bootstrap import bootstrap_routing
-from ..evaluation.coco_fast import MatchTable
+from ..evaluation.coco_sweep import SweepTable
 from ..evaluation.detections import record_dets
 from ..evaluation.ground_truth import dataset_ground_truth
 from ..evaluation.plots import plot_accuracy_compute, plot_examples, plot_score_distribution
@@ -40,19 +40,20 @@ logger = logging.getLogger(__name__)
 
 
 class CachedSplit:
-    """A dataset's cached saver and base predictions, ready for sweeps: records, MatchTable, scores."""
+    """A dataset's cached saver and base predictions, ready for sweeps: records, SweepTable, scores."""
 
     def __init__(self, cfg, model, dataset_name: str):
         self.name = dataset_name
         self.records = OutputCache(cfg, dataset_name, views=1, with_base=True, model=model).load_or_build()
         self.dataset_dicts = checked_dataset_dicts([dataset_name], cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
         gts = dataset_ground_truth(dataset_name, self.dataset_dicts)
-        # MatchTable reproduces pycocotools' tie order when images come in ascending id order.
+        # Images in ascending id order reproduce pycocotools' tie order.
         order = np.argsort([r["image_id"] for r in self.records], kind="stable")
         self.records = [self.records[i] for i in order]
         self.gts = [gts[r["index"]] for r in self.records]
         self.dets = {part: [record_dets(r[part]) for r in self.records] for part in ("saver", "base")}
-        self.table = MatchTable.build(self.gts, self.dets)
+        # SweepTable (not MatchTable): compact, and its sweeps walk thresholds incrementally.
+        self.table = SweepTable.build(self.gts, self.dets["saver"], self.dets["base"])
         summary = torch.stack([r["summary"] for r in self.records]).to(model.device)
         with torch.no_grad():
             evaluator_scores = model.evaluator.eval().scores(summary).cpu().numpy()

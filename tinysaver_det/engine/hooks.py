@@ -1,5 +1,4 @@
 """Training hooks for the evaluator."""
-import json
 import logging
 import os
 

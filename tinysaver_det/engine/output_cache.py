@@ -4,10 +4,12 @@ training and calibration read the cache instead of re-running detectors.
 
 Layout of one cache (a folder):
     manifest.json      the cache key (what it was built from) and, once done, "complete": true
-    chunk_00000.pth    records of images [0, CHUNK_SIZE), written atomically
+    chunk_00000.npz    records of images [0, CHUNK_SIZE) as arrays (cache_store), written atomically
     ...
 A chunk is the unit of work: an interrupted build resumes by computing the chunks that are missing.
-A folder whose key differs (other weights, configs, dataset, views) is refused, never reused.
+A folder whose key differs (other weights, configs, dataset, views) is refused, never reused; so is
+a cache of an older format. A chunk that cannot be read is recomputed; an unreadable manifest is
+rewritten (both with a warning naming the file).
 
 Design call: the evaluator trains on cached summaries rather than on images with the saver run on
 the fly. The saver is frozen, so its outputs for a given view never change; caching them makes an
@@ -18,7 +20,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -34,12 +36,14 @@ from ..evaluation.coco_fast import ImageGT, per_image_ap
 from ..evaluation.detections import contiguous_to_dataset_id, detections_record, record_dets
 from ..evaluation.ground_truth import dataset_ground_truth
 from ..evaluation.quality import dets_from_predictions, gt_from_instances
-from ..utils.atomic import atomic_save_json, atomic_torch_save
+from ..utils.atomic import atomic_save_json
+from .cache_store import (UnreadableChunk, arrays_to_records, concat_chunks, read_chunk,
+                          records_to_arrays, write_chunk)
 from ..modeling.meta_arch import confidence_score
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: one .npz of contiguous arrays per chunk (cache_store); 1: pickled dicts
 
 
 def state_fingerprint(module: torch.nn.Module) -> str:
@@ -117,6 +121,18 @@ class OutputCache:
 
     def load_or_build(self) -> List[dict]:
         """All records (one per image and view, in dataset order), building what is missing."""
+        return arrays_to_records(self.load_arrays())
+
+    def load_arrays(self, columns: Optional[List[str]] = None) -> Dict[str, np.ndarray]:
+        """
+        The cache as contiguous arrays (cache_store's columns; all, or only `columns`), building
+        what is missing. Evaluator training needs only summaries and targets, calibration the
+        detections (cache_store.flat_dets): neither builds a Python object per image.
+        """
+        return concat_chunks(list(self.iter_chunks(columns)))
+
+    def iter_chunks(self, columns: Optional[List[str]] = None) -> Iterator[Dict[str, np.ndarray]]:
+        """The chunks' arrays one at a time (streaming), building missing or unreadable chunks."""
         dataset_dicts = checked_dataset_dicts([self.dataset_name], self.cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
         self._to_dataset_id = contiguous_to_dataset_id(self.dataset_name)
         model = self.model()
@@ -130,32 +146,50 @@ class OutputCache:
                 f"Caching outputs of {self.dataset_name}: {len(todo)} of {num_chunks} chunks to compute "
                 f"({len(mine)} on this process) into {self.dir}"
             )
+        gts = []
         if mine:
             gts = dataset_ground_truth(self.dataset_name, dataset_dicts)
             bar = tqdm.tqdm(total=sum(min(self.chunk_size, len(dataset_dicts) - c * self.chunk_size) for c in mine),
                             desc=f"cache {self.dataset_name}", unit="img", disable=not comm.is_main_process())
             for c in mine:
-                lo, hi = c * self.chunk_size, min(len(dataset_dicts), (c + 1) * self.chunk_size)
-                records = [r for i in range(lo, hi) for r in self._image_records(model, dataset_dicts[i], gts[i], i)]
-                atomic_torch_save({"key": key, "records": records}, self._chunk_path(c))
-                bar.update(hi - lo)
+                self._build_chunk(c, model, dataset_dicts, gts, key)
+                bar.update(min(self.chunk_size, len(dataset_dicts) - c * self.chunk_size))
             bar.close()
         comm.synchronize()
-        records = []
-        for c in range(num_chunks):
-            chunk = torch.load(self._chunk_path(c), weights_only=False)
-            if chunk["key"] != key:
-                raise ValueError(f"Cache chunk {self._chunk_path(c)} was built for another key; delete {self.dir}")
-            records.extend(chunk["records"])
         if comm.is_main_process():
-            atomic_save_json({"key": key, "complete": True, "num_records": len(records)}, self._manifest_path())
-        return records
+            atomic_save_json({"key": key, "complete": True, "num_chunks": num_chunks,
+                              "num_records": len(dataset_dicts) * self.views},
+                             self._manifest_path())
+        for c in range(num_chunks):
+            try:
+                yield read_chunk(self._chunk_path(c), key, columns)
+            except UnreadableChunk as e:
+                # A truncated or corrupted file (killed copy, full disk): repair, do not crash.
+                logger.warning(f"{e}; recomputing that chunk")
+                os.remove(self._chunk_path(c))
+                gts = gts or dataset_ground_truth(self.dataset_name, dataset_dicts)
+                self._build_chunk(c, model, dataset_dicts, gts, key)
+                yield read_chunk(self._chunk_path(c), key, columns)
+
+    def _build_chunk(self, c: int, model, dataset_dicts: List[dict], gts: List[ImageGT],
+                     key: Dict) -> None:
+        lo, hi = c * self.chunk_size, min(len(dataset_dicts), (c + 1) * self.chunk_size)
+        records = [r for i in range(lo, hi)
+                   for r in self._image_records(model, dataset_dicts[i], gts[i], i)]
+        write_chunk(self._chunk_path(c), key, records_to_arrays(records))
 
     def _check_or_write_manifest(self, key: Dict) -> None:
         path = self._manifest_path()
-        if os.path.isfile(path):
-            with open(path) as f:
-                old = json.load(f)["key"]
+        manifest = _read_manifest(path) if os.path.isfile(path) else None
+        if manifest is not None:
+            old = manifest["key"]
+            if old.get("format") != CACHE_FORMAT:
+                raise ValueError(
+                    f"The cache in {self.dir} has format {old.get('format')!r} (written by an "
+                    f"older tinysaver_det); this version reads format {CACHE_FORMAT}. Delete that "
+                    f"folder and rebuild it: tools/cache_outputs.py, or any run that reads the "
+                    f"cache, rebuilds it."
+                )
             if old != key:
                 diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
                 raise ValueError(
@@ -163,6 +197,8 @@ class OutputCache:
                     f"not reused. Delete that folder or set MODEL.TINYSAVER.CACHE.DIR to another one."
                 )
         elif comm.is_main_process():
+            # No manifest, or an unreadable one: each chunk carries its own key, so rewriting the
+            # manifest is safe (a chunk of another build is still refused when read).
             os.makedirs(self.dir, exist_ok=True)
             atomic_save_json({"key": key, "complete": False}, path)
         comm.synchronize()
@@ -171,7 +207,7 @@ class OutputCache:
         return os.path.join(self.dir, "manifest.json")
 
     def _chunk_path(self, chunk: int) -> str:
-        return os.path.join(self.dir, f"chunk_{chunk:05d}.pth")
+        return os.path.join(self.dir, f"chunk_{chunk:05d}.npz")
 
     def _image_records(self, model, dataset_dict: dict, gt: ImageGT, index: int) -> List[dict]:
         to_dataset_id = self._to_dataset_id
@@ -217,6 +253,63 @@ class OutputCache:
         return records
 
 
+class CachedExamples(torch.utils.data.Dataset):
+    """
+    Evaluator training examples over contiguous arrays: one (N, D) summary array and one target per
+    row, each example made on access. Unlike a list of dicts (which detectron2's loader pickles
+    one by one), 236k views of COCO train2017 stay one ~1 GB array.
+    """
+
+    def __init__(self, summary: np.ndarray, target: np.ndarray):
+        if len(summary) != len(target):
+            raise ValueError(f"{len(summary)} summaries but {len(target)} targets")
+        self.summary, self.target = summary, np.asarray(target, np.float64)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def __getitem__(self, i: int) -> dict:
+        from ..modeling.meta_arch import SUMMARY_KEY, TARGET_KEY
+
+        return {SUMMARY_KEY: torch.from_numpy(np.array(self.summary[i])),
+                TARGET_KEY: float(self.target[i])}
+
+
+def cached_examples(caches: List["OutputCache"], target: str) -> CachedExamples:
+    """Training examples of several caches, read column by column (summaries and targets only)."""
+    return examples_from_chunks(lambda cols: (a for c in caches for a in c.iter_chunks(cols)),
+                                target)
+
+
+def examples_from_chunks(read: Callable[[List[str]], Iterator[Dict[str, np.ndarray]]],
+                         target: str) -> CachedExamples:
+    """
+    CachedExamples from a chunk reader (``read(columns)`` yields each chunk's columns). Two passes:
+    targets first (small), then summaries copied chunk by chunk into one preallocated array, so the
+    peak is one summary array, not the chunks plus their concatenation.
+    """
+    cols = ["saver_ap"] + (["base_ap"] if target == "ap_gain" else [])
+    targets = concat_chunks(list(read(cols)))
+    if not targets:
+        return CachedExamples(np.zeros((0, 0), np.float32), np.zeros(0))
+    if target == "ap_gain":
+        if "base_ap" not in targets or np.isnan(targets["base_ap"]).any():
+            raise ValueError("TARGET 'ap_gain' needs a cache built with the base (with_base=True)")
+        value = targets["base_ap"] - targets["saver_ap"]
+    else:
+        value = targets["saver_ap"]
+    summary, lo = None, 0
+    for a in read(["summary"]):
+        if summary is None:
+            summary = np.empty((len(value), a["summary"].shape[1]), np.float32)
+        summary[lo:lo + len(a["summary"])] = a["summary"]
+        lo += len(a["summary"])
+    if lo != len(value):
+        raise ValueError(f"The cache changed while it was read: {lo} summaries, "
+                         f"{len(value)} targets")
+    return CachedExamples(summary, value)
+
+
 def training_examples(records: List[dict], target: str) -> List[dict]:
     """Dataset dicts for evaluator training: the cached summary and the chosen quality target."""
     from ..modeling.meta_arch import SUMMARY_KEY, TARGET_KEY
@@ -233,13 +326,28 @@ def training_examples(records: List[dict], target: str) -> List[dict]:
     return out
 
 
+def _read_manifest(path: str) -> Optional[Dict]:
+    """A manifest with a "key" dict; None (with a warning naming the file) if it cannot be read."""
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        key = manifest["key"]
+        if not isinstance(key, dict):
+            raise TypeError(f"'key' is a {type(key).__name__}")
+        return manifest
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning(f"Cache manifest {path!r} cannot be read ({type(e).__name__}: {e}); "
+                       "it is rewritten and its chunks are checked one by one")
+        return None
+
+
 def cache_is_complete(cfg, dataset_name: str, views: int, with_base: bool) -> bool:
     """Whether a finished cache is on disk (its key is checked only when it is opened)."""
     path = os.path.join(cache_dir_for(cfg, dataset_name, views, with_base), "manifest.json")
     if not os.path.isfile(path):
         return False
-    with open(path) as f:
-        return bool(json.load(f).get("complete", False))
+    manifest = _read_manifest(path)
+    return bool(manifest and manifest.get("complete", False))
 
 
 def training_cache_spec(cfg) -> Tuple[int, bool]:

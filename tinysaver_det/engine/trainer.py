@@ -29,7 +29,7 @@ from ..evaluation.throughput import ThroughputEvaluator
 from ..utils.atomic import atomic_save_json
 from ..flops import first_test_inputs, tinysaver_costs
 from .hooks import RankCorrelationHook
-from .output_cache import OutputCache, training_cache_spec, training_examples
+from .output_cache import OutputCache, cached_examples, training_cache_spec
 
 logger = logging.getLogger(__name__)
 
@@ -179,10 +179,8 @@ class Trainer(DefaultTrainer):
                 dicts = [d for d in dicts if d["annotations"]]
             return build_detection_train_loader(cfg, mapper=RobustDatasetMapper(cfg, is_train=True), dataset=dicts)
         views, with_base = training_cache_spec(cfg)
-        records = []
-        for name in cfg.DATASETS.TRAIN:
-            records += OutputCache(cfg, name, views=views, with_base=with_base).load_or_build()
-        examples = training_examples(records, cfg.MODEL.TINYSAVER.EVALUATOR.TARGET)
+        caches = [OutputCache(cfg, name, views=views, with_base=with_base) for name in cfg.DATASETS.TRAIN]
+        examples = cached_examples(caches, cfg.MODEL.TINYSAVER.EVALUATOR.TARGET)
         logger.info(f"Training the evaluator on {len(examples)} cached views of {cfg.DATASETS.TRAIN}")
         return build_detection_train_loader(
             examples, mapper=None, total_batch_size=cfg.SOLVER.IMS_PER_BATCH, aspect_ratio_grouping=False

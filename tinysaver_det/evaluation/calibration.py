@@ -3,9 +3,10 @@ Threshold calibration from cached predictions: sweep the threshold of every rout
 box AP of the merged predictions, exit rate, GFLOPs per image and compute saved at each point, and
 choose the threshold for a target (largest allowed AP drop against the base, or a GFLOPs budget).
 
-Every point's AP is exact COCO AP (coco_fast.MatchTable, tested against pycocotools), so a sweep
-of ~100 points over thousands of images takes seconds. A source that detects nothing scores AP 0
-where there is ground truth (NaN only where AP is undefined), as in evaluation (coco_evaluator.py).
+Every point's AP is exact COCO AP (coco_fast.MatchTable, tested against pycocotools); a sweep walks
+the thresholds incrementally (coco_sweep.SweepTable), so 100 points cost far less than 100
+recomputations. A source that detects nothing scores AP 0 where there is ground truth (NaN only
+where AP is undefined), as in evaluation (coco_evaluator.py). (NaN only where AP is undefined), as in evaluation (coco_evaluator.py).
 """
 import logging
 import math
@@ -15,11 +16,11 @@ import numpy as np
 
 from scipy.stats import spearmanr
 
-from ..config import read_calibrated_threshold as read_threshold  # noqa: F401  (its old home)
 from ..flops import compute_saved, routed_gflops
-from ..modeling.routing import exit_mask, stable_uniform
+from ..config import check_threshold
+from ..modeling.routing import stable_uniform
 from ..utils.atomic import atomic_save_json
-from .coco_fast import MatchTable
+from .coco_sweep import as_sweep_table, exit_steps
 
 logger = logging.getLogger(__name__)
 
@@ -53,26 +54,31 @@ def candidate_thresholds(scores: np.ndarray, num: int = 101) -> List[float]:
     return [-math.inf] + sorted(set(float(finite[i]) for i in idx)) + [math.inf]
 
 
-def sweep(table: MatchTable, scores: np.ndarray, costs: Dict[str, float], thresholds=None) -> List[dict]:
+def sweep(table, scores: np.ndarray, costs: Dict[str, float], thresholds=None) -> List[dict]:
     """
     One point per threshold: exit rate, COCO metrics of the merged predictions (exited images keep
     the saver's detections: source 0; routed ones the base's: source 1), GFLOPs and compute saved.
+    ``table``: a MatchTable of (saver, base) or a SweepTable. Thresholds are walked in order of
+    growing exit set, each image switching source once (coco_sweep), so a point costs one pass over
+    the kept true positives instead of a full recomputation; points come back in the given order.
     """
-    thresholds = candidate_thresholds(scores) if thresholds is None else thresholds
-    points = []
+    thresholds = candidate_thresholds(scores) if thresholds is None else list(thresholds)
     for t in thresholds:
-        exits = exit_mask(scores, t).numpy()
-        rate = float(exits.mean()) if len(exits) else 0.0
-        metrics = table.coco_metrics(np.where(exits, 0, 1))
-        points.append(
-            {
-                "threshold": float(t),
-                "exit_rate": rate,
-                **{k: float(metrics[k]) for k in METRICS},
-                "gflops": routed_gflops(costs, rate),
-                "compute_saved": compute_saved(costs, rate),
-            }
-        )
+        check_threshold(t)
+    scores = np.asarray(scores, dtype=np.float64)
+    step, order = exit_steps(scores, thresholds)
+    metrics = as_sweep_table(table).sweep_metrics(step, len(thresholds))
+    points = [None] * len(thresholds)
+    for j, i in enumerate(order):
+        # The same rule as routing.exit_mask: finite scores >= threshold exit.
+        rate = float((step <= j).mean()) if len(step) else 0.0
+        points[i] = {
+            "threshold": float(thresholds[i]),
+            "exit_rate": rate,
+            **{k: float(metrics[j][k]) for k in METRICS},
+            "gflops": routed_gflops(costs, rate),
+            "compute_saved": compute_saved(costs, rate),
+        }
     return points
 
 
@@ -95,7 +101,7 @@ def choose_point(points: List[dict], base_ap: float, max_ap_drop: float = 0.5, g
     return {**min(ok, key=lambda p: (p["gflops"], -p["AP"])), "target_met": True}
 
 
-def apply_threshold(table: MatchTable, scores: np.ndarray, threshold: float, costs: Dict[str, float]) -> dict:
+def apply_threshold(table, scores: np.ndarray, threshold: float, costs: Dict[str, float]) -> dict:
     """Metrics of one fixed threshold (e.g. chosen on the calibration split) on another split."""
     return sweep(table, scores, costs, thresholds=[threshold])[0]
 

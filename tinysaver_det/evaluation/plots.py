@@ -1,6 +1,5 @@
 """PNG plots of a calibration: accuracy against compute, score distributions, example images."""
 import math
-import os
 from typing import Dict, List, Sequence
 
 import matplotlib

@@ -4,7 +4,7 @@ the images scoring below the threshold go, as one sub-batch, to the base (a Casc
 """
 import logging
 from contextlib import contextmanager
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F

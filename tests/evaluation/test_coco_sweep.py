@@ -1,0 +1,119 @@
+"""coco_sweep: the incremental threshold sweep equals MatchTable.coco_metrics and pycocotools."""
+import math
+
+import numpy as np
+import pytest
+
+from tinysaver_det.evaluation.calibration import sweep
+from tinysaver_det.evaluation.coco_fast import ImageDets, ImageGT, MatchTable
+from tinysaver_det.evaluation.coco_sweep import SweepTable, exit_steps
+
+from test_coco_fast import KEYS, as_metrics, assert_metrics, cocoeval, merged, random_dataset
+
+
+def same(got, want):
+    """Bit-identical metrics (NaN equals NaN)."""
+    for k in KEYS:
+        assert (got[k] == want[k]) or (math.isnan(got[k]) and math.isnan(want[k])), (k, got, want)
+
+
+def thresholds_for(scores, rng):
+    picks = list(rng.choice(scores[np.isfinite(scores)], 6)) if np.isfinite(scores).any() else []
+    return [-math.inf, math.inf, 0.5, 0.5] + picks + list(rng.random(4))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_sweep_equals_full_recomputation_on_random_cases(seed):
+    gts, a, b, _ = random_dataset(seed, n_img=25 + 5 * seed)
+    table = MatchTable.build(gts, {"saver": a, "base": b})
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.random(len(gts)), 1)          # ties: several images move in one step
+    scores[rng.random(len(gts)) < 0.1] = np.nan         # never exit
+    thr = thresholds_for(scores, rng)
+    step, order = exit_steps(scores, thr)
+    got = SweepTable.from_match_table(table).sweep_metrics(step, len(thr))
+    for j, i in enumerate(order):
+        exits = np.isfinite(scores) & (scores >= thr[i])
+        same(got[j], table.coco_metrics(np.where(exits, 0, 1)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_chunked_build_equals_match_table(seed):
+    gts, a, b, _ = random_dataset(50 + seed, n_img=40)
+    table = MatchTable.build(gts, {"saver": a, "base": b})
+    built = SweepTable.build(gts, a, b, chunk=7)        # chunks split images across the sort
+    choice = np.random.default_rng(seed).integers(0, 2, len(gts))
+    for c in (choice, np.zeros(len(gts), int), np.ones(len(gts), int)):
+        same(built.coco_metrics(c), table.coco_metrics(c))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sweep_points_match_pycocotools(seed):
+    gts, a, b, cats = random_dataset(200 + seed, n_img=20)
+    table = MatchTable.build(gts, {"saver": a, "base": b})
+    scores = np.random.default_rng(seed).random(len(gts))
+    costs = {"saver_gflops": 0.2, "evaluator_gflops": 0.01, "base_gflops": 1.0}
+    thr = [0.8, 0.3, 0.55]
+    for point, t in zip(sweep(table, scores, costs, thresholds=thr), thr):
+        choice = np.where(scores >= t, 0, 1)
+        assert point["threshold"] == t and point["exit_rate"] == pytest.approx((scores >= t).mean())
+        want = as_metrics(cocoeval(gts, merged(choice, [a, b]), cats))
+        assert_metrics({k: point[k] for k in KEYS}, want)
+
+
+def test_max_dets_cut_and_empty_images():
+    g = ImageGT([[0, 0, 10, 10]], [1])
+    many = ImageDets([[0, 0, 10, 10]] * 3, [0.9, 0.8, 0.7], [1, 1, 1])
+    none = ImageDets(np.zeros((0, 4)), [], [])
+    gts, a, b = [g, ImageGT(np.zeros((0, 4)), []), g], [many, none, none], [none, many, many]
+    table = MatchTable.build(gts, {"s": a, "b": b}, max_dets=2)
+    built = SweepTable.build(gts, a, b, max_dets=2, chunk=1)
+    for choice in ([0, 0, 0], [1, 0, 1], [0, 1, 1]):
+        same(built.coco_metrics(choice), table.coco_metrics(choice))
+
+
+def test_exit_steps_follow_exit_mask():
+    scores = np.array([0.1, 0.5, np.nan, np.inf, 0.5, -np.inf])
+    thr = [0.5, -math.inf, math.inf, 0.2]
+    step, order = exit_steps(scores, thr)
+    assert [thr[i] for i in order] == [math.inf, 0.5, 0.2, -math.inf]
+    for j, i in enumerate(order):
+        assert ((step <= j) == (np.isfinite(scores) & (scores >= thr[i]))).all()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_marginal_ap_equals_one_image_swaps_in_pycocotools(seed):
+    gts, a, b, cats = random_dataset(300 + seed, n_img=12)
+    table = SweepTable.build(gts, a, b)
+    marginal = table.marginal_ap()
+    base_ap = as_metrics(cocoeval(gts, b, cats))["AP"]
+    for i in range(len(gts)):
+        choice = np.ones(len(gts), int)
+        choice[i] = 0
+        swapped = as_metrics(cocoeval(gts, merged(choice, [a, b]), cats))["AP"]
+        assert marginal[i] == pytest.approx(swapped - base_ap, abs=1e-9), i
+    # The same differences as full recomputations, and state is restored between images.
+    mt = MatchTable.build(gts, {"saver": a, "base": b})
+    ref = mt.coco_metrics(np.ones(len(gts), int))["AP"]
+    some = [3, 0, 3]
+    for i, got in zip(some, table.marginal_ap(some)):
+        choice = np.ones(len(gts), int)
+        choice[i] = 0
+        assert got == mt.coco_metrics(choice)["AP"] - ref
+    assert np.abs(marginal).max() > 0   # a swap does move the AP in these cases
+
+
+def test_source_metrics_of_a_sweep_table():
+    gts, a, b, _ = random_dataset(7, n_img=10)
+    mt = MatchTable.build(gts, {"saver": a, "base": b})
+    st = SweepTable.from_match_table(mt)
+    same(st.source_metrics("saver"), mt.source_metrics("saver"))
+    same(st.source_metrics("base"), mt.source_metrics("base"))
+    with pytest.raises(ValueError, match="'evaluator'"):
+        st.source_metrics("evaluator")
+
+
+def test_no_images():
+    table = SweepTable.build([], [], [])
+    m = table.coco_metrics(np.zeros(0, int))
+    assert all(math.isnan(m[k]) for k in KEYS) and len(table.marginal_ap()) == 0

@@ -1,0 +1,84 @@
+"""Ground truth and detections of many images as a few contiguous arrays plus image offsets.
+
+Python objects per image cost ~1 KB of overhead each and cannot be memory-mapped; these
+containers hold 118k images in a handful of arrays (which may be ``np.load(mmap_mode="r")``
+views of a cache) and hand out ``ImageGT`` / ``ImageDets`` only for the chunk being processed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import numpy as np
+
+from .coco_fast import ImageDets, ImageGT
+
+
+def _check_offsets(offsets: np.ndarray, n: int, what: str) -> None:
+    if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != n or (np.diff(offsets) < 0).any():
+        raise ValueError(f"{what}: offsets must rise from 0 to {n} (the number of rows)")
+
+
+@dataclass
+class FlatDets:
+    """Detections of image i: rows ``offsets[i]:offsets[i+1]`` of boxes (XYWH), scores, ids."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    category_ids: np.ndarray
+    offsets: np.ndarray
+
+    def __post_init__(self):
+        _check_offsets(np.asarray(self.offsets), len(self.scores), "FlatDets")
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def chunk(self, lo: int, hi: int) -> List[ImageDets]:
+        o = np.asarray(self.offsets[lo:hi + 1])
+        b, s, c = (np.asarray(x[o[0]:o[-1]]) for x in (self.boxes, self.scores, self.category_ids))
+        o = o - o[0]
+        return [ImageDets(b[o[i]:o[i + 1]], s[o[i]:o[i + 1]], c[o[i]:o[i + 1]])
+                for i in range(len(o) - 1)]
+
+
+@dataclass
+class FlatGT:
+    """Ground truth of image i: rows ``offsets[i]:offsets[i+1]`` (XYWH boxes, ids, crowd, area)."""
+
+    boxes: np.ndarray
+    category_ids: np.ndarray
+    iscrowd: np.ndarray
+    area: np.ndarray
+    offsets: np.ndarray
+
+    def __post_init__(self):
+        _check_offsets(np.asarray(self.offsets), len(self.category_ids), "FlatGT")
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def chunk(self, lo: int, hi: int) -> List[ImageGT]:
+        o = np.asarray(self.offsets[lo:hi + 1])
+        b, c, cr, ar = (np.asarray(x[o[0]:o[-1]])
+                        for x in (self.boxes, self.category_ids, self.iscrowd, self.area))
+        o = o - o[0]
+        return [ImageGT(b[o[i]:o[i + 1]], c[o[i]:o[i + 1]], cr[o[i]:o[i + 1]], ar[o[i]:o[i + 1]])
+                for i in range(len(o) - 1)]
+
+
+def chunk_of(x, lo: int, hi: int) -> list:
+    """Images lo..hi-1 of a flat container or of a plain sequence."""
+    return x.chunk(lo, hi) if hasattr(x, "chunk") else list(x[lo:hi])
+
+
+def category_ids_of(*containers) -> np.ndarray:
+    """Sorted unique category ids over flat containers and/or sequences of images."""
+    ids = set()
+    for c in containers:
+        if hasattr(c, "chunk"):
+            ids.update(np.unique(np.asarray(c.category_ids)).tolist())
+        else:
+            for x in c:
+                ids.update(np.asarray(x.category_ids).tolist())
+    return np.array(sorted(ids), dtype=np.int64)
