@@ -4,7 +4,7 @@ base checkpoints into a TinySaver model's `saver.` and `base.` parts.
 """
 import logging
 import os
-from typing import Optional
+from typing import Optional, Sequence
 from urllib.parse import urlparse
 
 from torch.nn.parallel import DistributedDataParallel
@@ -119,13 +119,14 @@ class CheckedCheckpointer(DetectionCheckpointer):
         )
 
 
-def load_tinysaver_weights(model, cfg, whole_model: bool = True) -> None:
+def load_tinysaver_weights(model, cfg, whole_model: bool = True,
+                           parts: Sequence[str] = ("SAVER", "BASE")) -> None:
     """
-    Load MODEL.TINYSAVER.SAVER.WEIGHTS and .BASE.WEIGHTS into the model's `saver` and `base`, then
-    (if `whole_model`) MODEL.WEIGHTS, a whole TinySaver checkpoint, over all three parts.
+    Load MODEL.TINYSAVER.SAVER.WEIGHTS and .BASE.WEIGHTS (those of `parts`) into the model's `saver`
+    and `base`, then (if `whole_model`) MODEL.WEIGHTS, a whole TinySaver checkpoint, over all three.
     """
     model = getattr(model, "module", model)  # unwrap DDP
-    for part in ("SAVER", "BASE"):
+    for part in parts:
         path = cfg.MODEL.TINYSAVER[part].WEIGHTS
         if path:
             what = f"the {part.lower()} (MODEL.TINYSAVER.{part}.WEIGHTS)"

@@ -115,7 +115,8 @@ class OutputCache:
     def model(self):
         if self._model is None:
             model = build_model(self.cfg)
-            load_tinysaver_weights(model, self.cfg)
+            # A saver-only cache needs no base weights (which may be a model-zoo download).
+            load_tinysaver_weights(model, self.cfg, parts=("SAVER", "BASE") if self.with_base else ("SAVER",))
             self._model = model.eval()
         return self._model
 
