@@ -62,3 +62,22 @@ def trained_detectors(tmp_path_factory) -> TrainedDetectors:
         weights[part] = str(out / part / "model_final.pth")
         assert os.path.isfile(weights[part])
     return TrainedDetectors(root=root, prefix=prefix, weights=weights, configs=dict(INSTANT))
+
+
+@pytest.fixture(scope="session")
+def synthetic_split(tmp_path_factory):
+    """
+    A factory: generate `num_images` images of one synthetic split in a fresh folder, register it
+    under a unique prefix and return the dataset name.
+    """
+    from tinysaver_det.data.datasets import register_synthetic
+    from tinysaver_det.data.synthetic import generate_split, split_spec
+
+    def make(split: str, num_images: int, prefix: str) -> str:
+        root = str(tmp_path_factory.mktemp("data"))
+        generate_split(root, split, split_spec(split, scale=0.01), num_images=num_images, progress=False)
+        prefix = f"{prefix}{uuid.uuid4().hex[:6]}"
+        register_synthetic(root, prefix=prefix)
+        return f"{prefix}_{split}"
+
+    return make

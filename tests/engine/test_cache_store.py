@@ -2,7 +2,6 @@
 import json
 import logging
 import os
-import uuid
 
 import numpy as np
 import pytest
@@ -11,8 +10,6 @@ import torch
 import tinysaver_det  # noqa: F401
 from detectron2.modeling import build_model
 from tinysaver_det.config import load_config
-from tinysaver_det.data.datasets import register_synthetic
-from tinysaver_det.data.synthetic import generate_split, split_spec
 from tinysaver_det.engine.cache_store import (
     UnreadableChunk, arrays_to_records, concat_chunks, flat_dets, read_chunk, records_to_arrays,
     write_chunk)
@@ -78,12 +75,8 @@ def test_truncated_chunk_is_named(tmp_path):
 
 # ------------------------------------------------------------------ a real cache, repaired
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("data"))
-    generate_split(root, "calib", split_spec("calib", scale=0.01), num_images=5, progress=False)
-    prefix = f"storetest{uuid.uuid4().hex[:6]}"
-    register_synthetic(root, prefix=prefix)
-    return f"{prefix}_calib"
+def dataset(synthetic_split):
+    return synthetic_split("calib", 5, "storetest")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """ROUTER oracle in evaluation (--eval-only): the test loader keeps each image's ground truth."""
 import json
 import os
-import uuid
 
 import pytest
 import torch
@@ -9,8 +8,6 @@ import torch
 import tinysaver_det  # noqa: F401
 from tinysaver_det.config import load_config
 from tinysaver_det.data.checks import checked_dataset_dicts
-from tinysaver_det.data.datasets import register_synthetic
-from tinysaver_det.data.synthetic import generate_split, split_spec
 from tinysaver_det.engine.trainer import Trainer
 from tinysaver_det.evaluation.coco_fast import per_image_ap
 from tinysaver_det.evaluation.detections import (
@@ -25,12 +22,8 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthet
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("data"))
-    generate_split(root, "val", split_spec("val", scale=0.01), num_images=4, progress=False)
-    prefix = f"oracle{uuid.uuid4().hex[:6]}"
-    register_synthetic(root, prefix=prefix)
-    return f"{prefix}_val"
+def dataset(synthetic_split):
+    return synthetic_split("val", 4, "oracle")
 
 
 def oracle_cfg(dataset, out, router="oracle"):

@@ -2,7 +2,6 @@
 import importlib.util
 import json
 import os
-import uuid
 
 import pytest
 import torch
@@ -11,8 +10,6 @@ import tinysaver_det  # noqa: F401
 from detectron2.modeling import build_model
 from tinysaver_det.checkpoint import load_tinysaver_weights
 from tinysaver_det.config import load_config
-from tinysaver_det.data.datasets import register_synthetic
-from tinysaver_det.data.synthetic import generate_split, split_spec
 from tinysaver_det.flops import first_test_inputs, tinysaver_costs
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
@@ -29,12 +26,8 @@ def load_tool():
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("data"))
-    generate_split(root, "val", split_spec("val", scale=0.01), num_images=1, progress=False)
-    prefix = f"analyze{uuid.uuid4().hex[:6]}"
-    register_synthetic(root, prefix=prefix)
-    return f"{prefix}_val"
+def dataset(synthetic_split):
+    return synthetic_split("val", 1, "analyze")
 
 
 @pytest.fixture(scope="module")
