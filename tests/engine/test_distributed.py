@@ -36,7 +36,7 @@ def run_stages(detectors, out_dir: str, result_file: str) -> None:
     import tinysaver_det  # noqa: F401
     from detectron2.modeling import build_model
     from detectron2.utils import comm
-    from tinysaver_det.config import load_config
+    from tinysaver_det.config import load_config, resolve_threshold
     from tinysaver_det.data.datasets import register_synthetic
     from tinysaver_det.engine.calibrate import calibrate
     from tinysaver_det.engine.output_cache import OutputCache
@@ -79,6 +79,8 @@ def run_stages(detectors, out_dir: str, result_file: str) -> None:
                        output_dir=os.path.join(out_dir, "calib"))
     cfg.defrost()
     cfg.MODEL.TINYSAVER.CALIBRATION_FILE = os.path.join(out_dir, "calib", "calibration.json")
+    comm.synchronize()  # the main process writes calibration.json
+    resolve_threshold(cfg)  # what load_config does with a calibration file
     evaluated = build_model(cfg).eval()  # built from the calibrated config, as --eval-only does
     evaluated.evaluator.load_state_dict(model.evaluator.state_dict())
     load_weights(evaluated, cfg)
