@@ -98,12 +98,11 @@ def bccd_quick_opts(folder: str, num_images: int = QUICK_IMAGES) -> List[str]:
 
 def describe_detector(config_file: str) -> str:
     """A table label from a detector's config, e.g. 'Cascade R-CNN R-18, 192 px'."""
-    cfg = load_config(config_file, ["MODEL.TINYSAVER.DATA.COCO_DATASETS", "[]"], device_fallback=False,
-                      resolve=False)
-    heads = {"CascadeROIHeads": "Cascade R-CNN", "StandardROIHeads": "Faster R-CNN"}
-    name = heads.get(cfg.MODEL.ROI_HEADS.NAME, cfg.MODEL.META_ARCHITECTURE)
-    if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
-        name = cfg.MODEL.META_ARCHITECTURE
+    cfg = load_config(config_file, device_fallback=False, resolve=False)  # registers no data
+    name = cfg.MODEL.META_ARCHITECTURE
+    if name == "GeneralizedRCNN":
+        heads = {"CascadeROIHeads": "Cascade R-CNN", "StandardROIHeads": "Faster R-CNN"}
+        name = heads.get(cfg.MODEL.ROI_HEADS.NAME, cfg.MODEL.ROI_HEADS.NAME)
     backbone = "RegNet" if "regnet" in cfg.MODEL.BACKBONE.NAME else f"R-{cfg.MODEL.RESNETS.DEPTH}"
     size = cfg.INPUT.MIN_SIZE_TEST
     return f"{name} {backbone}, {size[0] if isinstance(size, (list, tuple)) else size} px"

@@ -19,6 +19,14 @@ def _check_offsets(offsets: np.ndarray, n: int, what: str) -> None:
         raise ValueError(f"{what}: offsets must rise from 0 to {n} (the number of rows)")
 
 
+def _per_image(make, columns, offsets, lo: int, hi: int) -> list:
+    """`make(*rows)` for images lo..hi-1, each given its rows of every column (read once per chunk)."""
+    o = np.asarray(offsets[lo:hi + 1])
+    cols = [np.asarray(x[o[0]:o[-1]]) for x in columns]
+    o = o - o[0]
+    return [make(*(x[o[i]:o[i + 1]] for x in cols)) for i in range(len(o) - 1)]
+
+
 @dataclass
 class FlatDets:
     """Detections of image i: rows ``offsets[i]:offsets[i+1]`` of boxes (XYWH), scores, ids."""
@@ -35,11 +43,7 @@ class FlatDets:
         return len(self.offsets) - 1
 
     def chunk(self, lo: int, hi: int) -> List[ImageDets]:
-        o = np.asarray(self.offsets[lo:hi + 1])
-        b, s, c = (np.asarray(x[o[0]:o[-1]]) for x in (self.boxes, self.scores, self.category_ids))
-        o = o - o[0]
-        return [ImageDets(b[o[i]:o[i + 1]], s[o[i]:o[i + 1]], c[o[i]:o[i + 1]])
-                for i in range(len(o) - 1)]
+        return _per_image(ImageDets, (self.boxes, self.scores, self.category_ids), self.offsets, lo, hi)
 
 
 @dataclass
@@ -59,12 +63,8 @@ class FlatGT:
         return len(self.offsets) - 1
 
     def chunk(self, lo: int, hi: int) -> List[ImageGT]:
-        o = np.asarray(self.offsets[lo:hi + 1])
-        b, c, cr, ar = (np.asarray(x[o[0]:o[-1]])
-                        for x in (self.boxes, self.category_ids, self.iscrowd, self.area))
-        o = o - o[0]
-        return [ImageGT(b[o[i]:o[i + 1]], c[o[i]:o[i + 1]], cr[o[i]:o[i + 1]], ar[o[i]:o[i + 1]])
-                for i in range(len(o) - 1)]
+        return _per_image(ImageGT, (self.boxes, self.category_ids, self.iscrowd, self.area),
+                          self.offsets, lo, hi)
 
 
 def chunk_of(x, lo: int, hi: int) -> list:
