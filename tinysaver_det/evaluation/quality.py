@@ -7,10 +7,20 @@ no ground truth -> 1.0, ground truth but no detections -> 0.0, crowd regions ign
 detected categories absent from the image do not enter the mean). Dataset-level AP follows the
 same rule for no detections: 0 where there is ground truth (coco_fast, coco_evaluator).
 `ap_gain`: the same AP of the base minus the saver's.
+`marginal_ap`: the change of the *dataset's* AP when only this image's detections come from the
+saver instead of the base, times the number of images (so its scale is a per-image AP's, in [0, 1]
+units). Unlike the per-image figures it weighs an image by the boxes it holds and does not reward
+per-image noise that cancels over a dataset; it is what a router is judged on. Exact
+(`coco_sweep.SweepTable.marginal_ap`, tested against pycocotools).
+
+Higher means better to exit for saver_ap and marginal_ap; for ap_gain lower is (see routing_quality).
 """
+from typing import Sequence
+
 import numpy as np
 
 from .coco_fast import ImageDets, ImageGT, per_image_ap
+from .coco_sweep import SweepTable
 
 
 def _xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
@@ -36,3 +46,32 @@ def dets_from_predictions(instances) -> ImageDets:
 def per_image_quality(gt_instances, pred_instances) -> float:
     """COCO AP@[.50:.95] of `pred_instances` on one image against `gt_instances` (same frame)."""
     return float(per_image_ap(gt_from_instances(gt_instances), dets_from_predictions(pred_instances)))
+
+
+def marginal_targets(gts: Sequence[ImageGT], saver: Sequence[ImageDets],
+                     base: Sequence[ImageDets]) -> np.ndarray:
+    """
+    The marginal_ap target of every image of a split: N x (AP of the split with image i's
+    detections from the saver and every other image's from the base - AP of the base) / 100.
+    Images should come in ascending image id order (pycocotools' tie order).
+    """
+    if not len(gts):
+        return np.zeros(0)
+    table = SweepTable.build(list(gts), list(saver), list(base))
+    return table.marginal_ap() * len(gts) / 100.0
+
+
+def routing_quality(target: str, saver_ap, base_ap=None, marginal=None) -> np.ndarray:
+    """
+    The true quality of exiting each image under a target, oriented like router scores (higher =
+    better to exit): saver_ap, minus the base's gain, or the marginal effect on the dataset's AP.
+    """
+    if target == "saver_ap":
+        return np.asarray(saver_ap, np.float64)
+    if target == "ap_gain":
+        return -(np.asarray(base_ap, np.float64) - np.asarray(saver_ap, np.float64))
+    if target == "marginal_ap":
+        if marginal is None:
+            raise ValueError("the marginal_ap target needs the marginal effects (marginal_targets)")
+        return np.asarray(marginal, np.float64)
+    raise ValueError(f"Unknown MODEL.TINYSAVER.EVALUATOR.TARGET {target!r}")

@@ -26,7 +26,8 @@ detections. Called as `head(cfg, input_shape, num_classes)` where input_shape is
 backbone's `output_shape()`. A head implements `summarize`, `forward`, `scores` and `losses`.
 """
 
-TARGETS = ("saver_ap", "ap_gain")
+# What the head learns (evaluation/quality.py defines each).
+TARGETS = ("saver_ap", "ap_gain", "marginal_ap")
 
 # Detection-score levels at which the head counts the saver's detections.
 SCORE_LEVELS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -110,7 +111,8 @@ class DetectionQualityHead(nn.Module):
     """
     The default evaluator: pooled saver features (mean and max per FPN level) plus statistics of the
     saver's detections, normalised by a BatchNorm, through a small MLP to one number per image: the
-    predicted per-image AP of the saver ("saver_ap") or the predicted AP gain of the base ("ap_gain").
+    predicted per-image AP of the saver ("saver_ap"), the predicted AP gain of the base ("ap_gain"),
+    or the predicted effect on the dataset's AP of letting the image exit ("marginal_ap").
     """
 
     @configurable
@@ -135,7 +137,7 @@ class DetectionQualityHead(nn.Module):
             num_classes: the saver's number of classes.
             top_k: how many sorted detection scores the head sees.
             hidden_dim, num_layers, dropout: the MLP.
-            target: "saver_ap" or "ap_gain" (then the routing score is minus the predicted gain).
+            target: one of TARGETS ("ap_gain": the routing score is minus the predicted gain).
             rank_loss_weight: weight of the pairwise ranking loss beside the regression loss.
         """
         super().__init__()
