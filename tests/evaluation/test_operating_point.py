@@ -160,3 +160,64 @@ def test_choose_point_routes_everything_when_no_point_qualifies():
     chosen = choose_point(POINTS[::-1], base_ap=60.0, max_ap_drop=0.5)
     assert chosen["threshold"] == math.inf and chosen["exit_rate"] == 0.0
     assert not chosen["target_met"]
+
+
+# --- the bootstrap choice ------------------------------------------------------------------------
+def lucky_split():
+    """
+    40 images of one object. By score: 20 where saver and base are both exact, 5 where the saver
+    misses, 5 where the base misses and the saver is exact, 10 where the saver misses. At 30 exits
+    the two middle blocks cancel on this sample, so the cheapest passing point lies beyond a stretch
+    that fails: a lucky point.
+    """
+    kinds = ["same"] * 20 + ["saver_wrong"] * 5 + ["base_wrong"] * 5 + ["saver_wrong"] * 10
+    score_of = {"same": 0.9, "saver_wrong": 0.5, "base_wrong": 0.4}
+    gts, saver, base, scores = [], [], [], []
+    miss = np.array([[150.0, 150.0, 20.0, 20.0]])
+    for i, kind in enumerate(kinds):
+        box = np.array([[10.0 + i, 20.0, 40.0, 30.0]])
+        gts.append(ImageGT(boxes=box, category_ids=[1]))
+        base.append(ImageDets(boxes=miss if kind == "base_wrong" else box,
+                              scores=[0.3 if kind == "base_wrong" else 0.9], category_ids=[1]))
+        saver.append(ImageDets(boxes=miss if kind == "saver_wrong" else box,
+                               scores=[0.3 if kind == "saver_wrong" else 0.8], category_ids=[1]))
+        scores.append(score_of[kind] if i < 30 else 0.1)
+    return gts, saver, base, np.array(scores)
+
+
+def test_bootstrap_choice_rejects_the_lucky_cheapest_point():
+    from tinysaver_det.evaluation.bootstrap import bootstrap_ap_drops
+    from tinysaver_det.evaluation.calibration import choose_point_bootstrap
+    from tinysaver_det.evaluation.coco_sweep import SweepTable
+
+    gts, saver, base, scores = lucky_split()
+    table = SweepTable.build(gts, saver, base)
+    thresholds = candidate_thresholds(scores)
+    points = sweep(table, scores, COSTS, thresholds)
+    base_ap = table.source_metrics("base")["AP"]
+    drop = {p["exit_rate"]: base_ap - p["AP"] for p in points}
+    assert drop[0.5] == 0.0 and drop[0.625] > 5 and abs(drop[0.75]) <= 0.5  # the lucky point
+    assert choose_point(points, base_ap, max_ap_drop=0.5)["exit_rate"] == 0.75
+
+    drops = bootstrap_ap_drops(gts, saver, base, {"r": scores}, {"r": thresholds}, samples=60)["r"]
+    assert drops.shape == (60, len(thresholds))
+    by_rate = {p["exit_rate"]: drops[:, i] for i, p in enumerate(points)}
+    assert np.all(by_rate[0.5] == 0.0)  # exits where the saver equals the base: no resample loses
+    assert np.quantile(by_rate[0.75], 0.9) > 0.5  # the lucky point fails on its upper bound
+    chosen = choose_point_bootstrap(points, drops, max_ap_drop=0.5, level=0.9)
+    assert chosen["exit_rate"] == 0.5 and chosen["ap_drop_ucb"] == 0.0
+
+
+def test_bootstrap_choice_is_monotone_and_never_skips_a_failing_point():
+    from tinysaver_det.evaluation.calibration import choose_point_bootstrap
+
+    rates = [0.0, 0.2, 0.4, 0.6, 0.8]
+    points = [{"threshold": 1 - r, "exit_rate": r, "AP": 50.0, "gflops": 1.0} for r in rates]
+    # Upper bounds by column (90% quantile of 10 resamples = the largest but one).
+    drops = np.tile(np.array([0.0, 0.1, 0.9, 0.2, 0.3]), (10, 1))
+    assert choose_point_bootstrap(points, drops, max_ap_drop=0.5)["exit_rate"] == 0.2
+    assert choose_point_bootstrap(points, drops, max_ap_drop=1.0)["exit_rate"] == 0.8
+    # Nothing passes: route everything (no exits), which loses nothing.
+    assert choose_point_bootstrap(points, drops + 5, max_ap_drop=0.5)["exit_rate"] == 0.0
+    with pytest.raises(ValueError, match="drops must be"):
+        choose_point_bootstrap(points, drops[:, :3])

@@ -5,7 +5,8 @@ the saver and the routed model, the AP drop, the exit rate and the compute saved
 On a few hundred images the AP of a fixed exit rate moves by about a third of a point between
 resamples, as much as the targets it is compared with: a figure without its interval says little.
 Each resample draws the split's images with replacement (a drawn image counts as often as it is
-drawn, as a duplicated image would in COCOeval) and recomputes every figure exactly with MatchTable.
+drawn, as a duplicated image would in COCOeval) and recomputes every figure exactly (SweepTable,
+which equals MatchTable and pycocotools).
 """
 from typing import Dict, Sequence, Tuple
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from ..flops import compute_saved
 from .coco_fast import ImageDets, ImageGT, MatchTable
+from .coco_sweep import SweepTable, exit_steps
 
 FIGURES = ("AP_base", "AP_saver", "AP_routed", "AP_drop", "exit_rate", "compute_saved")
 
@@ -44,26 +46,87 @@ def bootstrap_routing(
     images. Images must come in ascending image-id order (MatchTable's tie order), which a sorted
     resample keeps.
     """
+    return bootstrap_routers(gts, saver, base, {"routed": exited}, costs, samples=samples,
+                             level=level, seed=seed)["routed"]
+
+
+def bootstrap_routers(
+    gts: Sequence[ImageGT],
+    saver: Sequence[ImageDets],
+    base: Sequence[ImageDets],
+    exits: Dict[str, np.ndarray],
+    costs: Dict[str, float],
+    *,
+    samples: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Dict[str, Dict[str, Tuple[float, float]]]:
+    """
+    bootstrap_routing for several exit sets at once (router -> exited mask), on the same resamples:
+    each resample is matched once (SweepTable) and every router costs one metric evaluation.
+    """
     if samples < 1:
         raise ValueError(f"bootstrap samples must be >= 1, got {samples}")
-    exited = np.asarray(exited, dtype=bool)
+    exits = {r: np.asarray(e, dtype=bool) for r, e in exits.items()}
     n = len(gts)
     rng = np.random.default_rng(seed)
-    draws = {k: [] for k in FIGURES}
+    draws = {r: {k: [] for k in FIGURES} for r in exits}
     for _ in range(samples):
         idx = np.sort(rng.integers(0, n, n))
-        table = MatchTable.build([gts[i] for i in idx],
-                                 {"saver": [saver[i] for i in idx], "base": [base[i] for i in idx]})
-        for k, v in routing_figures(table, exited[idx], costs).items():
-            draws[k].append(v)
+        table = SweepTable.build([gts[i] for i in idx], [saver[i] for i in idx],
+                                 [base[i] for i in idx])
+        ap_base, ap_saver = table.source_metrics("base")["AP"], table.source_metrics("saver")["AP"]
+        for r, exited in exits.items():
+            e = exited[idx]
+            routed = table.coco_metrics(np.where(e, 0, 1))["AP"]
+            rate = float(np.mean(e)) if len(e) else 0.0
+            for k, v in zip(FIGURES, (ap_base, ap_saver, routed, ap_base - routed, rate,
+                                      compute_saved(costs, rate))):
+                draws[r][k].append(v)
     tail = 100 * (1 - level) / 2
     out = {}
-    for k, values in draws.items():
-        values = np.asarray(values, dtype=np.float64)
-        values = values[np.isfinite(values)]
-        out[k] = ((float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
-                  if len(values) else (float("nan"), float("nan")))
+    for r, figures in draws.items():
+        out[r] = {}
+        for k, values in figures.items():
+            values = np.asarray(values, dtype=np.float64)
+            values = values[np.isfinite(values)]
+            out[r][k] = ((float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+                         if len(values) else (float("nan"), float("nan")))
     return out
+
+
+def bootstrap_ap_drops(
+    gts: Sequence[ImageGT],
+    saver: Sequence[ImageDets],
+    base: Sequence[ImageDets],
+    scores: Dict[str, np.ndarray],
+    thresholds: Dict[str, Sequence[float]],
+    *,
+    samples: int = 100,
+    seed: int = 0,
+) -> Dict[str, np.ndarray]:
+    """
+    AP drops (base AP - routed AP, points) of each router's thresholds over `samples` resamples of
+    the images: router -> array (samples, len(thresholds[router])). A resample is matched once and
+    swept incrementally for every router (SweepTable). Images in ascending image-id order.
+    """
+    if samples < 1:
+        raise ValueError(f"bootstrap samples must be >= 1, got {samples}")
+    scores = {r: np.asarray(s, np.float64) for r, s in scores.items()}
+    n = len(gts)
+    rng = np.random.default_rng(seed)
+    drops = {r: np.empty((samples, len(thresholds[r]))) for r in scores}
+    for b in range(samples):
+        idx = np.sort(rng.integers(0, n, n))
+        table = SweepTable.build([gts[i] for i in idx], [saver[i] for i in idx],
+                                 [base[i] for i in idx])
+        base_ap = table.source_metrics("base")["AP"]
+        for r, s in scores.items():
+            step, order = exit_steps(s[idx], thresholds[r])
+            metrics = table.sweep_metrics(step, len(thresholds[r]))
+            for j, t in enumerate(order):
+                drops[r][b, t] = base_ap - metrics[j]["AP"]
+    return drops
 
 
 def format_interval(value: float, interval: Sequence[float], digits: int = 2, scale: float = 1.0,
