@@ -69,8 +69,10 @@ def add_tinysaver_config(cfg: CN) -> None:
     ts.EVALUATOR = CN()
     # Name in EVALUATOR_HEAD_REGISTRY.
     ts.EVALUATOR.NAME = "DetectionQualityHead"
-    # What the head learns: "saver_ap" (per-image AP of the saver, the paper's mAP proxy) or
-    # "ap_gain" (per-image AP of the base minus the saver's; the score is then minus the gain).
+    # What the head learns (evaluation/quality.py): "saver_ap" (per-image AP of the saver, the
+    # paper's mAP proxy), "ap_gain" (per-image AP of the base minus the saver's; the score is then
+    # minus the gain) or "marginal_ap" (the change of the split's AP when the image exits, times
+    # the number of images: what routing is judged on; its caches run the base too).
     ts.EVALUATOR.TARGET = "saver_ap"
     # Width of the MLP's hidden layers and how many hidden layers it has.
     ts.EVALUATOR.HIDDEN_DIM = 128
@@ -80,6 +82,9 @@ def add_tinysaver_config(cfg: CN) -> None:
     ts.EVALUATOR.TOP_K = 20
     # Weight of the pairwise ranking loss next to the regression loss (routing only needs the order).
     ts.EVALUATOR.RANK_LOSS_WEIGHT = 1.0
+    # Pairs whose targets differ by at most this much are left out of the ranking loss (their order
+    # is within the target's noise).
+    ts.EVALUATOR.RANK_MARGIN = 0.0
 
     # The routing rule: "evaluator" (default), "confidence" (the saver's top detection score: the
     # paper's rule for classification), "random" (the floor) or "oracle" (true per-image quality;
@@ -145,8 +150,15 @@ def add_tinysaver_config(cfg: CN) -> None:
     ts.CALIBRATION.GFLOPS_BUDGET = 0.0
     # Number of images on which GFLOPs per image of each sub-model are measured (at least 1).
     ts.CALIBRATION.FLOPS_IMAGES = 8
-    # Resamples of the report splits' images for the bootstrap intervals of the reported figures.
+    # Resamples of the images for the bootstrap intervals of the reported figures and for the
+    # upper bound of the AP drop on which an AP-drop target is checked.
     ts.CALIBRATION.BOOTSTRAP_SAMPLES = 200
+    # An AP-drop target must hold on this one-sided bootstrap upper confidence bound of the drop;
+    # thresholds are walked from fewest exits up and the walk stops at the first that fails.
+    ts.CALIBRATION.UCB_LEVEL = 0.9
+    # Thresholds considered for an AP-drop target, at exit-rate steps of 1 / (NUM_CANDIDATES - 1);
+    # each costs one sweep step per resample.
+    ts.CALIBRATION.NUM_CANDIDATES = 21
 
 
 def default_cache_dir(cfg: CN) -> str:

@@ -116,3 +116,13 @@ def test_pairwise_rank_loss_values():
     loss = pairwise_rank_loss(pred, torch.tensor([0.5, 0.5]))
     loss.backward()
     assert loss.item() == 0.0 and pred.grad is not None
+
+
+def test_pairwise_rank_loss_leaves_out_pairs_within_the_margin():
+    target = torch.tensor([0.0, 0.05, 0.5])
+    pred = torch.tensor([1.0, 0.0, 2.0])
+    # Margin 0.1: the (0.05, 0.0) pair is noise and left out; (0.5, 0.0) and (0.5, 0.05) remain.
+    expected = (F.softplus(torch.tensor(-1.0)) + F.softplus(torch.tensor(-2.0))) / 2
+    torch.testing.assert_close(pairwise_rank_loss(pred, target, margin=0.1), expected)
+    # Without a margin, the wrongly ordered near-tie counts too and raises the loss.
+    assert pairwise_rank_loss(pred, target) > expected

@@ -96,11 +96,14 @@ def statistics_dim(num_classes: int, top_k: int) -> int:
     return top_k + len(SCORE_LEVELS) + len(SIZE_EDGES) + 1 + num_classes + 2 + 2
 
 
-def pairwise_rank_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Logistic loss on every pair of images in the batch whose targets differ: routing needs the order."""
+def pairwise_rank_loss(pred: torch.Tensor, target: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """
+    Logistic loss on every pair of images in the batch whose targets differ by more than `margin`:
+    routing needs the order, and the order of two targets within noise of each other is noise.
+    """
     diff_t = target[:, None] - target[None, :]
     diff_p = pred[:, None] - pred[None, :]
-    pairs = diff_t > 1e-6
+    pairs = diff_t > max(margin, 1e-6)
     if not pairs.any():
         return pred.sum() * 0.0
     return F.softplus(-diff_p[pairs]).mean()
@@ -129,6 +132,7 @@ class DetectionQualityHead(nn.Module):
         dropout: float = 0.1,
         target: str = "saver_ap",
         rank_loss_weight: float = 1.0,
+        rank_margin: float = 0.0,
     ):
         """
         Args:
@@ -139,6 +143,7 @@ class DetectionQualityHead(nn.Module):
             hidden_dim, num_layers, dropout: the MLP.
             target: one of TARGETS ("ap_gain": the routing score is minus the predicted gain).
             rank_loss_weight: weight of the pairwise ranking loss beside the regression loss.
+            rank_margin: pairs whose targets differ by at most this much are left out of it.
         """
         super().__init__()
         if target not in TARGETS:
@@ -149,6 +154,7 @@ class DetectionQualityHead(nn.Module):
         self.top_k = top_k
         self.target = target
         self.rank_loss_weight = rank_loss_weight
+        self.rank_margin = rank_margin
         self.summary_dim = 2 * sum(in_channels) + statistics_dim(num_classes, top_k)
 
         # Feature scales differ by orders of magnitude between pooled activations and counts.
@@ -175,6 +181,7 @@ class DetectionQualityHead(nn.Module):
             "dropout": ev.DROPOUT,
             "target": ev.TARGET,
             "rank_loss_weight": ev.RANK_LOSS_WEIGHT,
+            "rank_margin": ev.RANK_MARGIN,
         }
 
     @torch.no_grad()
@@ -218,5 +225,5 @@ class DetectionQualityHead(nn.Module):
     def losses(self, pred: torch.Tensor, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         losses = {"loss_quality": F.smooth_l1_loss(pred, target, beta=0.1)}
         if self.rank_loss_weight > 0:
-            losses["loss_quality_rank"] = self.rank_loss_weight * pairwise_rank_loss(pred, target)
+            losses["loss_quality_rank"] = self.rank_loss_weight * pairwise_rank_loss(pred, target, self.rank_margin)
         return losses
