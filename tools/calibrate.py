@@ -5,7 +5,7 @@ the test splits, from cached saver and base predictions. Writes to OUTPUT_DIR: c
 (picked up through MODEL.TINYSAVER.CALIBRATION_FILE), config_calibrated.yaml (the config to deploy:
 absolute paths, so it runs from any directory, and its own OUTPUT_DIR, OUTPUT_DIR/eval) and PNG plots.
 
-    python tools/calibrate.py --config-file configs/Synthetic/tinysaver_R18_cascade_R18.yaml \
+    python tools/calibrate.py --config-file configs/Synthetic/tinysaver_RegNet_faster_R18_cascade.yaml \
         MODEL.WEIGHTS output/synthetic/tinysaver/model_final.pth
     # a compute budget instead of the default AP drop of at most 0.5 points:
     ... MODEL.TINYSAVER.CALIBRATION.GFLOPS_BUDGET 2.0

@@ -136,7 +136,9 @@ def test_shifted_preset_differs(tmp_path):
 def test_split_definitions():
     seeds = [d.seed for d in SYNTHETIC_SPLITS.values()]
     assert len(set(seeds)) == len(seeds), "every split needs its own seed"
-    assert set(SYNTHETIC_SPLITS) == {"train", "calib", "val", "test", "shifted"}
+    assert set(SYNTHETIC_SPLITS) == {"train", "evaluator", "calib", "val", "test", "shifted"}
+    # Thresholds are chosen and reported on splits large enough for the AP's noise (routing issue).
+    assert min(split_spec(s).num_images for s in ("calib", "test")) >= 1500
     assert split_spec("train").num_images == 1200
     assert split_spec("train", 0.05).num_images == 60
     assert split_spec("val", 0.001).num_images >= 8
@@ -187,6 +189,6 @@ def test_prepare_all_and_cli(tmp_path, capsys):
     module_spec.loader.exec_module(cli)
     cli.main(["--root", str(tmp_path), "--scale", "0.01", "--splits", "calib", "shifted"])
     out = capsys.readouterr().out
-    assert "synthetic_calib: 8 images" in out and "synthetic_shifted: 8 images" in out
+    assert "synthetic_calib: 15 images" in out and "synthetic_shifted: 8 images" in out  # 6 -> the minimum
     written = sorted(os.listdir(tmp_path / "synthetic" / "annotations"))
     assert written == ["instances_calib.json", "instances_shifted.json"]

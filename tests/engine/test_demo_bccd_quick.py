@@ -40,7 +40,7 @@ def test_the_quick_splits_are_the_first_images_of_each_bccd_split(quick_bccd):
 
 def test_every_stage_ran_on_the_registered_splits(quick_bccd):
     out, summary = quick_bccd
-    assert {"train_saver", "train_base", "cache_train", "train_tinysaver", "cache_test", "calibrate",
+    assert {"train_saver", "train_base", "cache_train", "train_tinysaver", "cache_calib_test", "calibrate",
             "eval_saver", "eval_base", "eval_tinysaver"} <= set(summary["stage_times_s"])
     assert summary["dataset"] == "bccd_quick_test"
     calibration = read_json(out / "calibration" / "calibration.json")

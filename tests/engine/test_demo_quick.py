@@ -34,7 +34,7 @@ def test_quick_demo_reuses_the_trained_detectors(quick_run):
     _, summary = quick_run
     stages = set(summary["stage_times_s"])
     assert "train_saver" not in stages and "train_base" not in stages
-    assert {"cache_train", "train_tinysaver", "cache_test", "calibrate", "eval_tinysaver"} <= stages
+    assert {"cache_train", "train_tinysaver", "cache_calib_test", "calibrate", "eval_tinysaver"} <= stages
 
 
 def test_quick_demo_ends_at_a_real_operating_point(quick_run):

@@ -13,7 +13,12 @@ import socket
 import pytest
 import torch
 
+from conftest import QUICK_SCALE
 from detectron2.engine import launch
+from tinysaver_det.data.synthetic import split_spec
+
+# The runs calibrate and evaluate on the calibration split of the session's quick data.
+CALIB_IMAGES = split_spec("calib", QUICK_SCALE).num_images
 
 
 def free_port() -> int:
@@ -144,7 +149,7 @@ def test_evaluation_uses_the_calibrated_threshold(runs, world):
     run = runs[world]
     assert run["model_threshold"] == run["chosen"]["threshold"]
     images = run["per_image_routing"]
-    assert len(images) == 8
+    assert len(images) == CALIB_IMAGES
     assert all(im["exited"] == (im["score"] >= run["chosen"]["threshold"]) for im in images)
     routing = next(iter(run["evaluation"].values()))["routing"]
     # Evaluated on the calibration split: the exit rate is the one the calibration chose there.
@@ -155,7 +160,7 @@ def test_evaluation_uses_the_calibrated_threshold(runs, world):
 def test_routed_evaluation_is_the_same_with_two_processes(runs):
     one, two = runs[1]["evaluation"], runs[2]["evaluation"]
     name = next(iter(one))
-    assert two[name]["routing"]["num_images"] == one[name]["routing"]["num_images"] == 8
+    assert two[name]["routing"]["num_images"] == one[name]["routing"]["num_images"] == CALIB_IMAGES
     # The same scores and decisions, image by image.
     assert runs[2]["per_image_routing"] == runs[1]["per_image_routing"]
     keys = [k for k in one[name]["routing"] if k.startswith("AP")]

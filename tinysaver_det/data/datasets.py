@@ -2,8 +2,8 @@
 Dataset registration. Importing this module registers:
 
 * ``synthetic_<split>`` for every split in :data:`~tinysaver_det.data.synthetic.SYNTHETIC_SPLITS`
-  (``synthetic_train``, ``synthetic_calib``, ``synthetic_val``, ``synthetic_test``,
-  ``synthetic_shifted``) under ``$DETECTRON2_DATASETS`` (default ``./datasets``). The files need
+  (``synthetic_train``, ``synthetic_evaluator``, ``synthetic_calib``, ``synthetic_val``,
+  ``synthetic_test``, ``synthetic_shifted``) under ``$DETECTRON2_DATASETS`` (default ``./datasets``). The files need
   not exist yet: ``datasets/prepare_synthetic.py`` generates them.
 * ``coco_2017_val_subset158`` and ``coco128_train2017``: the small real-COCO sets in the shared
   data folder (``$TINYSAVER_SHARED_DATA``, default ``<repo root>/../shared/data``), registered only
@@ -17,11 +17,14 @@ Any other COCO-format set is registered from the config (``MODEL.TINYSAVER.DATA.
 Full COCO (``coco_2017_train``, ``coco_2017_val``, ...) is already registered by detectron2 itself
 from ``$DETECTRON2_DATASETS/coco`` when ``detectron2.data`` is imported; it is not re-registered here.
 """
+import json
 import logging
 import os
 import re
 from pathlib import Path
 from typing import List, Optional, Sequence
+
+import numpy as np
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json, register_coco_instances
@@ -37,6 +40,7 @@ __all__ = [
     "register_coco_datasets",
     "expand_data_path",
     "register_all",
+    "image_difficulties",
 ]
 
 logger = logging.getLogger(__name__)
@@ -228,3 +232,20 @@ def register_all(root: str) -> None:
 
 
 register_all(os.getenv("DETECTRON2_DATASETS", "datasets"))
+
+
+def image_difficulties(dataset_name: str, image_ids: Sequence[int]) -> Optional[np.ndarray]:
+    """
+    The generator's difficulty in [0, 1] of each image, which the synthetic splits record per image
+    (a router by true difficulty is a diagnostic of the saver-base pair); None for datasets whose
+    json does not record it.
+    """
+    json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
+    if not json_file or not os.path.isfile(json_file):
+        return None
+    with open(json_file) as f:
+        by_id = {im["id"]: im.get("difficulty") for im in json.load(f)["images"]}
+    values = [by_id.get(int(i)) for i in image_ids]
+    if any(v is None for v in values):
+        return None
+    return np.asarray(values, np.float64)

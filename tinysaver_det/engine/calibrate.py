@@ -16,31 +16,40 @@ from detectron2.utils import comm
 
 from ..config import make_paths_absolute, read_calibrated_threshold
 from ..data.checks import check_dataset_files, checked_dataset_dicts
+from ..data.datasets import image_difficulties
 from ..evaluation.calibration import (
+    DIAGNOSTIC_ROUTERS,
     METRICS,
+    ROUTER_LABELS,
+    ap_by_score_bins,
     apply_threshold,
+    candidate_thresholds,
     check_base_ap,
     choose_point,
+    choose_point_bootstrap,
     rank_correlation,
     router_scores,
     sweep,
     write_calibration,
 )
-from ..evaluation.bootstrap import bootstrap_routing
+from ..evaluation.bootstrap import bootstrap_ap_drops, bootstrap_routers
 from ..evaluation.coco_sweep import SweepTable
 from ..evaluation.detections import record_dets
 from ..evaluation.ground_truth import dataset_ground_truth
 from ..evaluation.plots import plot_accuracy_compute, plot_examples, plot_score_distribution
 from ..flops import first_test_inputs, tinysaver_costs
+from ..evaluation.quality import routing_quality
 from ..modeling.routing import exit_mask
-from .hooks import quality_of
 from .output_cache import OutputCache
 
 logger = logging.getLogger(__name__)
 
 
 class CachedSplit:
-    """A dataset's cached saver and base predictions, ready for sweeps: records, SweepTable, scores."""
+    """
+    A dataset's cached saver and base predictions, ready for sweeps: records, SweepTable, every
+    router's scores, and each image's marginal effect on the split's AP (the realistic ceiling).
+    """
 
     def __init__(self, cfg, model, dataset_name: str):
         self.name = dataset_name
@@ -54,21 +63,33 @@ class CachedSplit:
         self.dets = {part: [record_dets(r[part]) for r in self.records] for part in ("saver", "base")}
         # SweepTable (not MatchTable): compact, and its sweeps walk thresholds incrementally.
         self.table = SweepTable.build(self.gts, self.dets["saver"], self.dets["base"])
+        self.marginal = self.table.marginal_ap() * len(self.records) / 100.0
         summary = torch.stack([r["summary"] for r in self.records]).to(model.device)
         with torch.no_grad():
             evaluator_scores = model.evaluator.eval().scores(summary).cpu().numpy()
-        self.scores = router_scores(self.records, evaluator_scores, seed=cfg.MODEL.TINYSAVER.RANDOM_SEED)
+        difficulty = image_difficulties(dataset_name, [r["image_id"] for r in self.records])
+        self.scores = router_scores(self.records, evaluator_scores, seed=cfg.MODEL.TINYSAVER.RANDOM_SEED,
+                                    marginal=self.marginal, difficulty=difficulty)
+
+    def truth(self, target: str) -> np.ndarray:
+        """The true routing quality of each image under an evaluator target (higher = exit)."""
+        return routing_quality(target, [r["saver_ap"] for r in self.records],
+                               [r["base_ap"] for r in self.records], self.marginal)
 
     def rank_correlations(self, target: str) -> Dict[str, float]:
-        """Spearman correlation of each router's score with the true per-image quality."""
-        truth = quality_of(self.records, target)
+        """Spearman correlation of each deployable router's score with the true quality."""
+        truth = self.truth(target)
         return {r: rank_correlation(s, truth, f"{self.name}, {r} router")
-                for r, s in self.scores.items() if r != "oracle"}
+                for r, s in self.scores.items() if r not in ("oracle", *DIAGNOSTIC_ROUTERS)}
 
-    def intervals(self, router: str, threshold: float, costs: Dict[str, float], samples: int) -> dict:
-        """Bootstrap intervals over this split's images of the routed model's figures."""
-        exited = exit_mask(self.scores[router], threshold).numpy()
-        return bootstrap_routing(self.gts, self.dets["saver"], self.dets["base"], exited, costs,
+    def score_bins(self, router: str, bins: int = 10) -> List[dict]:
+        """AP of saver and base alone per bin of a router's score (calibration.ap_by_score_bins)."""
+        return ap_by_score_bins(self.gts, self.dets["saver"], self.dets["base"], self.scores[router], bins)
+
+    def intervals(self, thresholds: Dict[str, float], costs: Dict[str, float], samples: int) -> dict:
+        """Bootstrap intervals over this split's images of each router's figures at its threshold."""
+        exits = {r: exit_mask(self.scores[r], t).numpy() for r, t in thresholds.items()}
+        return bootstrap_routers(self.gts, self.dets["saver"], self.dets["base"], exits, costs,
                                  samples=samples)
 
     def alone(self, source: str, costs: Dict[str, float]) -> dict:
@@ -93,15 +114,27 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
         f"GFLOPs/image: saver {costs['saver_gflops']:.3f}, evaluator {costs['evaluator_gflops']:.5f}, "
         f"base {costs['base_gflops']:.3f} (c_s {costs['c_s']:.3f}, c_e {costs['c_e']:.5f})"
     )
+    deployed = cfg.MODEL.TINYSAVER.ROUTER
     calib = CachedSplit(cfg, model, dataset)
     base, saver = calib.alone("base", costs), calib.alone("saver", costs)
     check_base_ap(base["AP"], dataset)
-    curves = {router: sweep(calib.table, s, costs) for router, s in calib.scores.items()}
-    chosen = {
-        router: choose_point(points, base["AP"], max_ap_drop=max_ap_drop, gflops_budget=gflops_budget)
-        for router, points in curves.items()
-    }
-    deployed = cfg.MODEL.TINYSAVER.ROUTER
+    thresholds = {router: candidate_thresholds(s) for router, s in calib.scores.items()}
+    curves = {router: sweep(calib.table, s, costs, thresholds[router]) for router, s in calib.scores.items()}
+    ts = cfg.MODEL.TINYSAVER.CALIBRATION
+    if gflops_budget > 0:
+        chosen = {router: choose_point(points, base["AP"], gflops_budget=gflops_budget)
+                  for router, points in curves.items()}
+    else:
+        # The drop must stay within the target on a bootstrap upper bound, not on this one sample.
+        # Candidates at coarser exit-rate steps than the curves: resamples cost one sweep each.
+        candidates = {r: candidate_thresholds(s, ts.NUM_CANDIDATES) for r, s in calib.scores.items()}
+        points = {r: sweep(calib.table, s, costs, candidates[r]) for r, s in calib.scores.items()}
+        logger.info(f"Choosing thresholds on a {ts.UCB_LEVEL:.0%} bootstrap upper bound of the AP drop "
+                    f"({ts.BOOTSTRAP_SAMPLES} resamples of {len(calib.records)} images)")
+        drops = bootstrap_ap_drops(calib.gts, calib.dets["saver"], calib.dets["base"], calib.scores,
+                                   candidates, samples=ts.BOOTSTRAP_SAMPLES)
+        chosen = {r: choose_point_bootstrap(points[r], drops[r], max_ap_drop, ts.UCB_LEVEL)
+                  for r in points}
     reports = {}
     for name in report_datasets:
         split = CachedSplit(cfg, model, name)
@@ -109,19 +142,26 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
             "rank_correlation": split.rank_correlations(cfg.MODEL.TINYSAVER.EVALUATOR.TARGET),
             "base": split.alone("base", costs),
             "saver": split.alone("saver", costs),
-            "routers": {r: apply_threshold(split.table, split.scores[r], chosen[r]["threshold"], costs) for r in split.scores},
-            # Intervals of the deployed router's figures (bootstrap over this split's images).
-            "intervals": split.intervals(deployed, chosen[deployed]["threshold"], costs,
-                                         cfg.MODEL.TINYSAVER.CALIBRATION.BOOTSTRAP_SAMPLES),
+            "routers": {r: apply_threshold(split.table, split.scores[r], chosen[r]["threshold"], costs)
+                        for r in split.scores if r in chosen},
+            # Intervals of every router's figures (bootstrap over this split's images).
+            "router_intervals": split.intervals({r: chosen[r]["threshold"] for r in split.scores if r in chosen},
+                                                costs, ts.BOOTSTRAP_SAMPLES),
         }
+        reports[name]["intervals"] = reports[name]["router_intervals"][deployed]
     result = {
         "chosen": chosen[deployed],
         "router": deployed,
-        "target": {"max_ap_drop": max_ap_drop, "gflops_budget": gflops_budget},
+        "target": {"max_ap_drop": max_ap_drop, "gflops_budget": gflops_budget,
+                   "ucb_level": cfg.MODEL.TINYSAVER.CALIBRATION.UCB_LEVEL},
         "calibration_dataset": dataset,
         "costs": costs,
         "calibration": {"base": base, "saver": saver, "chosen": chosen, "curves": curves,
-                        "rank_correlation": calib.rank_correlations(cfg.MODEL.TINYSAVER.EVALUATOR.TARGET)},
+                        "rank_correlation": calib.rank_correlations(cfg.MODEL.TINYSAVER.EVALUATOR.TARGET),
+                        # Whether the pair can pay: saver and base AP per decile of the deployed score.
+                        "score_bins": calib.score_bins(deployed),
+                        # On generated splits, the same by the generator's true difficulty.
+                        "difficulty_bins": calib.score_bins("difficulty") if "difficulty" in calib.scores else []},
         "reports": reports,
     }
     if result["chosen"]["compute_saved"] <= 0:
@@ -137,7 +177,8 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
         write_calibrated_config(cfg, os.path.join(output_dir, "calibration.json"), os.path.join(output_dir, "config_calibrated.yaml"))
         router = deployed  # the plots show the router the model deploys
         plot_accuracy_compute(curves, base, saver, chosen[router], os.path.join(output_dir, "accuracy_vs_gflops.png"),
-                              title=f"{dataset}: AP against GFLOPs per image")
+                              title=f"{dataset}: AP against GFLOPs per image",
+                              max_ap_drop=max_ap_drop if gflops_budget <= 0 else 0.0)
         plot_score_distribution(calib.scores[router], chosen[router]["threshold"],
                                 os.path.join(output_dir, "score_distribution.png"), router)
         plot_examples(calib.dataset_dicts, calib.records, calib.scores[router], chosen[router]["threshold"],
@@ -166,24 +207,43 @@ def format_results(result: dict) -> str:
     """Tables: each router on the calibration split at its chosen point, and on each report split."""
     rows: List[list] = []
 
-    def row(split, name, p, threshold=None):
+    def row(split, name, p, threshold=None, interval=""):
         rows.append([split, name, f"{p['AP']:.2f}", f"{p['AP50']:.2f}", f"{p['gflops']:.3f}",
                      f"{100 * p['compute_saved']:.1f}%", f"{100 * p['exit_rate']:.1f}%",
-                     "" if threshold is None else f"{threshold:.4g}"])
+                     "" if threshold is None else f"{threshold:.4g}", interval])
+
+    def interval(iv):
+        (d0, d1), (s0, s1) = iv["AP_drop"], iv["compute_saved"]
+        return f"drop [{d0:.2f}, {d1:.2f}], saved [{100 * s0:.0f}%, {100 * s1:.0f}%]"
 
     cal = result["calibration"]
     split = result["calibration_dataset"]
     row(split, "base", cal["base"])
     row(split, "saver", cal["saver"])
     for r, p in cal["chosen"].items():
-        row(split, r + ("" if p.get("target_met", True) else " (target not met)"), p, p["threshold"])
+        row(split, ROUTER_LABELS.get(r, r) + ("" if p.get("target_met", True) else " (target not met)"),
+            p, p["threshold"], f"drop {p['ap_drop_ucb']:.2f} at most ({result['target'].get('ucb_level', 0.9):.0%} bound)"
+            if "ap_drop_ucb" in p else "")
     for name, rep in result["reports"].items():
         row(name, "base", rep["base"])
         row(name, "saver", rep["saver"])
+        ivs = rep.get("router_intervals", {})
         for r, p in rep["routers"].items():
-            row(name, r, p, p["threshold"])
-    headers = ["split", "router", "AP", "AP50", "GFLOPs/img", "saved", "exit rate", "threshold"]
-    lines = [tabulate(rows, headers=headers, tablefmt="github"), "", "Spearman correlation with true per-image quality:"]
+            row(name, ROUTER_LABELS.get(r, r), p, p["threshold"], interval(ivs[r]) if r in ivs else "")
+    headers = ["split", "router", "AP", "AP50", "GFLOPs/img", "saved", "exit rate", "threshold",
+               "95% bootstrap interval"]
+    lines = [tabulate(rows, headers=headers, tablefmt="github")]
+    for key, what in (("score_bins", f"the {result['router']} score"),
+                      ("difficulty_bins", "minus the generator's true difficulty")):
+        if cal.get(key):
+            lines += ["", f"AP of saver and base alone per decile of {what} on {split} (lowest "
+                          "first; routing pays where the gap is small):",
+                      tabulate([[b["bin"], b["images"], f"{b['score_min']:.3g}..{b['score_max']:.3g}",
+                                 f"{b['AP_saver']:.2f}", f"{b['AP_base']:.2f}", f"{b['gap']:+.2f}"]
+                                for b in cal[key]],
+                               headers=["decile", "images", "score", "AP saver", "AP base", "base - saver"],
+                               tablefmt="github")]
+    lines += ["", "Spearman correlation with the true quality of the evaluator's target:"]
     splits = [(split, cal["rank_correlation"])] + [(n, r["rank_correlation"]) for n, r in result["reports"].items()]
     for name, corr in splits:
         lines.append(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in corr.items()))

@@ -54,8 +54,8 @@ class Track:
 
 TRACKS = {
     "synthetic": Track("Synthetic", {
-        "saver": "saver_cascade_rcnn_R_18_FPN.yaml", "base": "base_cascade_rcnn_R_18_FPN.yaml",
-        "tinysaver": "tinysaver_R18_cascade_R18.yaml"}, generated=True),
+        "saver": "saver_faster_rcnn_RegNetX_200MF_FPN.yaml", "base": "base_cascade_rcnn_R_18_FPN.yaml",
+        "tinysaver": "tinysaver_RegNet_faster_R18_cascade.yaml"}, generated=True),
     # Real microscope images (../shared/data/bccd), registered from configs/BCCD/Base-BCCD.yaml.
     "bccd": Track("BCCD", {
         "saver": "saver_faster_rcnn_RegNetX_200MF_FPN.yaml", "base": "base_cascade_rcnn_R_18_FPN.yaml",
@@ -271,11 +271,15 @@ class Demo:
 
         self.side_by_side(saver_lane,
                           lambda: self.train("base", self.configs["base"], no_final_eval))
-        # The evaluator trains (building its held-out cache) while the test split is cached for calibration.
+        # The evaluator trains (building its training cache first) while the calibration split (which
+        # the evaluator's training also logs its held-out correlation on) and the test split are
+        # cached for calibration.
+        report_sets = [cfg.MODEL.TINYSAVER.CALIBRATION.DATASET, test_set]
         evaluator_w, _ = self.side_by_side(
             lambda: self.train("tinysaver", self.configs["tinysaver"], sub_weights),
-            lambda: self.cache("cache_test", cache_is_complete(cfg, test_set, 1, True),
-                               ["--dataset", test_set, "--with-base"], sub_weights),
+            lambda: self.cache("cache_calib_test", all(cache_is_complete(cfg, d, 1, True) for d in report_sets),
+                               [a for d in report_sets for a in ("--dataset", d)] + ["--with-base"],
+                               sub_weights),
         )
         calib_dir = self.path("calibration")
         self.stage(
@@ -286,7 +290,6 @@ class Demo:
         )
         with open(os.path.join(calib_dir, "calibration.json")) as f:
             calibration = json.load(f)
-        # One after the other, on every thread: these measure images per second.
         # One after the other, on every thread: these measure images per second. All three on the
         # TinySaver config's test split (a detector's own config may name another).
         on_test = ["DATASETS.TEST", f"('{test_set}',)"]

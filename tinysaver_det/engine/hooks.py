@@ -14,22 +14,17 @@ from ..utils.atomic import atomic_save_json
 logger = logging.getLogger(__name__)
 
 
-def quality_of(records, target: str) -> np.ndarray:
-    """The true routing quality of cached records: saver AP, or minus the base's gain."""
-    if target == "ap_gain":
-        return -np.array([r["base_ap"] - r["saver_ap"] for r in records])
-    return np.array([r["saver_ap"] for r in records])
-
-
-def rank_correlations(evaluator, records, target: str) -> dict:
-    """Spearman correlation with the true quality of the evaluator's score and of saver confidence."""
+def rank_correlations(evaluator, records, truth: np.ndarray) -> dict:
+    """
+    Spearman correlation of the evaluator's score and of saver confidence with the true routing
+    quality `truth` of each record (output_cache.true_quality).
+    """
     summary = torch.stack([r["summary"] for r in records]).to(next(evaluator.parameters()).device)
     was_training = evaluator.training
     evaluator.eval()
     with torch.no_grad():
         scores = evaluator.scores(summary).cpu().numpy()
     evaluator.train(was_training)
-    truth = quality_of(records, target)
     confidence = np.array([r["confidence"] for r in records])
     return {
         "spearman_evaluator": rank_correlation(scores, truth, "held-out images, evaluator"),
@@ -41,19 +36,20 @@ def rank_correlations(evaluator, records, target: str) -> dict:
 class RankCorrelationHook(HookBase):
     """
     Every `period` iterations (and after the last), log the Spearman correlation between the
-    evaluator's scores and the true per-image quality on held-out cached records, beside the
-    correlation of the saver-confidence signal, and write the last values to OUTPUT_DIR.
+    evaluator's scores and the true routing quality (`truth`, one per record) on held-out cached
+    records, beside the correlation of the saver-confidence signal, and write the last values to
+    OUTPUT_DIR.
     """
 
-    def __init__(self, period: int, records, target: str, output_dir: str):
+    def __init__(self, period: int, records, truth: np.ndarray, output_dir: str):
         self._period = period
         self._records = records
-        self._target = target
+        self._truth = np.asarray(truth, np.float64)
         self._output_dir = output_dir
 
     def _evaluate(self):
         model = getattr(self.trainer.model, "module", self.trainer.model)
-        result = rank_correlations(model.evaluator, self._records, self._target)
+        result = rank_correlations(model.evaluator, self._records, self._truth)
         storage = self.trainer.storage
         storage.put_scalar("tinysaver/spearman_heldout", result["spearman_evaluator"], smoothing_hint=False)
         storage.put_scalar("tinysaver/spearman_confidence", result["spearman_confidence"], smoothing_hint=False)

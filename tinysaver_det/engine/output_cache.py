@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import tqdm
 
+import detectron2.data.transforms as T
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
@@ -35,10 +36,11 @@ from ..data.checks import RobustDatasetMapper, checked_dataset_dicts
 from ..evaluation.coco_fast import ImageGT, per_image_ap
 from ..evaluation.detections import contiguous_to_dataset_id, detections_record, record_dets
 from ..evaluation.ground_truth import dataset_ground_truth
-from ..evaluation.quality import dets_from_predictions, gt_from_instances
+from ..evaluation.quality import (dets_from_predictions, gt_from_instances, marginal_targets,
+                                  routing_quality)
 from ..utils.atomic import atomic_save_json
-from .cache_store import (UnreadableChunk, arrays_to_records, concat_chunks, read_chunk,
-                          records_to_arrays, write_chunk)
+from .cache_store import (SOURCES, UnreadableChunk, arrays_to_records, concat_chunks, flat_dets,
+                          read_chunk, records_to_arrays, write_chunk)
 from ..modeling.meta_arch import confidence_score
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,24 @@ def cache_dir_for(cfg, dataset_name: str, views: int, with_base: bool) -> str:
     return os.path.join(cache_root(cfg), name)
 
 
+def view_mapper(cfg) -> RobustDatasetMapper:
+    """
+    The mapper of augmented views (1, 2, ...). The saver resizes every input to its own test size,
+    which undoes a scale jitter, so views differ by what survives that resize: a crop (what the
+    image holds and how large its objects are), a flip, and brightness and contrast (saturation
+    would assume RGB input; detectron2's default is BGR).
+    Drawn from numpy's RNG, which the cache seeds per image and view.
+    """
+    args = RobustDatasetMapper.from_config(cfg, is_train=True)
+    args["augmentations"] = [
+        T.RandomCrop("relative_range", (0.6, 1.0)),
+        *args["augmentations"],  # the config's train resize and flip
+        T.RandomBrightness(0.7, 1.3),
+        T.RandomContrast(0.7, 1.3),
+    ]
+    return RobustDatasetMapper(**args)
+
+
 class OutputCache:
     """
     Build or open the cache of one dataset for one TinySaver model.
@@ -95,7 +115,7 @@ class OutputCache:
         cfg: the TinySaver config (sub-model weights are read from it).
         dataset_name: a registered dataset.
         views: images per dataset image: view 0 is the plain test-time image; views 1.. are training
-            augmentations (resize and flip from cfg.INPUT), drawn with a fixed seed per image and view.
+            augmentations (view_mapper), drawn with a fixed seed per image and view.
         with_base: also run the base and store its detections and per-image AP.
     """
 
@@ -109,7 +129,7 @@ class OutputCache:
         self._model = model
         self._to_dataset_id = None  # known once the dataset is loaded (load_or_build)
         self._test_mapper = RobustDatasetMapper(cfg, is_train=False)
-        self._train_mapper = RobustDatasetMapper(cfg, is_train=True) if views > 1 else None
+        self._train_mapper = view_mapper(cfg) if views > 1 else None
 
     # --- building ---------------------------------------------------------------------------------
     def model(self):
@@ -278,33 +298,76 @@ class CachedExamples(torch.utils.data.Dataset):
 
 def cached_examples(caches: List["OutputCache"], target: str) -> CachedExamples:
     """Training examples of several caches, read column by column (summaries and targets only)."""
+    row_targets = None
+    if target == "marginal_ap":
+        row_targets = np.concatenate([marginal_rows(c) for c in caches]) if caches else None
     return examples_from_chunks(lambda cols: (a for c in caches for a in c.iter_chunks(cols)),
-                                target)
+                                target, row_targets=row_targets)
+
+
+def marginal_rows(cache: "OutputCache") -> np.ndarray:
+    """
+    The marginal_ap target of every row of a cache (evaluation/quality.py): computed from the plain
+    view's saver and base detections over the whole split; augmented views get their image's value.
+    """
+    if not cache.with_base:
+        raise ValueError("TARGET 'marginal_ap' needs a cache built with the base (with_base=True)")
+    columns = ["image_id", "index", "view"] + [f"{src}_{c}" for src in SOURCES
+                                              for c in ("offsets", "boxes", "scores", "category_ids")]
+    a = cache.load_arrays(columns)
+    dicts = checked_dataset_dicts([cache.dataset_name], cache.cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
+    gts = dataset_ground_truth(cache.dataset_name, dicts)
+    plain = np.flatnonzero(a["view"] == 0)
+    plain = plain[np.argsort(a["image_id"][plain], kind="stable")]  # pycocotools' tie order
+    dets = {src: flat_dets(a, src).chunk(0, len(a["view"])) for src in SOURCES}
+    marginal = marginal_targets([gts[a["index"][i]] for i in plain],
+                                [dets["saver"][i] for i in plain], [dets["base"][i] for i in plain])
+    by_index = np.full(len(dicts), np.nan)
+    by_index[a["index"][plain]] = marginal
+    return by_index[a["index"]]
+
+
+def true_quality(cache: "OutputCache", target: str) -> np.ndarray:
+    """The true routing quality of every row of a cache built with the base (higher = exit)."""
+    a = cache.load_arrays(["saver_ap", "base_ap"])
+    marginal = marginal_rows(cache) if target == "marginal_ap" else None
+    return routing_quality(target, a["saver_ap"], a["base_ap"], marginal)
 
 
 def examples_from_chunks(read: Callable[[List[str]], Iterator[Dict[str, np.ndarray]]],
-                         target: str) -> CachedExamples:
+                         target: str, row_targets: Optional[np.ndarray] = None) -> CachedExamples:
     """
     CachedExamples from a chunk reader (``read(columns)`` yields each chunk's columns). Two passes:
     targets first (small), then summaries copied chunk by chunk into one preallocated array, so the
-    peak is one summary array, not the chunks plus their concatenation.
+    peak is one summary array, not the chunks plus their concatenation. Targets that need the whole
+    split (marginal_ap) come precomputed, one per row, as `row_targets`.
     """
-    cols = ["saver_ap"] + (["base_ap"] if target == "ap_gain" else [])
-    targets = concat_chunks(list(read(cols)))
-    if not targets:
-        return CachedExamples(np.zeros((0, 0), np.float32), np.zeros(0))
-    if target == "ap_gain":
-        if "base_ap" not in targets or np.isnan(targets["base_ap"]).any():
-            raise ValueError("TARGET 'ap_gain' needs a cache built with the base (with_base=True)")
-        value = targets["base_ap"] - targets["saver_ap"]
+    if row_targets is not None:
+        value = np.asarray(row_targets, np.float64)
+    elif target == "marginal_ap":
+        raise ValueError("TARGET 'marginal_ap' is computed over whole splits: pass row_targets "
+                         "(output_cache.marginal_rows)")
     else:
-        value = targets["saver_ap"]
+        cols = ["saver_ap"] + (["base_ap"] if target == "ap_gain" else [])
+        targets = concat_chunks(list(read(cols)))
+        if not targets:
+            return CachedExamples(np.zeros((0, 0), np.float32), np.zeros(0))
+        if target == "ap_gain":
+            if "base_ap" not in targets or np.isnan(targets["base_ap"]).any():
+                raise ValueError("TARGET 'ap_gain' needs a cache built with the base (with_base=True)")
+            value = targets["base_ap"] - targets["saver_ap"]
+        else:
+            value = targets["saver_ap"]
+    if np.isnan(value).any():
+        raise ValueError(f"{int(np.isnan(value).sum())} cached rows have no {target} target")
     summary, lo = None, 0
     for a in read(["summary"]):
         if summary is None:
             summary = np.empty((len(value), a["summary"].shape[1]), np.float32)
         summary[lo:lo + len(a["summary"])] = a["summary"]
         lo += len(a["summary"])
+    if summary is None:
+        summary = np.zeros((0, 0), np.float32)
     if lo != len(value):
         raise ValueError(f"The cache changed while it was read: {lo} summaries, "
                          f"{len(value)} targets")
@@ -354,9 +417,10 @@ def cache_is_complete(cfg, dataset_name: str, views: int, with_base: bool) -> bo
 def training_cache_spec(cfg) -> Tuple[int, bool]:
     """
     Views per image, and whether the base runs, in the evaluator's training caches. The ap_gain
-    target is the base's per-image AP minus the saver's, so its caches run both.
+    and marginal_ap targets compare the base with the saver, so their caches run both.
     """
-    return cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS, cfg.MODEL.TINYSAVER.EVALUATOR.TARGET == "ap_gain"
+    return (cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS,
+            cfg.MODEL.TINYSAVER.EVALUATOR.TARGET in ("ap_gain", "marginal_ap"))
 
 
 def build_caches(cfg, dataset_names: Optional[List[str]] = None, views: Optional[int] = None,

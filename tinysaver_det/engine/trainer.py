@@ -29,7 +29,7 @@ from ..evaluation.throughput import ThroughputEvaluator
 from ..utils.atomic import atomic_save_json
 from ..flops import first_test_inputs, tinysaver_costs
 from .hooks import RankCorrelationHook
-from .output_cache import OutputCache, cached_examples, training_cache_spec
+from .output_cache import OutputCache, cached_examples, training_cache_spec, true_quality
 
 logger = logging.getLogger(__name__)
 
@@ -203,9 +203,9 @@ class Trainer(DefaultTrainer):
         ret = [h for h in ret if not isinstance(h, hooks.EvalHook)]
         name = held_out_dataset(self.cfg)
         if name:
-            records = OutputCache(self.cfg, name, views=1, with_base=True).load_or_build()
-            hook = RankCorrelationHook(
-                self.cfg.TEST.EVAL_PERIOD, records, self.cfg.MODEL.TINYSAVER.EVALUATOR.TARGET, self.cfg.OUTPUT_DIR
-            )
+            cache = OutputCache(self.cfg, name, views=1, with_base=True)
+            truth = true_quality(cache, self.cfg.MODEL.TINYSAVER.EVALUATOR.TARGET)
+            hook = RankCorrelationHook(self.cfg.TEST.EVAL_PERIOD, cache.load_or_build(), truth,
+                                       self.cfg.OUTPUT_DIR)
             ret.insert(len(ret) - 1, hook)  # before the PeriodicWriter, which must stay last
         return ret
