@@ -4,9 +4,12 @@ import uuid
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import detection_utils
+from detectron2.data import transforms as T
 from detectron2.data.datasets import load_coco_json, register_coco_instances
 from detectron2.structures import BoxMode
 from tinysaver_det.data.checks import (
@@ -134,3 +137,37 @@ def test_missing_data_names_the_file_and_the_data_root_variable(tmp_path, monkey
     message = str(error.value)
     assert name in message and "datasets/synthetic" in message and "DETECTRON2_DATASETS" in message
     assert str(tmp_path) in message  # where the relative root was looked up
+
+
+class RecordReader(T.Augmentation):
+    """An identity augmentation that records which reader detectron2's module holds meanwhile."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def get_transform(self, image):
+        self.seen.append(detection_utils.read_image)
+        return T.NoOpTransform()
+
+
+def test_mapper_reads_odd_images_for_training_without_patching_detectron2(tmp_path):
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.tile(np.arange(64, dtype=np.uint16) * 1000, (64, 1))).save(deep)  # 16-bit
+    gray = tmp_path / "gray.png"
+    Image.fromarray(gradient(64, 64)).save(gray)
+    name = register(tmp_path, ["deep.png", "gray.png"])
+    records = checked_dataset_dicts([name])
+    original = detection_utils.read_image
+    recorder = RecordReader()
+    mapper = RobustDatasetMapper(is_train=True, augmentations=[recorder], image_format="BGR")
+    deep_out, gray_out = [mapper(r) for r in records]
+    for out in (deep_out, gray_out):
+        assert tuple(out["image"].shape) == (3, 64, 64) and out["image"].dtype == torch.uint8
+        assert out["instances"].gt_boxes.tensor.tolist() == [[4.0, 4.0, 24.0, 24.0]]
+    # Scaled by the image's own range (a plain conversion saturates it to white).
+    assert deep_out["image"].max() == 255 and deep_out["image"].min() == 0
+    assert torch.equal(gray_out["image"][0], torch.from_numpy(gradient(64, 64)))
+    # detectron2's reader is the same function during the call as before and after it.
+    assert recorder.seen == [original, original] and detection_utils.read_image is original
+    assert "annotations" not in deep_out and records[0]["annotations"]  # the input is not modified
