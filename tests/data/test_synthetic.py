@@ -168,7 +168,8 @@ def test_interrupted_run_completes(tmp_path):
     # Simulate a crash: json missing, one image never written, a stray temp file left behind.
     os.remove(json_file)
     os.remove(os.path.join(image_dir, "000006.jpg"))
-    Path(image_dir, "000006.jpg.tmp999").write_bytes(b"partial")
+    Path(image_dir, "000006.jpg.tmp999").write_bytes(b"partial")  # from older versions
+    Path(image_dir, ".tmp-x1y2000005.jpg").write_bytes(b"partial")  # from utils/atomic.py
     generate_split(str(tmp_path), "s", spec, progress=False)
     assert Path(json_file).read_bytes() == reference
     assert sorted(os.listdir(image_dir)) == [f"{i:06d}.jpg" for i in range(1, 7)]

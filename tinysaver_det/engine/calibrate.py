@@ -33,6 +33,7 @@ from ..evaluation.ground_truth import dataset_ground_truth
 from ..evaluation.plots import plot_accuracy_compute, plot_examples, plot_score_distribution
 from ..flops import first_test_inputs, tinysaver_costs
 from ..modeling.routing import exit_mask
+from ..utils.atomic import atomic_write_text
 from .hooks import quality_of
 from .output_cache import OutputCache
 
@@ -157,9 +158,7 @@ def write_calibrated_config(cfg, calibration_file: str, path: str) -> None:
     out.MODEL.TINYSAVER.CALIBRATION_FILE = os.path.abspath(calibration_file)
     out.MODEL.TINYSAVER.THRESHOLD = read_calibrated_threshold(calibration_file)
     out.OUTPUT_DIR = os.path.join(os.path.dirname(os.path.abspath(path)), "eval")
-    with open(path + ".tmp", "w") as f:
-        f.write(out.dump())
-    os.replace(path + ".tmp", path)
+    atomic_write_text(out.dump(), path)
 
 
 def format_results(result: dict) -> str:

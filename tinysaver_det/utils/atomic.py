@@ -37,6 +37,19 @@ def atomic_path(path: str):
             os.remove(tmp)
 
 
+def atomic_write_bytes(data: bytes, path: str) -> None:
+    """Not synced to disk: it guards against an interrupted process, and images are many."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+
 def atomic_save_json(obj, path: str) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
