@@ -32,7 +32,7 @@ only where it is undefined (no ground truth in its area range). Evaluation follo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -103,36 +103,6 @@ def gt_from_coco(coco, img_ids: Optional[Sequence[int]] = None) -> List[ImageGT]
                            iscrowd=[bool(a.get("iscrowd", 0)) for a in anns],
                            area=[a["area"] for a in anns]))
     return out
-
-
-def dets_from_coco_results(results: Sequence[dict], img_ids: Sequence[int]) -> List[ImageDets]:
-    """ImageDets per image id from a COCO results list (image_id, category_id, bbox, score).
-
-    Detections keep their list order within an image (it decides score ties, as in pycocotools).
-    """
-    per = {i: [] for i in img_ids}
-    for r in results:
-        if r["image_id"] in per:
-            per[r["image_id"]].append(r)
-    return [ImageDets(boxes=[r["bbox"] for r in per[i]], scores=[r["score"] for r in per[i]],
-                      category_ids=[r["category_id"] for r in per[i]]) for i in img_ids]
-
-
-def dets_from_instances(instances, contiguous_to_dataset_id: Mapping[int, int]) -> ImageDets:
-    """ImageDets from detectron2 ``Instances`` (pred_boxes XYXY, scores, pred_classes).
-
-    Also accepts any object with numpy-able ``pred_boxes`` / ``scores`` / ``pred_classes``.
-    """
-    def np_(x):
-        x = getattr(x, "tensor", x)  # detectron2 Boxes -> tensor
-        return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-    xyxy = np_(instances.pred_boxes).astype(np.float64).reshape(-1, 4)
-    xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
-    classes = np_(instances.pred_classes).astype(np.int64).reshape(-1)
-    lut = np.vectorize(lambda c: contiguous_to_dataset_id[int(c)], otypes=[np.int64])
-    cats = lut(classes) if len(classes) else np.zeros(0, np.int64)
-    return ImageDets(boxes=xywh, scores=np_(instances.scores).astype(np.float64), category_ids=cats)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,37 +234,9 @@ def _match(gt: _FlatGT, dets: Sequence[ImageDets], cat_ids: np.ndarray, max_dets
     return _Matches(img, cat, score, rank, dtm & ~mig, ig)
 
 
-@dataclass
-class ImageMatches:
-    """Matching result of one image (all IoU thresholds and area ranges).
-
-    Detections are the kept ones (per category, top ``max_dets`` by score), ordered by
-    (category id, score desc). ``tp``/``ignore`` are (D, 10, 4) over (IoU threshold, area range
-    in AREA_NAMES order); a detection is a false positive where neither is set.
-    ``num_gt`` is (K, 4): counted (non-ignored) ground truth per category of ``categories``.
-    """
-
-    scores: np.ndarray
-    category_ids: np.ndarray
-    tp: np.ndarray
-    ignore: np.ndarray
-    categories: np.ndarray
-    num_gt: np.ndarray
-
-
 def _category_ids(gts: Sequence[ImageGT], *dets_lists: Sequence[ImageDets]) -> np.ndarray:
     parts = [g.category_ids for g in gts] + [d.category_ids for ds in dets_lists for d in ds]
     return np.unique(_concat(parts, np.int64))
-
-
-def match_image(gt: ImageGT, dets: ImageDets, max_dets: int = 100) -> ImageMatches:
-    """COCOeval.evaluateImg (bbox) of one image for every category, IoU threshold and area."""
-    cat_ids = _category_ids([gt], [dets])
-    fg = _flatten_gt([gt], cat_ids)
-    m = _match(fg, [dets], cat_ids, max_dets)
-    num_gt = np.zeros((len(cat_ids), A), np.int64)
-    np.add.at(num_gt, fg.cat, fg.notig.astype(np.int64))
-    return ImageMatches(m.score, cat_ids[m.cat], m.tp, m.ig, cat_ids, num_gt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,9 +372,6 @@ def per_image_ap(gt: ImageGT, dets: ImageDets, *, max_dets: int = 100,
 # ----------------------------------------------------------------------------------------------
 # dataset-level metrics of a per-image choice between sources
 # ----------------------------------------------------------------------------------------------
-METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
 def _metrics_from_precision(p: np.ndarray) -> Dict[str, float]:
     """COCOeval stats[:6] (x100, NaN if undefined) of precision (T, 101, K, A)."""
     return {"AP": 100 * _mean_defined(p[:, :, :, 0]),
@@ -462,7 +401,6 @@ class MatchTable:
     rows_cat: List[np.ndarray]
     rows_tp: List[np.ndarray]             # per area: (n_a, T) bool
     rows_valid: List[np.ndarray]
-    _per_image: Dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def build(cls, gts: Sequence[ImageGT], sources: Mapping[str, Sequence[ImageDets]],
@@ -477,7 +415,6 @@ class MatchTable:
         npig = np.zeros((ncat, A), np.int64)
         np.add.at(npig, fg.cat, fg.notig.astype(np.int64))
         ms = [_match(fg, sources[s], cat_ids, max_dets) for s in names]
-        per_image = {s: _per_image_from_matches(m, fg, len(gts), ncat, 1.0) for s, m in zip(names, ms)}
         src = np.concatenate([np.full(len(m.img), i, np.int64) for i, m in enumerate(ms)])
         cat = np.concatenate([m.cat for m in ms])
         img = np.concatenate([m.img for m in ms])
@@ -496,7 +433,7 @@ class MatchTable:
             rows["tp"].append(np.ascontiguousarray(tp[sel, :, a]))
             rows["valid"].append(np.ascontiguousarray(~ig[sel, :, a]))
         return cls(names, len(gts), cat_ids, npig, rows["img"], rows["src"], rows["cat"],
-                   rows["tp"], rows["valid"], per_image)
+                   rows["tp"], rows["valid"])
 
     def precision(self, choice) -> np.ndarray:
         """COCOeval's eval['precision'][..., maxDets=100] for a choice: (T, 101, K, A)."""
@@ -516,7 +453,3 @@ class MatchTable:
     def source_metrics(self, source: str) -> Dict[str, float]:
         """Metrics of one source alone (every image takes it)."""
         return self.coco_metrics(np.full(self.num_images, self.sources.index(source)))
-
-    def per_image_ap(self, source: str) -> np.ndarray:
-        """``per_image_ap`` (no_gt_value=1.0) of every image for one source, from the stored matches."""
-        return self._per_image[source].copy()
