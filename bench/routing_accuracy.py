@@ -54,7 +54,7 @@ def main():
         best = {r: choose_point(p, base["AP"], max_ap_drop=args.max_ap_drop) for r, p in curves.items()}
         calibrated = result["reports"][name]["routers"]
         plot_accuracy_compute(curves, base, saver, best["evaluator"], os.path.join(args.out_dir, f"{name}_accuracy_vs_gflops.png"),
-                              title=f"{name}: AP against GFLOPs per image")
+                              title=f"{name}: AP against GFLOPs per image", max_ap_drop=args.max_ap_drop)
         summary[name] = {"base": base, "saver": saver, "calibrated": calibrated, "best_in_split": best}
         for r in curves:
             c, b = calibrated[r], best[r]

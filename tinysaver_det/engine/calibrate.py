@@ -138,7 +138,8 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
         write_calibrated_config(cfg, os.path.join(output_dir, "calibration.json"), os.path.join(output_dir, "config_calibrated.yaml"))
         router = deployed  # the plots show the router the model deploys
         plot_accuracy_compute(curves, base, saver, chosen[router], os.path.join(output_dir, "accuracy_vs_gflops.png"),
-                              title=f"{dataset}: AP against GFLOPs per image")
+                              title=f"{dataset}: AP against GFLOPs per image",
+                              max_ap_drop=max_ap_drop, gflops_budget=gflops_budget)
         plot_score_distribution(calib.scores[router], chosen[router]["threshold"],
                                 os.path.join(output_dir, "score_distribution.png"), router)
         plot_examples(calib.dataset_dicts, calib.records, calib.scores[router], chosen[router]["threshold"],

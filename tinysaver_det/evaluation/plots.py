@@ -16,26 +16,48 @@ ROUTER_STYLE = {
 }
 
 
-def plot_accuracy_compute(curves: Dict[str, List[dict]], base: dict, saver: dict, chosen: dict, path: str, title: str = "") -> str:
-    """AP against GFLOPs per image for every router; base and saver marked; chosen point highlighted."""
+def plot_accuracy_compute(curves: Dict[str, List[dict]], base: dict, saver: dict, chosen: dict,
+                          path: str, title: str = "", *, max_ap_drop: float,
+                          gflops_budget: float = 0.0) -> str:
+    """
+    AP against GFLOPs per image for every router; base and saver marked; the chosen point
+    highlighted; the calibration's target drawn as calibration.choose_point reads it: the GFLOPs
+    budget when there is one (> 0), else the lowest AP allowed (the base's AP - max_ap_drop).
+    """
+    fig = accuracy_compute_figure(curves, base, saver, chosen, title, max_ap_drop=max_ap_drop,
+                                  gflops_budget=gflops_budget)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def accuracy_compute_figure(curves, base, saver, chosen, title="", *, max_ap_drop: float,
+                            gflops_budget: float = 0.0):
+    """The figure of plot_accuracy_compute, left open."""
     fig, ax = plt.subplots(figsize=(7, 5))
     for router, points in curves.items():
         pts = sorted(points, key=lambda p: p["gflops"])
-        ax.plot([p["gflops"] for p in pts], [p["AP"] for p in pts], label=router, **ROUTER_STYLE.get(router, {}))
-    ax.scatter([base["gflops"]], [base["AP"]], marker="s", s=80, color="black", zorder=5, label="base alone")
-    ax.scatter([saver["gflops"]], [saver["AP"]], marker="^", s=80, color="tab:red", zorder=5, label="saver alone")
-    ax.scatter([chosen["gflops"]], [chosen["AP"]], marker="*", s=260, color="gold", edgecolor="black", zorder=6,
+        ax.plot([p["gflops"] for p in pts], [p["AP"] for p in pts], label=router,
+                **ROUTER_STYLE.get(router, {}))
+    ax.scatter([base["gflops"]], [base["AP"]], marker="s", s=80, color="black", zorder=5,
+               label="base alone")
+    ax.scatter([saver["gflops"]], [saver["AP"]], marker="^", s=80, color="tab:red", zorder=5,
+               label="saver alone")
+    ax.scatter([chosen["gflops"]], [chosen["AP"]], marker="*", s=260, color="gold",
+               edgecolor="black", zorder=6,
                label=f"chosen: t={chosen['threshold']:.3g}, exit {100 * chosen['exit_rate']:.0f}%")
-    ax.axhline(base["AP"] - 0.5, color="black", lw=0.6, ls="--", alpha=0.5)
+    target = dict(color="black", lw=0.6, ls="--", alpha=0.5)
+    if gflops_budget > 0:
+        ax.axvline(gflops_budget, label=f"target: {gflops_budget:g} GFLOPs", **target)
+    else:
+        ax.axhline(base["AP"] - max_ap_drop, label=f"target: AP drop <= {max_ap_drop:g}", **target)
     ax.set_xlabel("GFLOPs per image")
     ax.set_ylabel("COCO box AP")
     ax.set_title(title or "TinySaver: accuracy for compute")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_score_distribution(scores: np.ndarray, threshold: float, path: str, router: str = "evaluator") -> str:
