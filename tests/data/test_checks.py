@@ -7,9 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data import detection_utils
-from detectron2.data import transforms as T
+from detectron2.data import detection_utils, transforms as T
 from detectron2.data.datasets import load_coco_json, register_coco_instances
 from detectron2.structures import BoxMode
 from tinysaver_det.data.checks import (

@@ -10,10 +10,10 @@ import uuid
 import cv2
 import numpy as np
 import pytest
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import launch
 
 import tinysaver_det  # noqa: F401  (registers the built-in datasets)
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import launch
 from tinysaver_det.config import load_config
 from tinysaver_det.data.datasets import expand_data_path, register_coco_datasets
 
@@ -146,10 +146,7 @@ def free_port() -> int:
 
 def count_in_worker(config_file: str, out_dir: str) -> None:
     """One `launch` worker: load the config (as every entry point does), then read both datasets."""
-    import tinysaver_det  # noqa: F401
-    from detectron2.data import DatasetCatalog
     from detectron2.utils import comm
-    from tinysaver_det.config import load_config
 
     cfg = load_config(config_file)
     counts = {name: len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN}

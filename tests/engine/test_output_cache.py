@@ -11,7 +11,12 @@ from detectron2.modeling import build_model
 from tinysaver_det.config import load_config
 from tinysaver_det.data.datasets import register_synthetic
 from tinysaver_det.data.synthetic import generate_split, split_spec
-from tinysaver_det.engine.output_cache import OutputCache, build_caches, cache_is_complete, training_examples
+from tinysaver_det.engine.output_cache import (
+    OutputCache,
+    build_caches,
+    cache_is_complete,
+    training_examples,
+)
 from tinysaver_det.modeling.meta_arch import SUMMARY_KEY, TARGET_KEY
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic", "tinysaver_R18_cascade_R18.yaml")

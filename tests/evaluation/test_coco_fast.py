@@ -10,8 +10,17 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from tinysaver_det.evaluation.coco_fast import (
-    A, ImageDets, ImageGT, MatchTable, _category_ids, _flatten_gt, _match, gt_from_coco,
-    per_image_ap, per_image_ap_batch)
+    A,
+    ImageDets,
+    ImageGT,
+    MatchTable,
+    _category_ids,
+    _flatten_gt,
+    _match,
+    gt_from_coco,
+    per_image_ap,
+    per_image_ap_batch,
+)
 
 KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -51,7 +60,9 @@ def cocoeval(gts, dets_list, cat_ids):
                               annotations=[])
             dt.createIndex()
         ev = COCOeval(gt, dt, iouType="bbox")
-        ev.evaluate(); ev.accumulate(); ev.summarize()
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
     return ev.stats[:6]
 
 
@@ -107,7 +118,9 @@ def random_dataset(seed, n_img=30, ncat=4):
         d2 = ImageDets(np.concatenate([d1.boxes + rng.normal(0, 2, d1.boxes.shape), d2.boxes[:3]]),
                        np.concatenate([np.round(rng.random(len(d1.scores)), 1), d2.scores[:3]]),
                        np.concatenate([d1.category_ids, d2.category_ids[:3]]))
-        gts.append(g); a.append(d1); b.append(d2)
+        gts.append(g)
+        a.append(d1)
+        b.append(d2)
     return gts, a, b, list(range(1, ncat + 1))
 
 

@@ -2,12 +2,12 @@
 import os
 
 import torch
+
+import tinysaver_det  # noqa: F401  (registers build_regnet_fpn_backbone)
 from detectron2.modeling import build_backbone, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.analysis import FlopCountAnalysis
 from detectron2.utils.events import EventStorage
-
-import tinysaver_det  # noqa: F401  (registers build_regnet_fpn_backbone)
 from tinysaver_det.config import load_config
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "BCCD")

@@ -13,9 +13,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
-from detectron2.data import transforms as T
-from detectron2.data import detection_utils as utils
+from detectron2.data import (
+    DatasetCatalog,
+    DatasetMapper,
+    MetadataCatalog,
+    detection_utils as utils,
+    transforms as T,
+)
 from detectron2.structures import BoxMode
 
 logger = logging.getLogger(__name__)
@@ -129,13 +133,16 @@ def checked_dataset_dicts(names: Sequence[str], skip_bad_images: bool = False) -
     out = []
     for name in names:
         dicts = load_dataset_dicts(name)
-        bad = [(d["file_name"], p) for d in dicts if (p := image_problem(d["file_name"])) is not None]
+        problems = [(d["file_name"], image_problem(d["file_name"])) for d in dicts]
+        bad = [(f, p) for f, p in problems if p is not None]
         if bad:
-            listing = "\n".join(f"  {f}: {p}" for f, p in bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
+            listing = "\n".join(f"  {f}: {p}" for f, p in bad[:20])
+            listing += "\n  ..." if len(bad) > 20 else ""
             if not skip_bad_images:
                 raise ValueError(
-                    f"{len(bad)} of {len(dicts)} images of dataset {name!r} cannot be read:\n{listing}\n"
-                    "Fix or remove them, or set MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES True to skip them."
+                    f"{len(bad)} of {len(dicts)} images of dataset {name!r} cannot be read:\n"
+                    f"{listing}\nFix or remove them, or set MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES "
+                    "True to skip them."
                 )
             logger.warning(f"Skipping {len(bad)} unreadable images of {name!r}:\n{listing}")
             bad_files = {f for f, _ in bad}
@@ -146,7 +153,8 @@ def checked_dataset_dicts(names: Sequence[str], skip_bad_images: bool = False) -
             clipped, dropped = clipped + c, dropped + k
             out.append(d)
         if clipped or dropped:
-            logger.warning(f"{name}: clipped {clipped} boxes to their image and dropped {dropped} empty or degenerate ones")
+            logger.warning(f"{name}: clipped {clipped} boxes to their image and dropped "
+                           f"{dropped} empty or degenerate ones")
     return out
 
 

@@ -286,8 +286,8 @@ def _shape_mask(rng, category: str, size: float, cx: float, cy: float):
         poly(corners @ rot(angle).T + c)
     elif category == "triangle":
         angle = rng.uniform(0, 2 * math.pi)
-        pts = np.array([[math.cos(angle + k * 2 * math.pi / 3), math.sin(angle + k * 2 * math.pi / 3)]
-                        for k in range(3)]) * r
+        corner_angles = [angle + k * 2 * math.pi / 3 for k in range(3)]
+        pts = np.array([[math.cos(a), math.sin(a)] for a in corner_angles]) * r
         poly(pts + c)
     elif category == "cross":
         arm = r * rng.uniform(0.28, 0.38)  # half-width of each bar
@@ -574,5 +574,6 @@ def prepare_all(root: str, scale: float = 1.0, splits: Optional[Sequence[str]] =
     splits = list(SYNTHETIC_SPLITS) if splits is None else list(splits)
     unknown = set(splits) - set(SYNTHETIC_SPLITS)
     if unknown:
-        raise KeyError(f"unknown synthetic splits {sorted(unknown)}; known: {list(SYNTHETIC_SPLITS)}")
+        raise KeyError(
+            f"unknown synthetic splits {sorted(unknown)}; known: {list(SYNTHETIC_SPLITS)}")
     return {s: generate_split(root, s, split_spec(s, scale), progress=progress) for s in splits}

@@ -7,9 +7,9 @@ import logging
 import os
 import weakref
 
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from torch.nn.parallel import DistributedDataParallel
 
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model, hooks
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
@@ -25,8 +25,8 @@ from ..data.checks import (
 from ..evaluation.coco_evaluator import CheckedCOCOEvaluator
 from ..evaluation.routing_evaluator import RoutingEvaluator
 from ..evaluation.throughput import ThroughputEvaluator
-from ..utils.atomic import atomic_save_json
 from ..flops import first_test_inputs, tinysaver_costs
+from ..utils.atomic import atomic_save_json
 from .hooks import RankCorrelationHook
 from .output_cache import OutputCache, cached_examples, training_cache_spec
 
@@ -43,7 +43,7 @@ def held_out_dataset(cfg) -> str:
 
 
 def routing_costs(cfg, model, dataset_name: str):
-    """GFLOPs per image of the sub-models: from the calibration file if there is one, else measured."""
+    """GFLOPs per image of the sub-models: from the calibration file if any, else measured."""
     path = cfg.MODEL.TINYSAVER.CALIBRATION_FILE
     if path and os.path.isfile(path):
         with open(path) as f:
@@ -161,15 +161,16 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """
-        DefaultTrainer.test, plus the routing evaluator's cost figures for TinySaver; the results are
-        always keyed by dataset name (DefaultTrainer unwraps a single dataset) and written to
+        DefaultTrainer.test, plus the routing evaluator's cost figures for TinySaver; the results
+        are always keyed by dataset name (DefaultTrainer unwraps a single dataset) and written to
         OUTPUT_DIR/inference/results.json.
         """
         forget_results(cfg)
         check_dataset_files(cfg.DATASETS.TEST)  # before evaluators that open the json themselves
         if evaluators is None and is_tinysaver(cfg):
             bare = getattr(model, "module", model)
-            evaluators = [cls.build_evaluator(cfg, name, costs=routing_costs(cfg, bare, name)) for name in cfg.DATASETS.TEST]
+            evaluators = [cls.build_evaluator(cfg, name, costs=routing_costs(cfg, bare, name))
+                          for name in cfg.DATASETS.TEST]
         results = super().test(cfg, model, evaluators)
         if len(cfg.DATASETS.TEST) == 1:
             results = {cfg.DATASETS.TEST[0]: results}
@@ -189,16 +190,21 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         if not is_tinysaver(cfg):
-            dicts = checked_dataset_dicts(cfg.DATASETS.TRAIN, cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
+            skip_bad = cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES
+            dicts = checked_dataset_dicts(cfg.DATASETS.TRAIN, skip_bad)
             if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
                 dicts = [d for d in dicts if d["annotations"]]
-            return build_detection_train_loader(cfg, mapper=RobustDatasetMapper(cfg, is_train=True), dataset=dicts)
+            mapper = RobustDatasetMapper(cfg, is_train=True)
+            return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)
         views, with_base = training_cache_spec(cfg)
-        caches = [OutputCache(cfg, name, views=views, with_base=with_base) for name in cfg.DATASETS.TRAIN]
+        caches = [OutputCache(cfg, name, views=views, with_base=with_base)
+                  for name in cfg.DATASETS.TRAIN]
         examples = cached_examples(caches, cfg.MODEL.TINYSAVER.EVALUATOR.TARGET)
-        logger.info(f"Training the evaluator on {len(examples)} cached views of {cfg.DATASETS.TRAIN}")
+        logger.info(f"Training the evaluator on {len(examples)} cached views of "
+                    f"{cfg.DATASETS.TRAIN}")
         return build_detection_train_loader(
-            examples, mapper=None, total_batch_size=cfg.SOLVER.IMS_PER_BATCH, aspect_ratio_grouping=False
+            examples, mapper=None, total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            aspect_ratio_grouping=False,
         )
 
     def resume_or_load(self, resume=True):
@@ -216,8 +222,8 @@ class Trainer(DefaultTrainer):
         name = held_out_dataset(self.cfg)
         if name:
             records = OutputCache(self.cfg, name, views=1, with_base=True).load_or_build()
-            hook = RankCorrelationHook(
-                self.cfg.TEST.EVAL_PERIOD, records, self.cfg.MODEL.TINYSAVER.EVALUATOR.TARGET, self.cfg.OUTPUT_DIR
-            )
+            hook = RankCorrelationHook(self.cfg.TEST.EVAL_PERIOD, records,
+                                       self.cfg.MODEL.TINYSAVER.EVALUATOR.TARGET,
+                                       self.cfg.OUTPUT_DIR)
             ret.insert(len(ret) - 1, hook)  # before the PeriodicWriter, which must stay last
         return ret

@@ -17,14 +17,15 @@ from .coco_fast import ImageDets, ImageGT, MatchTable
 FIGURES = ("AP_base", "AP_saver", "AP_routed", "AP_drop", "exit_rate", "compute_saved")
 
 
-def routing_figures(table: MatchTable, exited: np.ndarray, costs: Dict[str, float]) -> Dict[str, float]:
+def routing_figures(table: MatchTable, exited: np.ndarray,
+                    costs: Dict[str, float]) -> Dict[str, float]:
     """The figures of one split: the routed model keeps the saver's detections where `exited`."""
     saver, base = table.sources.index("saver"), table.sources.index("base")
     routed = table.coco_metrics(np.where(exited, saver, base))["AP"]
     ap_base = table.source_metrics("base")["AP"]
     exit_rate = float(np.mean(exited)) if len(exited) else 0.0
-    return {"AP_base": ap_base, "AP_saver": table.source_metrics("saver")["AP"], "AP_routed": routed,
-            "AP_drop": ap_base - routed, "exit_rate": exit_rate,
+    return {"AP_base": ap_base, "AP_saver": table.source_metrics("saver")["AP"],
+            "AP_routed": routed, "AP_drop": ap_base - routed, "exit_rate": exit_rate,
             "compute_saved": compute_saved(costs, exit_rate)}
 
 

@@ -11,9 +11,9 @@ Why this exists: TinySaver needs COCO AP far more often than a normal evaluation
 
 Here matching is done once per source (``MatchTable.build``) and a sweep point only masks
 presorted rows and runs cumulative sums. (``coco_sweep.SweepTable`` goes further for threshold
-sweeps: a compact, chunk-built table walked incrementally; calibration uses it.) Measured (same box, ~10 GT and 100 detections per
-image, 2 sources): per-image AP of 5k images 0.49 s; MatchTable.build 2.4 s and one sweep point
-0.14 s at 5k images (0.03 s at 1k, 0.58 s at 20k).
+sweeps: a compact, chunk-built table walked incrementally; calibration uses it.) Measured (same
+box, ~10 GT and 100 detections per image, 2 sources): per-image AP of 5k images 0.49 s;
+MatchTable.build 2.4 s and one sweep point 0.14 s at 5k images (0.03 s at 1k, 0.58 s at 20k).
 
 Semantics are those of pycocotools 2.0 ``COCOeval(iouType='bbox')`` with default parameters
 and are tested against it (``tests/evaluation/test_coco_fast.py``): same IoU (crowd union =
@@ -40,7 +40,8 @@ import numpy as np
 # Same expressions as pycocotools.cocoeval.Params.setDetParams, so the floats are identical.
 IOU_THRS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
 REC_THRS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
-AREA_RNGS = np.array([[0, 1e5 ** 2], [0, 32 ** 2], [32 ** 2, 96 ** 2], [96 ** 2, 1e5 ** 2]], dtype=np.float64)
+AREA_RNGS = np.array([[0, 1e5 ** 2], [0, 32 ** 2], [32 ** 2, 96 ** 2], [96 ** 2, 1e5 ** 2]],
+                     dtype=np.float64)
 AREA_NAMES = ("all", "small", "medium", "large")
 # evaluateImg starts the best IoU at min(t, 1-1e-10): a detection matches when iou >= this.
 _MATCH_THRS = np.array([min([t, 1 - 1e-10]) for t in IOU_THRS])
@@ -56,7 +57,7 @@ def _boxes(x) -> np.ndarray:
 
 @dataclass
 class ImageGT:
-    """Ground truth of one image: XYWH boxes (G,4), category ids (G,), iscrowd (G,), COCO area (G,)."""
+    """Ground truth of one image: XYWH boxes (G,4), category ids, iscrowd and COCO area (G,)."""
 
     boxes: np.ndarray
     category_ids: np.ndarray
@@ -197,7 +198,10 @@ def _match(gt: _FlatGT, dets: Sequence[ImageDets], cat_ids: np.ndarray, max_dets
     # Order pairs by (rank, det, iou, gt index): the max "key" below is pycocotools' choice.
     o = np.lexsort((p_gt, p_iou, p_det, rank[p_det]))
     p_det, p_gt, p_iou = p_det[o], p_gt[o], p_iou[o]
-    run_start = np.flatnonzero(np.r_[True, p_det[1:] != p_det[:-1]]) if len(p_det) else np.zeros(0, int)
+    if len(p_det):
+        run_start = np.flatnonzero(np.r_[True, p_det[1:] != p_det[:-1]])
+    else:
+        run_start = np.zeros(0, int)
     run_len = np.diff(np.r_[run_start, len(p_det)])
     within = np.arange(len(p_det)) - np.repeat(run_start, run_len) + 1  # 1..k, later = better
     K = int(run_len.max()) + 1 if len(run_len) else 1
@@ -313,7 +317,8 @@ def _mean_precision(group, ngroups, tp, valid, npig) -> np.ndarray:
         # Each run covers recall points (previous bucket in its segment, bucket].
         new_seg = np.r_[True, seg[1:] != seg[:-1]]
         prev = np.where(new_seg, -1, np.r_[-1, bucket[:-1]])
-        out = np.bincount(seg % ngroups, weights=(bucket - prev) * smax, minlength=ngroups) / (nt * R)
+        weights = (bucket - prev) * smax
+        out = np.bincount(seg % ngroups, weights=weights, minlength=ngroups) / (nt * R)
     out[npig == 0] = -1
     return out
 
@@ -331,8 +336,10 @@ def _per_image_from_matches(m: _Matches, gt: _FlatGT, n_img: int, ncat: int,
     groups = np.flatnonzero(npig_all > 0)
     key = m.img * ncat + m.cat
     pos = np.searchsorted(groups, key)
-    keep = (pos < len(groups)) & (groups[np.minimum(pos, len(groups) - 1)] == key) if len(groups) else \
-        np.zeros(len(key), bool)
+    if len(groups):
+        keep = (pos < len(groups)) & (groups[np.minimum(pos, len(groups) - 1)] == key)
+    else:
+        keep = np.zeros(len(key), bool)
     per_group = _mean_precision(pos[keep], len(groups), m.tp[keep, :, area], ~m.ig[keep, :, area],
                                 npig_all[groups])
     g_img = groups // ncat
@@ -408,7 +415,8 @@ class MatchTable:
         """Match every source against ``gts`` (images in ascending image-id order)."""
         names = list(sources)
         for s in names:
-            assert len(sources[s]) == len(gts), f"source {s!r}: {len(sources[s])} != {len(gts)} images"
+            assert len(sources[s]) == len(gts), (
+                f"source {s!r}: {len(sources[s])} != {len(gts)} images")
         cat_ids = _category_ids(gts, *[sources[s] for s in names])
         ncat = len(cat_ids)
         fg = _flatten_gt(gts, cat_ids)
@@ -429,7 +437,9 @@ class MatchTable:
         rows = dict(img=[], src=[], cat=[], tp=[], valid=[])
         for a in range(A):
             sel = np.flatnonzero(~ig[:, :, a].all(axis=1))  # rows ignored at every IoU never count
-            rows["img"].append(img[sel]); rows["src"].append(src[sel]); rows["cat"].append(cat[sel])
+            rows["img"].append(img[sel])
+            rows["src"].append(src[sel])
+            rows["cat"].append(cat[sel])
             rows["tp"].append(np.ascontiguousarray(tp[sel, :, a]))
             rows["valid"].append(np.ascontiguousarray(~ig[sel, :, a]))
         return cls(names, len(gts), cat_ids, npig, rows["img"], rows["src"], rows["cat"],

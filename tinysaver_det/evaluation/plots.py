@@ -60,14 +60,17 @@ def accuracy_compute_figure(curves, base, saver, chosen, title="", *, max_ap_dro
     return fig
 
 
-def plot_score_distribution(scores: np.ndarray, threshold: float, path: str, router: str = "evaluator") -> str:
+def plot_score_distribution(scores: np.ndarray, threshold: float, path: str,
+                            router: str = "evaluator") -> str:
     """Histogram of routing scores, exited (>= threshold) and routed images in two colours."""
     scores = np.asarray(scores, dtype=np.float64)
     finite = scores[np.isfinite(scores)]
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.linspace(finite.min(), finite.max(), 40) if len(finite) else 10
-    ax.hist(finite[finite >= threshold], bins=bins, color="tab:green", alpha=0.7, label="exited at the saver")
-    ax.hist(finite[finite < threshold], bins=bins, color="tab:purple", alpha=0.7, label="routed to the base")
+    ax.hist(finite[finite >= threshold], bins=bins, color="tab:green", alpha=0.7,
+            label="exited at the saver")
+    ax.hist(finite[finite < threshold], bins=bins, color="tab:purple", alpha=0.7,
+            label="routed to the base")
     if math.isfinite(threshold):
         ax.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.3g}")
     ax.set_xlabel(f"{router} score")
@@ -79,21 +82,24 @@ def plot_score_distribution(scores: np.ndarray, threshold: float, path: str, rou
     return path
 
 
-def plot_examples(dataset_dicts: Sequence[dict], records: Sequence[dict], scores: np.ndarray, threshold: float,
-                  metadata, path: str, per_path: int = 4, score_thresh: float = 0.4) -> str:
+def plot_examples(dataset_dicts: Sequence[dict], records: Sequence[dict], scores: np.ndarray,
+                  threshold: float, metadata, path: str, per_path: int = 4,
+                  score_thresh: float = 0.4) -> str:
     """
     A grid drawn with detectron2's Visualizer: top row, images that exited with the saver's boxes;
     bottom row, images routed to the base with the base's boxes; each titled with its score.
     """
     from detectron2.data.detection_utils import read_image
-    from detectron2.structures import Boxes, Instances
+    from detectron2.structures import Boxes, BoxMode, Instances
     from detectron2.utils.visualizer import Visualizer
 
-    exited = [i for i in np.argsort(-scores) if np.isfinite(scores[i]) and scores[i] >= threshold][:per_path]
-    routed = [i for i in np.argsort(scores) if not (np.isfinite(scores[i]) and scores[i] >= threshold)][:per_path]
+    exits = np.isfinite(scores) & (scores >= threshold)
+    exited = [i for i in np.argsort(-scores) if exits[i]][:per_path]
+    routed = [i for i in np.argsort(scores) if not exits[i]][:per_path]
     to_contiguous = metadata.get("thing_dataset_id_to_contiguous_id", None) or {}
     fig, axes = plt.subplots(2, per_path, figsize=(3.2 * per_path, 7))
-    for row, (ids, source, label) in enumerate([(exited, "saver", "exited"), (routed, "base", "routed")]):
+    rows = [(exited, "saver", "exited"), (routed, "base", "routed")]
+    for row, (ids, source, label) in enumerate(rows):
         for col in range(per_path):
             ax = axes[row, col]
             ax.axis("off")
@@ -106,10 +112,12 @@ def plot_examples(dataset_dicts: Sequence[dict], records: Sequence[dict], scores
             keep = dets["scores"] >= score_thresh
             inst = Instances(image.shape[:2])
             xywh = np.asarray(dets["boxes"][keep], dtype=np.float32).reshape(-1, 4)
-            inst.pred_boxes = Boxes(np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1))
+            inst.pred_boxes = Boxes(BoxMode.convert(xywh, BoxMode.XYWH_ABS, BoxMode.XYXY_ABS))
             inst.scores = dets["scores"][keep]
-            inst.pred_classes = np.array([to_contiguous.get(int(c), int(c)) for c in dets["category_ids"][keep]], dtype=np.int64)
-            drawn = Visualizer(image, metadata=metadata, scale=1.5).draw_instance_predictions(inst).get_image()
+            classes = [to_contiguous.get(int(c), int(c)) for c in dets["category_ids"][keep]]
+            inst.pred_classes = np.array(classes, dtype=np.int64)
+            visualizer = Visualizer(image, metadata=metadata, scale=1.5)
+            drawn = visualizer.draw_instance_predictions(inst).get_image()
             ax.imshow(drawn)
             ax.set_title(f"{label} ({source} boxes)\nscore {scores[i]:.3f}", fontsize=9)
     fig.tight_layout()

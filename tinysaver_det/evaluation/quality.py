@@ -33,7 +33,8 @@ def gt_from_instances(instances) -> ImageGT:
                    category_ids=instances.gt_classes.detach().cpu().numpy())
 
 
-def dets_from_predictions(instances, to_dataset_id: Optional[Mapping[int, int]] = None) -> ImageDets:
+def dets_from_predictions(instances,
+                          to_dataset_id: Optional[Mapping[int, int]] = None) -> ImageDets:
     """
     Detections from a detector's output `Instances` (pred_boxes XYXY, scores, pred_classes). The
     category ids are the contiguous class ids, or the dataset's through `to_dataset_id`.
@@ -47,4 +48,5 @@ def dets_from_predictions(instances, to_dataset_id: Optional[Mapping[int, int]] 
 
 def per_image_quality(gt_instances, pred_instances) -> float:
     """COCO AP@[.50:.95] of `pred_instances` on one image against `gt_instances` (same frame)."""
-    return float(per_image_ap(gt_from_instances(gt_instances), dets_from_predictions(pred_instances)))
+    gt, dets = gt_from_instances(gt_instances), dets_from_predictions(pred_instances)
+    return float(per_image_ap(gt, dets))

@@ -23,7 +23,8 @@ def atomic_path(path: str):
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
         os.close(fd)
     except OSError as e:
-        raise OSError(e.errno, f"Cannot write {path!r}: {e.strerror} (is the folder writable?)") from e
+        message = f"Cannot write {path!r}: {e.strerror} (is the folder writable?)"
+        raise OSError(e.errno, message) from e
     try:
         yield tmp
         os.replace(tmp, path)
