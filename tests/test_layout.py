@@ -9,9 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "tinysaver_det"
-SOURCES = sorted(
-    p for folder in ("tinysaver_det", "tools", "bench", "datasets") for p in (REPO / folder).rglob("*.py")
-)
+SETTERS = ("setattr", "delattr")
+SOURCES = sorted(p for folder in ("tinysaver_det", "tools", "bench", "datasets")
+                 for p in (REPO / folder).rglob("*.py"))
 
 
 def imported_modules(tree: ast.AST, path: Path):
@@ -53,8 +53,8 @@ def patches(tree: ast.AST):
         targets = []
         if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("setattr", "delattr"):
-            targets = [ast.Attribute(value=node.args[0], attr="?")] if node.args else []
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in SETTERS and node.args:
+            targets = [ast.Attribute(value=node.args[0], attr="?")]
         while targets:
             target = targets.pop()
             if isinstance(target, (ast.Tuple, ast.List)):

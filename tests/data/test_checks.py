@@ -27,7 +27,8 @@ def test_grayscale_rgba_16bit_and_exif_images_read_as_8bit_bgr(tmp_path):
     gray = tmp_path / "gray.png"
     Image.fromarray(gradient()).save(gray)
     rgba = tmp_path / "rgba.png"
-    Image.fromarray(np.dstack([gradient()] * 3 + [np.full((20, 30), 7, np.uint8)]), mode="RGBA").save(rgba)
+    alpha = np.full((20, 30), 7, np.uint8)
+    Image.fromarray(np.dstack([gradient()] * 3 + [alpha]), mode="RGBA").save(rgba)
     deep = tmp_path / "deep.png"
     Image.fromarray((gradient().astype(np.uint16) * 257)).save(deep)  # 16-bit, full range
     for path in (gray, rgba, deep):
@@ -62,11 +63,12 @@ def test_image_problem_names_each_kind_of_bad_file(tmp_path):
 
 def test_clean_annotations_clips_and_drops():
     record = {"height": 50, "width": 60, "annotations": [
-        {"bbox": [10, 10, 20, 20], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},   # fine
-        {"bbox": [50, 40, 20, 20], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1},   # crosses the border
-        {"bbox": [5, 5, 0, 10], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},      # zero width
-        {"bbox": [100, 100, 10, 10], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0}, # wholly outside
-        {"bbox": [30, 30, 20, 20], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0},   # degenerate (x1 < x0)
+        # fine; crossing the border; zero width; wholly outside; degenerate (x1 < x0)
+        {"bbox": [10, 10, 20, 20], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},
+        {"bbox": [50, 40, 20, 20], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1},
+        {"bbox": [5, 5, 0, 10], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},
+        {"bbox": [100, 100, 10, 10], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},
+        {"bbox": [30, 30, 20, 20], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0},
     ]}
     cleaned, clipped, dropped = clean_annotations(record)
     assert (clipped, dropped) == (2, 3)
@@ -77,7 +79,8 @@ def test_clean_annotations_clips_and_drops():
 def write_coco(tmp_path, files, annotations=None, categories=None):
     images = [{"id": i + 1, "file_name": f, "height": 64, "width": 64} for i, f in enumerate(files)]
     anns = annotations if annotations is not None else [
-        {"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [4, 4, 20, 20], "area": 400, "iscrowd": 0}
+        {"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [4, 4, 20, 20], "area": 400,
+         "iscrowd": 0}
         for i in range(len(files))]
     path = tmp_path / "instances.json"
     path.write_text(json.dumps({"images": images, "annotations": anns,
@@ -117,7 +120,8 @@ def test_images_without_annotations_are_kept_for_evaluation(tmp_path):
 
 def test_unknown_category_id_is_named(tmp_path):
     Image.fromarray(np.dstack([gradient(64, 64)] * 3)).save(tmp_path / "a.jpg")
-    anns = [{"id": 1, "image_id": 1, "category_id": 99, "bbox": [4, 4, 20, 20], "area": 400, "iscrowd": 0}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 99, "bbox": [4, 4, 20, 20], "area": 400,
+             "iscrowd": 0}]
     json_file = write_coco(tmp_path, ["a.jpg"], annotations=anns)
     with pytest.raises(KeyError, match="category_id=99"):
         load_coco_json(json_file, str(tmp_path), f"unknown_{uuid.uuid4().hex[:6]}")

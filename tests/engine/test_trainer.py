@@ -70,7 +70,8 @@ def saver_trainer(dataset: str, out: Path, max_iter: int):
     return Trainer(cfg)
 
 
-def test_training_checkpoints_through_the_checked_checkpointer_and_resumes(tmp_path, synthetic_split):
+def test_training_checkpoints_through_the_checked_checkpointer_and_resumes(tmp_path,
+                                                                           synthetic_split):
     from detectron2.engine import hooks
     from tinysaver_det.checkpoint import CheckedCheckpointer
 
@@ -85,7 +86,8 @@ def test_training_checkpoints_through_the_checked_checkpointer_and_resumes(tmp_p
     first.resume_or_load(resume=False)
     assert first.start_iter == 0
     first.train()
-    assert {p.name for p in out.iterdir() if p.suffix == ".pth"} == {"model_0000001.pth", "model_final.pth"}
+    checkpoints = {p.name for p in out.iterdir() if p.suffix == ".pth"}
+    assert checkpoints == {"model_0000001.pth", "model_final.pth"}
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]  # written atomically
     trained = {k: v.clone() for k, v in first.model.state_dict().items()}
 

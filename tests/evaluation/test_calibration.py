@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-from tinysaver_det.config import read_calibrated_threshold as read_threshold
 from tinysaver_det.evaluation.calibration import (
     candidate_thresholds,
     choose_point,
@@ -13,6 +12,7 @@ from tinysaver_det.evaluation.calibration import (
     router_scores,
     sweep,
 )
+from tinysaver_det.config import read_calibrated_threshold as read_threshold
 from tinysaver_det.evaluation.coco_fast import ImageDets, ImageGT, MatchTable
 from tinysaver_det.flops import compute_saved, routed_gflops
 

@@ -36,7 +36,8 @@ def coco_gt(gts, cat_ids):
             aid += 1
     coco = COCO()
     coco.dataset = dict(images=[dict(id=i + 1, width=640, height=480) for i in range(len(gts))],
-                        categories=[dict(id=int(c), name=str(c)) for c in cat_ids], annotations=anns)
+                        categories=[dict(id=int(c), name=str(c)) for c in cat_ids],
+                        annotations=anns)
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
@@ -94,7 +95,8 @@ def random_image(rng, ncat=4, n_gt=None, n_fp=None, tie_scores=True):
     # detections: jittered copies of gt (some with the wrong class) plus random false positives
     reps = rng.integers(0, 4, n_gt)
     src = np.repeat(np.arange(n_gt), reps)
-    jit = rng.normal(0, 1, (len(src), 4)) * rng.choice([0.02, 0.06, 0.15], (len(src), 1)) * np.repeat(wh, reps, 0)[:, [0, 1, 0, 1]]
+    jit = (rng.normal(0, 1, (len(src), 4)) * rng.choice([0.02, 0.06, 0.15], (len(src), 1))
+           * np.repeat(wh, reps, 0)[:, [0, 1, 0, 1]])
     dboxes = gboxes[src] + jit
     dboxes[:, 2:] = np.abs(dboxes[:, 2:]) + 1
     dcat = np.where(rng.random(len(src)) < 0.9, gcat[src], rng.integers(1, ncat + 1, len(src)))
@@ -131,7 +133,8 @@ def merged(choice, sources):
 # ---------------------------------------------------------------- dataset-level metrics
 def test_one_image_one_category():
     gt = ImageGT([[10, 10, 50, 50], [100, 100, 20, 30]], [1, 1], [0, 0], [2500, 600])
-    d = ImageDets([[12, 11, 50, 48], [100, 102, 20, 28], [300, 300, 40, 40]], [0.9, 0.8, 0.95], [1, 1, 1])
+    d = ImageDets([[12, 11, 50, 48], [100, 102, 20, 28], [300, 300, 40, 40]], [0.9, 0.8, 0.95],
+                  [1, 1, 1])
     table = MatchTable.build([gt], {"saver": [d]})
     assert_metrics(table.coco_metrics([0]), as_metrics(cocoeval([gt], [d], [1])))
 
@@ -198,7 +201,8 @@ def test_per_image_ap_no_gt_is_no_gt_value():
 
 def test_per_image_ap_crowd_only_is_no_gt_value():
     crowd = ImageGT([[0, 0, 100, 100]], [1], [1], [10000])
-    assert per_image_ap(crowd, ImageDets([[0, 0, 10, 10], [200, 200, 5, 5]], [0.9, 0.3], [1, 1])) == 1.0
+    dets = ImageDets([[0, 0, 10, 10], [200, 200, 5, 5]], [0.9, 0.3], [1, 1])
+    assert per_image_ap(crowd, dets) == 1.0
 
 
 def test_per_image_ap_gt_without_detections_is_zero():
@@ -218,8 +222,8 @@ def test_per_image_ap_ignores_categories_absent_from_image():
 
 def test_per_image_ap_crowd_matches_are_ignored():
     gt = ImageGT([[0, 0, 50, 50], [100, 100, 200, 200]], [1, 1], [0, 1], [2500, 40000])
-    inside_crowd = ImageDets([[0, 0, 50, 50], [120, 120, 30, 30], [150, 150, 30, 30]], [0.9, 0.95, 0.99],
-                             [1, 1, 1])
+    inside_crowd = ImageDets([[0, 0, 50, 50], [120, 120, 30, 30], [150, 150, 30, 30]],
+                             [0.9, 0.95, 0.99], [1, 1, 1])
     assert per_image_ap(gt, inside_crowd) == pytest.approx(1.0)   # not false positives
     assert cocoeval([gt], [inside_crowd], [1])[0] == pytest.approx(1.0)
 
@@ -286,10 +290,12 @@ def test_property_choice_and_order_invariance(seed, n_img):
     gts, a, b, cats = random_dataset(seed, n_img=n_img, ncat=3)
     table = MatchTable.build(gts, {"saver": a, "base": b})
     saver_only = MatchTable.build(gts, {"saver": a})
-    assert_metrics(table.coco_metrics(np.zeros(n_img, int)), saver_only.coco_metrics(np.zeros(n_img, int)))
+    saver_everywhere = np.zeros(n_img, int)
+    assert_metrics(table.coco_metrics(saver_everywhere), saver_only.coco_metrics(saver_everywhere))
     # Listing order within an image only matters for exact score ties: use distinct scores.
     rng = np.random.default_rng(seed)
-    a_u = [ImageDets(d.boxes, rng.permutation(len(d.scores)) / (len(d.scores) + 1.0) + 0.01, d.category_ids)
+    a_u = [ImageDets(d.boxes, rng.permutation(len(d.scores)) / (len(d.scores) + 1.0) + 0.01,
+                     d.category_ids)
            for d in a]
     perm = [rng.permutation(len(d.scores)) for d in a_u]
     a_p = [ImageDets(d.boxes[p], d.scores[p], d.category_ids[p]) for d, p in zip(a_u, perm)]

@@ -1,4 +1,4 @@
-"""Per-image quality: detectron2 Instances as COCO XYWH ground truth and detections, and their AP."""
+"""Per-image quality: detectron2 Instances as COCO XYWH ground truth and detections; their AP."""
 import numpy as np
 import pytest
 import torch
@@ -23,7 +23,8 @@ def predictions(boxes, scores, classes):
 def test_xywh_boxes_from_boxes_tensors_and_arrays():
     xyxy = [[10.1, 20.0, 30.7, 60.0], [0.0, 0.0, 1.0, 1.0]]
     want = np.array([[10.1, 20.0, 30.7 - 10.1, 40.0], [0.0, 0.0, 1.0, 1.0]])
-    for boxes in (Boxes(torch.tensor(xyxy, dtype=torch.float64)), torch.tensor(xyxy), np.array(xyxy)):
+    as_boxes = Boxes(torch.tensor(xyxy, dtype=torch.float64))
+    for boxes in (as_boxes, torch.tensor(xyxy), np.array(xyxy)):
         got = xywh_boxes(boxes)
         assert got.dtype == np.float64 and got.shape == (2, 4)
         np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -1,4 +1,7 @@
-"""Atomic writes: a file is complete under its name or absent; failures name the file and keep earlier results."""
+"""
+Atomic writes: a file is complete under its name or absent; failures name the file and keep
+earlier results.
+"""
 import json
 import os
 

@@ -31,7 +31,8 @@ def test_state_is_restored_when_the_block_fails():
 
 def test_detectron2_augmentations_repeat_under_one_seed():
     image = np.zeros((40, 60, 3), np.uint8)
-    augs = T.AugmentationList([T.ResizeShortestEdge((20, 30, 40), 200, sample_style="choice"), T.RandomFlip()])
+    resize = T.ResizeShortestEdge((20, 30, 40), 200, sample_style="choice")
+    augs = T.AugmentationList([resize, T.RandomFlip()])
 
     def draw(seed):
         with numpy_global_seed(seed):
