@@ -1,10 +1,15 @@
-"""The accuracy-for-compute plot draws the calibration's own target, not a fixed one."""
+"""Calibration plots: the accuracy-for-compute plot draws the calibration's own target; examples."""
 import math
 
 import numpy as np
 import pytest
 
-from tinysaver_det.evaluation.plots import accuracy_compute_figure, plot_accuracy_compute
+from tinysaver_det.evaluation.plots import (
+    accuracy_compute_figure,
+    example_images,
+    plot_accuracy_compute,
+    plot_examples,
+)
 
 BASE = {"AP": 40.0, "gflops": 10.0}
 SAVER = {"AP": 30.0, "gflops": 2.0}
@@ -37,3 +42,24 @@ def test_plot_is_written(tmp_path):
     path = plot_accuracy_compute({"evaluator": CURVE}, BASE, SAVER, CURVE[8],
                                  str(tmp_path / "plot.png"), max_ap_drop=1.0)
     assert (tmp_path / "plot.png").stat().st_size > 1000 and path.endswith("plot.png")
+
+
+def test_examples_show_each_path_with_its_own_boxes(tmp_path):
+    from PIL import Image
+
+    from detectron2.data import Metadata
+
+    dicts, records = [], []
+    for i in range(4):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((32, 48, 3), 40 * i, np.uint8)).save(path)
+        dicts.append({"file_name": str(path)})
+        dets = {"boxes": np.array([[2.0, 3.0, 10.0, 12.0]], np.float32),
+                "scores": np.array([0.9], np.float32), "category_ids": np.array([7])}
+        records.append({"index": i, "saver": dets, "base": dets})
+    scores = np.array([0.9, -np.inf, 0.2, 0.7])
+    metadata = Metadata(thing_classes=["a"], thing_dataset_id_to_contiguous_id={7: 0})
+    path = plot_examples(dicts, records, scores, 0.5, metadata, str(tmp_path / "examples.png"),
+                         per_path=2)
+    assert (tmp_path / "examples.png").stat().st_size > 1000 and path.endswith("examples.png")
+    assert example_images(scores, 0.5, per_path=2) == ([0, 3], [1, 2])

@@ -82,6 +82,15 @@ def plot_score_distribution(scores: np.ndarray, threshold: float, path: str,
     return path
 
 
+def example_images(scores: np.ndarray, threshold: float, per_path: int):
+    """The examples shown: the top-scored exited images, the lowest-scored routed ones."""
+    scores = np.asarray(scores, dtype=np.float64)
+    exits = np.isfinite(scores) & (scores >= threshold)
+    exited = [int(i) for i in np.argsort(-scores) if exits[i]][:per_path]
+    routed = [int(i) for i in np.argsort(scores) if not exits[i]][:per_path]
+    return exited, routed
+
+
 def plot_examples(dataset_dicts: Sequence[dict], records: Sequence[dict], scores: np.ndarray,
                   threshold: float, metadata, path: str, per_path: int = 4,
                   score_thresh: float = 0.4) -> str:
@@ -93,9 +102,7 @@ def plot_examples(dataset_dicts: Sequence[dict], records: Sequence[dict], scores
     from detectron2.structures import Boxes, BoxMode, Instances
     from detectron2.utils.visualizer import Visualizer
 
-    exits = np.isfinite(scores) & (scores >= threshold)
-    exited = [i for i in np.argsort(-scores) if exits[i]][:per_path]
-    routed = [i for i in np.argsort(scores) if not exits[i]][:per_path]
+    exited, routed = example_images(scores, threshold, per_path)
     to_contiguous = metadata.get("thing_dataset_id_to_contiguous_id", None) or {}
     fig, axes = plt.subplots(2, per_path, figsize=(3.2 * per_path, 7))
     rows = [(exited, "saver", "exited"), (routed, "base", "routed")]
