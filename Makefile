@@ -1,11 +1,13 @@
 # `make demo` runs the whole TinySaver pipeline on the embedded synthetic default;
-# `make test` runs the test suite. Both create .venv and install what they need first.
+# `make test` runs the test suite; `make lint` checks the code with ruff (ruff.toml).
+# Each creates .venv and installs what it needs first.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LINT_STAMP := $(VENV)/.lint-installed
 
-.PHONY: venv demo demo-quick demo-bccd demo-bccd-quick test bench clean
+.PHONY: venv demo demo-quick demo-bccd demo-bccd-quick test lint bench clean
 
 venv: $(STAMP)
 
@@ -32,6 +34,15 @@ demo-bccd-quick: venv
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# The linter alone: no torch or detectron2 needed.
+$(LINT_STAMP): requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $(LINT_STAMP)
+
+lint: $(LINT_STAMP)
+	$(PY) -m ruff check .
 
 # The benchmarks use the models `make demo` trained.
 DEMO_WEIGHTS := MODEL.WEIGHTS output/demo/tinysaver/model_final.pth \

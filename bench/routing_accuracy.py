@@ -13,7 +13,6 @@ on the split it reports and is printed only as a labelled diagnostic. Writes JSO
         MODEL.TINYSAVER.BASE.WEIGHTS output/demo/base/model_final.pth
 """
 import argparse
-import json
 import math
 import os
 import platform

@@ -75,7 +75,8 @@ def synthetic_split(tmp_path_factory):
 
     def make(split: str, num_images: int, prefix: str) -> str:
         root = str(tmp_path_factory.mktemp("data"))
-        generate_split(root, split, split_spec(split, scale=0.01), num_images=num_images, progress=False)
+        generate_split(root, split, split_spec(split, scale=0.01), num_images=num_images,
+                       progress=False)
         prefix = f"{prefix}{uuid.uuid4().hex[:6]}"
         register_synthetic(root, prefix=prefix)
         return f"{prefix}_{split}"

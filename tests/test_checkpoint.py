@@ -7,7 +7,6 @@ from torch import nn
 from tinysaver_det.checkpoint import CheckedCheckpointer, load_tinysaver_weights
 from tinysaver_det.config import load_config
 
-
 REPO = Path(__file__).resolve().parents[1]
 TINYSAVER_YAML = REPO / "configs" / "Synthetic" / "tinysaver_R18_cascade_R18.yaml"
 

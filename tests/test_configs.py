@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
 ALL_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 # Shared fragments that only exist to be inherited (not a detector of their own).
-FRAGMENTS = {CONFIG_DIR / "Synthetic" / "Base-Synthetic.yaml", CONFIG_DIR / "BCCD" / "Base-BCCD.yaml"}
+FRAGMENTS = {CONFIG_DIR / "Synthetic" / "Base-Synthetic.yaml",
+             CONFIG_DIR / "BCCD" / "Base-BCCD.yaml"}
 # The BCCD configs register their splits from the shared data folder when loaded as they are.
 BCCD_ABSENT = not os.path.isdir(os.path.join(default_shared_root(), "bccd"))
 NO_DATASETS = ["MODEL.TINYSAVER.DATA.COCO_DATASETS", "[]"]
@@ -43,7 +44,8 @@ TINYSAVER_CONFIGS = [p for p in ALL_CONFIGS if _is_tinysaver(p)]
 
 def test_the_expected_configs_are_found():
     names = {_rel(p) for p in DETECTOR_CONFIGS}
-    assert {"Synthetic/saver_retinanet_R_18_FPN.yaml", "Synthetic/base_cascade_rcnn_R_18_FPN.yaml"} <= names
+    assert {"Synthetic/saver_retinanet_R_18_FPN.yaml",
+            "Synthetic/base_cascade_rcnn_R_18_FPN.yaml"} <= names
     assert {"Base-RCNN-FPN.yaml", "Base-RetinaNet.yaml"} <= names  # the COCO (model zoo) configs
     assert "Synthetic/tinysaver_R18_cascade_R18.yaml" in {_rel(p) for p in TINYSAVER_CONFIGS}
 
@@ -76,8 +78,11 @@ def _write(path: Path, text: str) -> Path:
 def test_sub_config_paths_are_relative_to_the_file_that_names_them(tmp_path, monkeypatch):
     # The sub-configs live in one folder; the TinySaver config in a sibling folder inherits a
     # config from a third folder, which is the one naming the saver: its own folder is the anchor.
-    saver = _write(tmp_path / "detectors" / "saver.yaml", f'_BASE_: "{CONFIG_DIR}/Synthetic/saver_retinanet_R_18_FPN.yaml"\n')
-    base = _write(tmp_path / "detectors" / "base.yaml", f'_BASE_: "{CONFIG_DIR}/Synthetic/base_cascade_rcnn_R_18_FPN.yaml"\n')
+    synthetic = CONFIG_DIR / "Synthetic"
+    saver = _write(tmp_path / "detectors" / "saver.yaml",
+                   f'_BASE_: "{synthetic}/saver_retinanet_R_18_FPN.yaml"\n')
+    base = _write(tmp_path / "detectors" / "base.yaml",
+                  f'_BASE_: "{synthetic}/base_cascade_rcnn_R_18_FPN.yaml"\n')
     _write(
         tmp_path / "shared" / "parent.yaml",
         'MODEL:\n  META_ARCHITECTURE: "TinySaverRCNN"\n  TINYSAVER:\n    SAVER:\n'
@@ -101,7 +106,8 @@ def test_sub_config_paths_are_relative_to_the_file_that_names_them(tmp_path, mon
 
 def test_the_shipped_tinysaver_config_loads_from_another_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = load_config(str(CONFIG_DIR / "Synthetic" / "tinysaver_R18_cascade_R18.yaml"), ["MODEL.DEVICE", "cpu"])
+    cfg = load_config(str(CONFIG_DIR / "Synthetic" / "tinysaver_R18_cascade_R18.yaml"),
+                      ["MODEL.DEVICE", "cpu"])
     for part in ("SAVER", "BASE"):
         assert os.path.isfile(cfg.MODEL.TINYSAVER[part].CONFIG_FILE)
 
@@ -113,7 +119,8 @@ def test_sub_config_path_given_in_opts_resolves_against_the_cwd(tmp_path, monkey
         ["MODEL.TINYSAVER.SAVER.CONFIG_FILE", "configs/Synthetic/saver_retinanet_R_18_FPN.yaml"],
     )
     path = cfg.MODEL.TINYSAVER.SAVER.CONFIG_FILE
-    assert Path(path).resolve() == (CONFIG_DIR / "Synthetic" / "saver_retinanet_R_18_FPN.yaml").resolve()
+    expected = CONFIG_DIR / "Synthetic" / "saver_retinanet_R_18_FPN.yaml"
+    assert Path(path).resolve() == expected.resolve()
 
 
 def test_missing_config_file_names_the_file(tmp_path):
@@ -134,7 +141,9 @@ def _training_inputs(num_classes, sizes=((67, 93), (80, 64)), seed=0):
 
 
 def _num_classes(cfg):
-    return cfg.MODEL.RETINANET.NUM_CLASSES if cfg.MODEL.META_ARCHITECTURE == "RetinaNet" else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        return cfg.MODEL.RETINANET.NUM_CLASSES
+    return cfg.MODEL.ROI_HEADS.NUM_CLASSES
 
 
 @pytest.mark.parametrize("path", DETECTOR_CONFIGS, ids=_rel)
@@ -159,7 +168,8 @@ def test_detector_config_builds_trains_and_infers(path):
     # Two odd sizes, outputs requested at another resolution than the input tensor.
     requests = [((67, 93), (134, 186)), ((80, 64), (40, 32))]
     inputs = [
-        {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), "height": oh, "width": ow}
+        {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g),
+         "height": oh, "width": ow}
         for (h, w), (oh, ow) in requests
     ]
     with torch.no_grad():
@@ -172,9 +182,11 @@ def test_detector_config_builds_trains_and_infers(path):
         assert inst.has("pred_boxes") and inst.has("scores") and inst.has("pred_classes")
         assert torch.isfinite(inst.pred_boxes.tensor).all()
         if len(inst):  # an untrained detector's boxes may all collapse to empty on one image ...
-            assert inst.pred_boxes.tensor[:, 0::2].max() <= ow and inst.pred_boxes.tensor[:, 1::2].max() <= oh
-            assert inst.pred_boxes.tensor.min() >= 0
-            assert 0 <= int(inst.pred_classes.min()) and int(inst.pred_classes.max()) < _num_classes(cfg)
+            boxes = inst.pred_boxes.tensor
+            assert boxes[:, 0::2].max() <= ow and boxes[:, 1::2].max() <= oh
+            assert boxes.min() >= 0
+            classes = inst.pred_classes
+            assert 0 <= int(classes.min()) and int(classes.max()) < _num_classes(cfg)
     # ... never on both: some bounds were checked.
     assert sum(len(out["instances"]) for out in outputs) > 0
 

@@ -34,7 +34,8 @@ class CheckedCheckpointer(DetectionCheckpointer):
         what: how errors name the model, e.g. "the saver (MODEL.TINYSAVER.SAVER.WEIGHTS)".
     """
 
-    def __init__(self, model, save_dir: str = "", *, what: str = "the model (MODEL.WEIGHTS)", **kwargs):
+    def __init__(self, model, save_dir: str = "", *, what: str = "the model (MODEL.WEIGHTS)",
+                 **kwargs):
         super().__init__(model, save_dir, **kwargs)
         self.what = what
         self._current_file: Optional[str] = None
@@ -74,7 +75,8 @@ class CheckedCheckpointer(DetectionCheckpointer):
             return super()._load_file(filename)
         except Exception as e:
             raise RuntimeError(
-                f"Could not read the checkpoint {filename!r} for {self.what}: {type(e).__name__}: {e}. "
+                f"Could not read the checkpoint {filename!r} for {self.what}: "
+                f"{type(e).__name__}: {e}. "
                 "The file may be truncated or not a checkpoint; re-download or re-train it."
             ) from e
 
@@ -98,9 +100,11 @@ class CheckedCheckpointer(DetectionCheckpointer):
         classifier's worth (the same layers at other widths: another architecture).
         """
         own = self.model.state_dict()
-        matched = sum(1 for k, v in own.items() if k in state and tuple(state[k].shape) == tuple(v.shape))
-        reshaped = sum(1 for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape))
-        if matched >= MIN_MATCHED_SHARE * max(1, len(state)) and reshaped <= max(MAX_RESHAPED, 0.05 * len(own)):
+        shared = [k for k in own if k in state]
+        matched = sum(1 for k in shared if tuple(state[k].shape) == tuple(own[k].shape))
+        reshaped = len(shared) - matched
+        enough = matched >= MIN_MATCHED_SHARE * max(1, len(state))
+        if enough and reshaped <= max(MAX_RESHAPED, 0.05 * len(own)):
             return
         hint = ""
         if any(k.startswith(TINYSAVER_PREFIXES) for k in state) and not any(
@@ -109,13 +113,14 @@ class CheckedCheckpointer(DetectionCheckpointer):
             hint = " It is a whole TinySaver checkpoint: give it as MODEL.WEIGHTS."
         elif any(k.startswith(TINYSAVER_PREFIXES) for k in own):
             hint = (
-                " It looks like a single detector's checkpoint: give it as MODEL.TINYSAVER.SAVER.WEIGHTS "
-                "or MODEL.TINYSAVER.BASE.WEIGHTS."
+                " It looks like a single detector's checkpoint: give it as "
+                "MODEL.TINYSAVER.SAVER.WEIGHTS or MODEL.TINYSAVER.BASE.WEIGHTS."
             )
         raise ValueError(
-            f"The checkpoint {self._current_file!r} does not fit {self.what}: {matched} of its {len(state)} "
-            f"entries match the model by name and shape, {reshaped} have the right name but another shape."
-            f"{hint} Check that the config file describes the architecture the checkpoint was trained with."
+            f"The checkpoint {self._current_file!r} does not fit {self.what}: {matched} of its "
+            f"{len(state)} entries match the model by name and shape, {reshaped} have the right "
+            f"name but another shape.{hint} Check that the config file describes the architecture "
+            "the checkpoint was trained with."
         )
 
 
@@ -133,4 +138,5 @@ def load_tinysaver_weights(model, cfg, whole_model: bool = True,
             CheckedCheckpointer(getattr(model, part.lower()), what=what).load(path)
             logger.info(f"Loaded {what} from {path}")
     if whole_model and cfg.MODEL.WEIGHTS:
-        CheckedCheckpointer(model, what="the TinySaver model (MODEL.WEIGHTS)").load(cfg.MODEL.WEIGHTS)
+        what = "the TinySaver model (MODEL.WEIGHTS)"
+        CheckedCheckpointer(model, what=what).load(cfg.MODEL.WEIGHTS)

@@ -17,8 +17,7 @@ from typing import Dict, Optional, Sequence
 import torch
 import yaml
 
-from detectron2.config import CfgNode as CN
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode as CN, get_cfg
 from detectron2.utils.file_io import PathManager
 
 from .data.datasets import register_coco_datasets
@@ -80,7 +79,8 @@ def add_tinysaver_config(cfg: CN) -> None:
     ts.EVALUATOR.DROPOUT = 0.1
     # How many of the saver's top detection scores, sorted, the head sees.
     ts.EVALUATOR.TOP_K = 20
-    # Weight of the pairwise ranking loss next to the regression loss (routing only needs the order).
+    # Weight of the pairwise ranking loss next to the regression loss (routing only needs the
+    # order).
     ts.EVALUATOR.RANK_LOSS_WEIGHT = 1.0
     # Pairs whose targets differ by at most this much are left out of the ranking loss (their order
     # is within the target's noise).
@@ -142,7 +142,8 @@ def add_tinysaver_config(cfg: CN) -> None:
     ts.CALIBRATION = CN()
     # Split on which thresholds are chosen (never used to train the evaluator).
     ts.CALIBRATION.DATASET = ""
-    # Dataset on which the evaluator's rank correlation is logged during training ("" = CALIBRATION.DATASET).
+    # Dataset on which the evaluator's rank correlation is logged during training
+    # ("" = CALIBRATION.DATASET).
     ts.CALIBRATION.HELD_OUT_DATASET = ""
     # Target: the largest allowed drop of COCO box AP (points) against the base ...
     ts.CALIBRATION.MAX_AP_DROP = 0.5
@@ -375,13 +376,14 @@ def _sub_config_file(cfg: CN, part: str) -> str:
 
 
 def load_sub_config(cfg: CN, part: str) -> CN:
-    """The detectron2 config of the saver or the base ("SAVER" or "BASE") named in a TinySaver config."""
+    """The detectron2 config of the saver or base ("SAVER" or "BASE") a TinySaver config names."""
     key = f"MODEL.TINYSAVER.{part}.CONFIG_FILE"
     path = _sub_config_file(cfg, part)
     # Paths kept as written: the sub-config's content keys the output cache, from any directory.
     sub = load_config(path, device_fallback=False, resolve=False)  # the parent's device is used
     if sub.MODEL.META_ARCHITECTURE == "TinySaverRCNN":
-        raise ValueError(f"{key} = {path!r} is itself a TinySaver config; name a plain detector's config")
+        raise ValueError(
+            f"{key} = {path!r} is itself a TinySaver config; name a plain detector's config")
     # The parent decides device; weights are loaded by the checkpointer, never by build_model.
     sub.MODEL.DEVICE = cfg.MODEL.DEVICE
     sub.MODEL.WEIGHTS = ""

@@ -74,7 +74,8 @@ def tinysaver_costs(model, batched_inputs: Sequence[dict]) -> Dict[str, float]:
 
 def routed_gflops(costs: Dict[str, float], exit_rate: float) -> float:
     """Expected GFLOPs per image at exit rate r: saver + evaluator + (1 - r) * base."""
-    return costs["saver_gflops"] + costs["evaluator_gflops"] + (1.0 - exit_rate) * costs["base_gflops"]
+    always = costs["saver_gflops"] + costs["evaluator_gflops"]
+    return always + (1.0 - exit_rate) * costs["base_gflops"]
 
 
 def compute_saved(costs: Dict[str, float], exit_rate: float) -> float:
@@ -83,7 +84,7 @@ def compute_saved(costs: Dict[str, float], exit_rate: float) -> float:
 
 
 def first_test_inputs(cfg, dataset_name: str, num_images: int):
-    """The first `num_images` images of a dataset through the test-time mapper: real inputs for counting."""
+    """The first `num_images` images of a dataset through the test-time mapper (inputs to count)."""
     from detectron2.data import build_detection_test_loader
 
     loader = build_detection_test_loader(cfg, dataset_name)

@@ -22,7 +22,6 @@ from typing import List
 from tabulate import tabulate
 
 from detectron2.modeling import build_model
-
 from tinysaver_det.config import load_config
 from tinysaver_det.engine.trainer import is_tinysaver, load_weights
 from tinysaver_det.flops import detector_gflops, first_test_inputs, tinysaver_costs

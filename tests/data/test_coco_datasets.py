@@ -10,10 +10,10 @@ import uuid
 import cv2
 import numpy as np
 import pytest
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import launch
 
 import tinysaver_det  # noqa: F401  (registers the built-in datasets)
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import launch
 from tinysaver_det.config import load_config
 from tinysaver_det.data.datasets import expand_data_path, register_coco_datasets
 
@@ -106,12 +106,13 @@ def test_config_file_entries_are_saved_with_absolute_paths(two_sets, names, tmp_
     dumped = tmp_path / "dumped.yaml"
     dumped.write_text(cfg.dump())
     # The written config loads again, from anywhere, and names the same dataset.
-    assert load_config(str(dumped)).MODEL.TINYSAVER.DATA.COCO_DATASETS == [[names[0], cells_json, cells_root]]
+    reloaded = load_config(str(dumped)).MODEL.TINYSAVER.DATA.COCO_DATASETS
+    assert reloaded == [[names[0], cells_json, cells_root]]
     assert len(DatasetCatalog.get(cfg.DATASETS.TRAIN[0])) == 2
 
 
-@pytest.mark.parametrize("case", ["missing_json", "missing_folder", "builtin_clash", "other_json_clash",
-                                  "malformed", "unset_variable"])
+@pytest.mark.parametrize("case", ["missing_json", "missing_folder", "builtin_clash",
+                                  "other_json_clash", "malformed", "unset_variable"])
 def test_bad_entries_are_refused_naming_the_key(case, two_sets, names):
     (cells_json, cells_root), (cars_json, cars_root) = two_sets
     entry, error, words = {
@@ -122,7 +123,8 @@ def test_bad_entries_are_refused_naming_the_key(case, two_sets, names):
         "builtin_clash": (("synthetic_val", cells_json, cells_root), ValueError,
                           ["'synthetic_val' is already registered"]),
         "other_json_clash": ((names[0], cars_json, cars_root), ValueError, ["already registered"]),
-        "malformed": ((names[0], cells_json), ValueError, ["expected (name, json_file, image_root)"]),
+        "malformed": ((names[0], cells_json), ValueError,
+                      ["expected (name, json_file, image_root)"]),
         "unset_variable": ((names[0], "$TINYSAVER_NO_SUCH_VARIABLE/x.json", cells_root), ValueError,
                            ["$TINYSAVER_NO_SUCH_VARIABLE", "not set"]),
     }[case]
@@ -146,10 +148,7 @@ def free_port() -> int:
 
 def count_in_worker(config_file: str, out_dir: str) -> None:
     """One `launch` worker: load the config (as every entry point does), then read both datasets."""
-    import tinysaver_det  # noqa: F401
-    from detectron2.data import DatasetCatalog
     from detectron2.utils import comm
-    from tinysaver_det.config import load_config
 
     cfg = load_config(config_file)
     counts = {name: len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN}
@@ -161,7 +160,8 @@ def test_every_launch_worker_registers_the_datasets(two_sets, names, tmp_path):
     (cells_json, cells_root), (cars_json, cars_root) = two_sets
     config = tmp_path / "two.yaml"
     config.write_text(
-        f"_BASE_: {os.path.abspath(CONFIG)}\nMODEL:\n  TINYSAVER:\n    DATA:\n      COCO_DATASETS:\n"
+        f"_BASE_: {os.path.abspath(CONFIG)}\n"
+        "MODEL:\n  TINYSAVER:\n    DATA:\n      COCO_DATASETS:\n"
         f"        - ['{names[0]}', '{cells_json}', '{cells_root}']\n"
         f"        - ['{names[1]}', '{cars_json}', '{cars_root}']\n"
         f"DATASETS:\n  TRAIN: ('{names[0]}', '{names[1]}')\n")

@@ -3,10 +3,10 @@ import os
 import uuid
 
 import pytest
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode
 
 import tinysaver_det  # noqa: F401  (registers the datasets)
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
 from tinysaver_det.data.datasets import (
     SHARED_COCO_SETS,
     default_shared_root,

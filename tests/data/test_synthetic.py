@@ -170,7 +170,8 @@ def test_interrupted_run_completes(tmp_path):
     # Simulate a crash: json missing, one image never written, a stray temp file left behind.
     os.remove(json_file)
     os.remove(os.path.join(image_dir, "000006.jpg"))
-    Path(image_dir, "000006.jpg.tmp999").write_bytes(b"partial")
+    Path(image_dir, "000006.jpg.tmp999").write_bytes(b"partial")  # from older versions
+    Path(image_dir, ".tmp-x1y2000005.jpg").write_bytes(b"partial")  # from utils/atomic.py
     generate_split(str(tmp_path), "s", spec, progress=False)
     assert Path(json_file).read_bytes() == reference
     assert sorted(os.listdir(image_dir)) == [f"{i:06d}.jpg" for i in range(1, 7)]
@@ -189,6 +190,7 @@ def test_prepare_all_and_cli(tmp_path, capsys):
     module_spec.loader.exec_module(cli)
     cli.main(["--root", str(tmp_path), "--scale", "0.01", "--splits", "calib", "shifted"])
     out = capsys.readouterr().out
-    assert "synthetic_calib: 15 images" in out and "synthetic_shifted: 8 images" in out  # 6 -> the minimum
+    # shifted: 600 x 0.01 = 6, raised to the minimum of 8.
+    assert "synthetic_calib: 15 images" in out and "synthetic_shifted: 8 images" in out
     written = sorted(os.listdir(tmp_path / "synthetic" / "annotations"))
     assert written == ["instances_calib.json", "instances_shifted.json"]

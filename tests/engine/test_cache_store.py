@@ -11,8 +11,14 @@ import tinysaver_det  # noqa: F401
 from detectron2.modeling import build_model
 from tinysaver_det.config import load_config
 from tinysaver_det.engine.cache_store import (
-    UnreadableChunk, arrays_to_records, concat_chunks, flat_dets, read_chunk, records_to_arrays,
-    write_chunk)
+    UnreadableChunk,
+    arrays_to_records,
+    concat_chunks,
+    flat_dets,
+    read_chunk,
+    records_to_arrays,
+    write_chunk,
+)
 from tinysaver_det.engine.output_cache import OutputCache, cache_is_complete
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic",
@@ -140,7 +146,10 @@ def test_training_examples_from_chunks_are_one_array(tmp_path):
     paths = [str(tmp_path / f"c{c}.npz") for c in range(2)]
     for p, r in zip(paths, recs):
         write_chunk(p, key, records_to_arrays(r))
-    read = lambda cols: (read_chunk(p, key, cols) for p in paths)
+
+    def read(cols):
+        return (read_chunk(p, key, cols) for p in paths)
+
     gain = examples_from_chunks(read, "ap_gain")
     flat = recs[0] + recs[1]
     assert len(gain) == 7 and gain.summary.shape == (7, 5)

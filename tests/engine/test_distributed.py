@@ -12,8 +12,8 @@ import socket
 
 import pytest
 import torch
-
 from conftest import QUICK_SCALE
+
 from detectron2.engine import launch
 from tinysaver_det.data.synthetic import split_spec
 

@@ -2,19 +2,26 @@
 import os
 import uuid
 
+import numpy as np
 import pytest
 import torch
+from conftest import QUICK_SCALE
 
 import tinysaver_det  # noqa: F401
 from detectron2.modeling import build_model
 from tinysaver_det.config import load_config
 from tinysaver_det.data.datasets import register_synthetic
-from conftest import QUICK_SCALE
 from tinysaver_det.data.synthetic import generate_split, split_spec
-from tinysaver_det.engine.output_cache import OutputCache, build_caches, cache_is_complete, training_examples
+from tinysaver_det.engine.output_cache import (
+    OutputCache,
+    build_caches,
+    cache_is_complete,
+    training_examples,
+)
 from tinysaver_det.modeling.meta_arch import SUMMARY_KEY, TARGET_KEY
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic", "tinysaver_R18_cascade_R18.yaml")
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic",
+                      "tinysaver_R18_cascade_R18.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +38,8 @@ def dataset(tmp_path_factory):
 @pytest.fixture
 def cfg(tmp_path):
     cfg = load_config(CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", "",
-                               "MODEL.TINYSAVER.BASE.WEIGHTS", "", "MODEL.TINYSAVER.CACHE.CHUNK_SIZE", "4",
+                               "MODEL.TINYSAVER.BASE.WEIGHTS", "",
+                               "MODEL.TINYSAVER.CACHE.CHUNK_SIZE", "4",
                                "MODEL.TINYSAVER.CACHE.DIR", str(tmp_path / "cache")])
     return cfg
 
@@ -52,17 +60,44 @@ def test_cache_records_and_targets(cfg, model, dataset):
     records = cache.load_or_build()
     assert len(records) == 12  # 6 images x 2 views
     assert chunk_files(cache) == ["chunk_00000.npz", "chunk_00001.npz"]
-    assert any(len(r["saver"]["scores"]) for r in records if r["view"] == 0)  # a random saver still detects
+    # A random saver still detects.
+    assert any(len(r["saver"]["scores"]) for r in records if r["view"] == 0)
     for r in records:
         assert 0.0 <= r["saver_ap"] <= 1.0 and 0.0 <= r["base_ap"] <= 1.0
         assert r["summary"].shape == (model.evaluator.summary_dim,)
         assert torch.isfinite(r["summary"]).all()
     plain = [r for r in records if r["view"] == 0]
     assert all(len(r["saver"]["scores"]) <= 100 and "base" in r for r in plain)
-    assert all(r["confidence"] == pytest.approx(float(max(r["saver"]["scores"], default=0.0)), abs=1e-6) for r in plain)
+    for r in plain:
+        top = float(max(r["saver"]["scores"], default=0.0))
+        assert r["confidence"] == pytest.approx(top, abs=1e-6)
     examples = training_examples(records, "ap_gain")
     assert examples[0][TARGET_KEY] == pytest.approx(records[0]["base_ap"] - records[0]["saver_ap"])
     assert SUMMARY_KEY in examples[0]
+
+
+def rng_state():
+    _, keys, pos, *_ = np.random.get_state()
+    return keys.copy(), pos
+
+
+def test_augmented_views_are_reproducible_and_leave_numpys_global_rng_alone(cfg, model, dataset,
+                                                                             tmp_path):
+    # The training sampler draws its seed from np.random after the cache is built: building must
+    # leave that stream as it found it, or a run that builds its cache trains on another order
+    # than a rerun that reads it.
+    np.random.seed(123)
+    keys, pos = rng_state()
+    first = OutputCache(cfg, dataset, views=3, model=model).load_or_build()
+    after_keys, after_pos = rng_state()
+    assert np.array_equal(after_keys, keys) and after_pos == pos
+    np.random.seed(7)  # another global state, another folder: the same augmented views
+    other = cfg.clone()
+    other.MODEL.TINYSAVER.CACHE.DIR = str(tmp_path / "other")
+    second = OutputCache(other, dataset, views=3, model=model).load_or_build()
+    assert [(r["view"], r["saver_ap"]) for r in second] == [
+        (r["view"], r["saver_ap"]) for r in first]
+    assert all(torch.equal(a["summary"], b["summary"]) for a, b in zip(first, second))
 
 
 def test_cache_is_reused_and_resumes_missing_chunks(cfg, model, dataset):
@@ -80,7 +115,8 @@ def test_cache_is_reused_and_resumes_missing_chunks(cfg, model, dataset):
     assert os.path.getmtime(paths[0]) == mtimes[0]  # the finished chunk was kept
     assert os.path.isfile(paths[1])
     assert [r["saver_ap"] for r in resumed] == [r["saver_ap"] for r in first]
-    assert torch.equal(torch.stack([r["summary"] for r in resumed]), torch.stack([r["summary"] for r in first]))
+    assert torch.equal(torch.stack([r["summary"] for r in resumed]),
+                       torch.stack([r["summary"] for r in first]))
 
 
 def test_interrupted_build_keeps_finished_chunks(cfg, model, dataset, monkeypatch):
@@ -125,12 +161,13 @@ def test_unwritable_cache_dir_gives_a_clear_error(cfg, model, dataset, tmp_path)
 
 
 def test_training_caches_built_ahead_are_what_training_reads(cfg, model, dataset):
-    """tools/cache_outputs.py without --dataset: the training caches, saver only, TRAIN_VIEWS views."""
+    """tools/cache_outputs.py without --dataset: the training caches, saver only, TRAIN_VIEWS."""
     cfg.DATASETS.TRAIN = (dataset,)
     cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS = 2
     assert not cache_is_complete(cfg, dataset, 2, False)
     assert build_caches(cfg, model=model) == {dataset: 12}
-    assert cache_is_complete(cfg, dataset, 2, False) and not cache_is_complete(cfg, dataset, 2, True)
+    assert cache_is_complete(cfg, dataset, 2, False)
+    assert not cache_is_complete(cfg, dataset, 2, True)
     cache = OutputCache(cfg, dataset, views=cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS, model=model)
     paths = [os.path.join(cache.dir, f) for f in chunk_files(cache)]
     mtimes = [os.path.getmtime(p) for p in paths]
@@ -140,13 +177,14 @@ def test_training_caches_built_ahead_are_what_training_reads(cfg, model, dataset
 
 
 def test_caches_need_a_tinysaver_config(dataset):
-    saver_cfg = load_config(os.path.join(os.path.dirname(CONFIG), "saver_cascade_rcnn_R_18_FPN.yaml"))
+    saver_cfg = load_config(
+        os.path.join(os.path.dirname(CONFIG), "saver_cascade_rcnn_R_18_FPN.yaml"))
     with pytest.raises(ValueError, match="META_ARCHITECTURE"):
         build_caches(saver_cfg, [dataset])
 
 
 def test_ap_gain_training_reads_a_cache_with_the_base(cfg, model, dataset):
-    """EVALUATOR.TARGET ap_gain: the trainer's loader caches the base too and trains on its AP gain."""
+    """EVALUATOR.TARGET ap_gain: the trainer's loader caches the base too, trains on its AP gain."""
     from tinysaver_det.engine.trainer import Trainer
 
     cfg.DATASETS.TRAIN = (dataset,)
@@ -156,7 +194,8 @@ def test_ap_gain_training_reads_a_cache_with_the_base(cfg, model, dataset):
     cfg.DATALOADER.NUM_WORKERS = 0
     torch.manual_seed(0)  # the loader builds its own randomly initialised model
     batch = next(iter(Trainer.build_train_loader(cfg)))
-    assert cache_is_complete(cfg, dataset, 1, True) and not cache_is_complete(cfg, dataset, 1, False)
+    assert cache_is_complete(cfg, dataset, 1, True)
+    assert not cache_is_complete(cfg, dataset, 1, False)
     torch.manual_seed(0)  # the same model again, so its cache key matches and the cache is read
     records = OutputCache(cfg, dataset, views=1, with_base=True).load_or_build()
     gains = sorted(r["base_ap"] - r["saver_ap"] for r in records)

@@ -1,15 +1,18 @@
-"""engine/trainer.py, through tools/train_net.py and calibrate.py: refusals, no stale results."""
+"""engine/trainer.py: refusals, no stale results, checked checkpoints and resume, DDP on the CPU."""
 import importlib.util
 import json
+import socket
 from pathlib import Path
 
 import pytest
+import torch
 
 import tinysaver_det  # noqa: F401  (registers the meta-architecture, heads and datasets)
 from detectron2.engine import default_argument_parser
 
 REPO = Path(__file__).resolve().parents[2]
 TINYSAVER_YAML = REPO / "configs" / "Synthetic" / "tinysaver_R18_cascade_R18.yaml"
+SAVER_INSTANT_YAML = REPO / "configs" / "Synthetic" / "saver_instant_test.yaml"
 
 
 def tool(name: str):
@@ -52,3 +55,88 @@ def test_a_missing_checkpoint_names_the_key_and_the_path_and_leaves_no_stale_res
     with pytest.raises(FileNotFoundError, match=rf"{missing.name}.*MODEL\.WEIGHTS"):
         tool("train_net").main(args_for(tmp_path / "out", "MODEL.WEIGHTS", missing))
     assert not results.exists()
+
+
+
+def saver_trainer(dataset: str, out: Path, max_iter: int):
+    from tinysaver_det.config import load_config
+    from tinysaver_det.engine.trainer import Trainer
+
+    cfg = load_config(str(SAVER_INSTANT_YAML), [
+        "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out), "DATASETS.TRAIN", f"('{dataset}',)",
+        "DATASETS.TEST", "()", "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "2",
+        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
+    ])
+    return Trainer(cfg)
+
+
+def test_training_checkpoints_through_the_checked_checkpointer_and_resumes(tmp_path,
+                                                                           synthetic_split):
+    from detectron2.engine import hooks
+    from tinysaver_det.checkpoint import CheckedCheckpointer
+
+    dataset = synthetic_split("train", 4, "resume")
+    out = tmp_path / "saver"
+    torch.manual_seed(0)
+    first = saver_trainer(dataset, out, max_iter=3)
+    # The checked checkpointer from the start: the periodic checkpoints go through it too.
+    (periodic,) = [h for h in first._hooks if isinstance(h, hooks.PeriodicCheckpointer)]
+    assert isinstance(first.checkpointer, CheckedCheckpointer)
+    assert periodic.checkpointer is first.checkpointer
+    first.resume_or_load(resume=False)
+    assert first.start_iter == 0
+    first.train()
+    checkpoints = {p.name for p in out.iterdir() if p.suffix == ".pth"}
+    assert checkpoints == {"model_0000001.pth", "model_final.pth"}
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]  # written atomically
+    trained = {k: v.clone() for k, v in first.model.state_dict().items()}
+
+    resumed = saver_trainer(dataset, out, max_iter=5)
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 3  # model_final was written after iteration 2
+    assert resumed.scheduler.last_epoch == first.scheduler.last_epoch == 3
+    state = resumed.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in trained.items())
+    resumed.train()
+    assert resumed.iter == 5 and resumed.scheduler.last_epoch == 5  # iterations 3 and 4 only
+    assert torch.load(out / "model_final.pth", weights_only=False)["iteration"] == 4
+
+    # A truncated last checkpoint is refused by name on resume, not loaded half-way.
+    final = out / "model_final.pth"
+    final.write_bytes(final.read_bytes()[:1000])
+    with pytest.raises(RuntimeError, match="model_final.pth"):
+        saver_trainer(dataset, out, max_iter=6).resume_or_load(resume=True)
+
+
+def wrap_on_cpu(result_file: str) -> None:
+    """One of two gloo processes: wrap a CPU model and take one synchronised backward pass."""
+    from detectron2.utils import comm
+    from tinysaver_det.engine.trainer import create_ddp_model_any_device
+
+    torch.manual_seed(0)
+    model = create_ddp_model_any_device(torch.nn.Linear(3, 1), broadcast_buffers=False)
+    rank = comm.get_rank()
+    model(torch.full((1, 3), float(rank + 1))).sum().backward()
+    if comm.is_main_process():
+        Path(result_file).write_text(json.dumps({
+            "type": type(model).__name__, "device_ids": model.device_ids,
+            "grad": model.module.weight.grad.tolist(),
+        }))
+
+
+def test_the_ddp_wrapper_works_for_a_cpu_model(tmp_path):
+    from detectron2.engine import launch
+    from detectron2.utils import comm
+    from tinysaver_det.engine.trainer import create_ddp_model_any_device
+
+    single = torch.nn.Linear(3, 1)
+    assert comm.get_world_size() == 1 and create_ddp_model_any_device(single) is single
+    result_file = tmp_path / "result.json"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch(wrap_on_cpu, 2, dist_url=f"tcp://127.0.0.1:{port}", args=(str(result_file),))
+    result = json.loads(result_file.read_text())
+    assert result["type"] == "DistributedDataParallel" and not result["device_ids"]
+    # Gradients are averaged over the two processes: inputs 1 and 2 give 1.5 for every weight.
+    assert result["grad"] == [[1.5, 1.5, 1.5]]

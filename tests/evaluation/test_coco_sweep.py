@@ -3,12 +3,11 @@ import math
 
 import numpy as np
 import pytest
+from test_coco_fast import KEYS, as_metrics, assert_metrics, cocoeval, merged, random_dataset
 
 from tinysaver_det.evaluation.calibration import sweep
 from tinysaver_det.evaluation.coco_fast import ImageDets, ImageGT, MatchTable
 from tinysaver_det.evaluation.coco_sweep import SweepTable, exit_steps
-
-from test_coco_fast import KEYS, as_metrics, assert_metrics, cocoeval, merged, random_dataset
 
 
 def same(got, want):

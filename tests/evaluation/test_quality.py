@@ -1,10 +1,9 @@
 """Quality targets: the marginal effect of one image on the split's AP, against pycocotools."""
 import numpy as np
 import pytest
+from test_coco_fast import as_metrics, cocoeval, merged, random_dataset
 
 from tinysaver_det.evaluation.quality import marginal_targets, routing_quality
-
-from test_coco_fast import as_metrics, cocoeval, merged, random_dataset
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -2,12 +2,12 @@
 import os
 
 import torch
+
+import tinysaver_det  # noqa: F401  (registers build_regnet_fpn_backbone)
 from detectron2.modeling import build_backbone, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.analysis import FlopCountAnalysis
 from detectron2.utils.events import EventStorage
-
-import tinysaver_det  # noqa: F401  (registers build_regnet_fpn_backbone)
 from tinysaver_det.config import load_config
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "BCCD")
@@ -23,7 +23,8 @@ def test_regnet_fpn_levels_strides_and_channels():
     cfg = config("saver_faster_rcnn_RegNetX_200MF_FPN.yaml")
     backbone = build_backbone(cfg)
     shapes = backbone.output_shape()
-    assert {k: v.stride for k, v in shapes.items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
+    strides = {k: v.stride for k, v in shapes.items()}
+    assert strides == {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
     assert all(v.channels == 64 for v in shapes.values())
     out = backbone(torch.zeros(1, 3, 96, 128))
     assert out["p2"].shape == (1, 64, 24, 32) and out["p6"].shape == (1, 64, 2, 2)
@@ -63,5 +64,6 @@ def test_regnet_saver_is_several_times_cheaper_than_the_base():
         counter.unsupported_ops_warnings(False)
         return counter.total() / 1e9
 
-    saver, base = gflops("saver_faster_rcnn_RegNetX_200MF_FPN.yaml"), gflops("base_cascade_rcnn_R_18_FPN.yaml")
+    saver = gflops("saver_faster_rcnn_RegNetX_200MF_FPN.yaml")
+    base = gflops("base_cascade_rcnn_R_18_FPN.yaml")
     assert saver < base / 4, (saver, base)

@@ -1,4 +1,7 @@
-"""Atomic writes: a file is complete under its name or absent; failures name the file and keep earlier results."""
+"""
+Atomic writes: a file is complete under its name or absent; failures name the file and keep
+earlier results.
+"""
 import json
 import os
 
@@ -6,7 +9,12 @@ import pytest
 import torch
 
 from tinysaver_det.checkpoint import CheckedCheckpointer
-from tinysaver_det.utils.atomic import atomic_save_json, atomic_torch_save
+from tinysaver_det.utils.atomic import (
+    atomic_save_json,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_text,
+)
 
 
 def test_failed_write_keeps_the_earlier_file_and_leaves_no_temporary(tmp_path):
@@ -16,6 +24,18 @@ def test_failed_write_keeps_the_earlier_file_and_leaves_no_temporary(tmp_path):
         atomic_save_json({"ap": object()}, str(path))  # fails halfway through writing
     assert json.loads(path.read_text()) == {"ap": 41.0}
     assert os.listdir(tmp_path) == ["result.json"]
+
+
+def test_failed_byte_and_text_writes_keep_the_earlier_file(tmp_path):
+    image, config = tmp_path / "a.jpg", tmp_path / "config.yaml"
+    atomic_write_bytes(b"jpeg", str(image))
+    atomic_write_text("A: 1\n", str(config))
+    with pytest.raises(TypeError):
+        atomic_write_bytes("not bytes", str(image))
+    with pytest.raises(TypeError):
+        atomic_write_text(b"not text", str(config))
+    assert image.read_bytes() == b"jpeg" and config.read_text() == "A: 1\n"
+    assert sorted(os.listdir(tmp_path)) == ["a.jpg", "config.yaml"]
 
 
 def test_unwritable_folder_is_named(tmp_path):

@@ -1,4 +1,3 @@
 """Datasets: the procedural synthetic detection set and the registration of all datasets."""
 # Imported for their registrations: importing `tinysaver_det` registers every dataset.
-from . import datasets  # noqa: F401
-from . import synthetic  # noqa: F401
+from . import datasets, synthetic  # noqa: F401

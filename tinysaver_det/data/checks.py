@@ -4,15 +4,22 @@ skipped with a warning), degenerate and out-of-image boxes are cleaned with a co
 any common pixel format (grayscale, RGBA, 16-bit, EXIF-rotated) read as 8-bit images of the
 configured channel order.
 """
+import copy
 import logging
 import os
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
-from detectron2.data import detection_utils as utils
+from detectron2.data import (
+    DatasetCatalog,
+    DatasetMapper,
+    MetadataCatalog,
+    detection_utils as utils,
+    transforms as T,
+)
 from detectron2.structures import BoxMode
 
 logger = logging.getLogger(__name__)
@@ -126,13 +133,16 @@ def checked_dataset_dicts(names: Sequence[str], skip_bad_images: bool = False) -
     out = []
     for name in names:
         dicts = load_dataset_dicts(name)
-        bad = [(d["file_name"], p) for d in dicts if (p := image_problem(d["file_name"])) is not None]
+        problems = [(d["file_name"], image_problem(d["file_name"])) for d in dicts]
+        bad = [(f, p) for f, p in problems if p is not None]
         if bad:
-            listing = "\n".join(f"  {f}: {p}" for f, p in bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
+            listing = "\n".join(f"  {f}: {p}" for f, p in bad[:20])
+            listing += "\n  ..." if len(bad) > 20 else ""
             if not skip_bad_images:
                 raise ValueError(
-                    f"{len(bad)} of {len(dicts)} images of dataset {name!r} cannot be read:\n{listing}\n"
-                    "Fix or remove them, or set MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES True to skip them."
+                    f"{len(bad)} of {len(dicts)} images of dataset {name!r} cannot be read:\n"
+                    f"{listing}\nFix or remove them, or set MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES "
+                    "True to skip them."
                 )
             logger.warning(f"Skipping {len(bad)} unreadable images of {name!r}:\n{listing}")
             bad_files = {f for f, _ in bad}
@@ -143,22 +153,45 @@ def checked_dataset_dicts(names: Sequence[str], skip_bad_images: bool = False) -
             clipped, dropped = clipped + c, dropped + k
             out.append(d)
         if clipped or dropped:
-            logger.warning(f"{name}: clipped {clipped} boxes to their image and dropped {dropped} empty or degenerate ones")
+            logger.warning(f"{name}: clipped {clipped} boxes to their image and dropped "
+                           f"{dropped} empty or degenerate ones")
     return out
 
 
 class RobustDatasetMapper(DatasetMapper):
-    """DatasetMapper that reads images with read_image_any (16-bit aware); otherwise unchanged."""
+    """
+    DatasetMapper that reads images with read_image_any (16-bit aware); otherwise unchanged. Its
+    __call__ is DatasetMapper's with that reader, as DensePose's and Mask2Former's mappers write
+    their own: detectron2's mapper reads through the module-level read_image and has no hook for it.
+    """
 
     def __call__(self, dataset_dict):
-        # DatasetMapper reads through the module-level utils.read_image and has no hook for it;
-        # swap it for this call only (mappers run sequentially within a data-loader process).
-        original = utils.read_image
-        utils.read_image = read_image_any
-        try:
-            return super().__call__(dataset_dict)
-        finally:
-            utils.read_image = original
+        dataset_dict = copy.deepcopy(dataset_dict)  # the code below modifies it
+        image = read_image_any(dataset_dict["file_name"], format=self.image_format)
+        utils.check_image_size(dataset_dict, image)
+        sem_seg = None
+        if "sem_seg_file_name" in dataset_dict:
+            sem_seg = utils.read_image(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
+
+        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        transforms = self.augmentations(aug_input)
+        image, sem_seg = aug_input.image, aug_input.sem_seg
+        image_shape = image.shape[:2]
+        # Tensors, not arrays: the data loader moves tensors through shared memory.
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if sem_seg is not None:
+            dataset_dict["sem_seg"] = torch.as_tensor(sem_seg.astype("long"))
+        if self.proposal_topk is not None:
+            utils.transform_proposals(dataset_dict, image_shape, transforms,
+                                      proposal_topk=self.proposal_topk)
+
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+            dataset_dict.pop("sem_seg_file_name", None)
+            return dataset_dict
+        if "annotations" in dataset_dict:
+            self._transform_annotations(dataset_dict, transforms, image_shape)
+        return dataset_dict
 
 
 def build_test_mapper(cfg, with_ground_truth: bool = False) -> RobustDatasetMapper:

@@ -1,7 +1,8 @@
 """
 Dataset registration. Importing this module registers:
 
-* ``synthetic_<split>`` for every split in :data:`~tinysaver_det.data.synthetic.SYNTHETIC_SPLITS`
+* ``synthetic_<split>`` for every split in
+  :data:`~tinysaver_det.data.synthetic.SYNTHETIC_SPLITS`
   (``synthetic_train``, ``synthetic_evaluator``, ``synthetic_calib``, ``synthetic_val``,
   ``synthetic_test``, ``synthetic_shifted``) under ``$DETECTRON2_DATASETS`` (default ``./datasets``). The files need
   not exist yet: ``datasets/prepare_synthetic.py`` generates them.
@@ -15,7 +16,8 @@ Any other COCO-format set is registered from the config (``MODEL.TINYSAVER.DATA.
 :func:`register_coco_datasets`, which ``load_config`` calls in every process.
 
 Full COCO (``coco_2017_train``, ``coco_2017_val``, ...) is already registered by detectron2 itself
-from ``$DETECTRON2_DATASETS/coco`` when ``detectron2.data`` is imported; it is not re-registered here.
+from ``$DETECTRON2_DATASETS/coco`` when ``detectron2.data`` is imported; it is not re-registered
+here.
 """
 import json
 import logging
@@ -177,7 +179,8 @@ def register_coco_datasets(
         if not os.path.isfile(json_file):
             raise FileNotFoundError(f"{where} ({name}): the json file {json_file!r} does not exist")
         if not os.path.isdir(image_root):
-            raise FileNotFoundError(f"{where} ({name}): the image folder {image_root!r} does not exist")
+            raise FileNotFoundError(
+                f"{where} ({name}): the image folder {image_root!r} does not exist")
         if name in DatasetCatalog.list():
             meta = MetadataCatalog.get(name)
             registered = (meta.get("json_file", None), meta.get("image_root", None))
@@ -207,15 +210,17 @@ def register_halves(name: str, json_file: str, image_root: str) -> List[str]:
         DatasetCatalog.register(
             half,
             lambda half=half, parity=parity: [
-                d for d in load_coco_json(json_file, image_root, half) if d["image_id"] % 2 == parity
+                d for d in load_coco_json(json_file, image_root, half)
+                if d["image_id"] % 2 == parity
             ],
         )
-        MetadataCatalog.get(half).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
+        MetadataCatalog.get(half).set(json_file=json_file, image_root=image_root,
+                                      evaluator_type="coco")
     return names
 
 
 def register_all(root: str) -> None:
-    """Register the synthetic splits under ``root``, the shared COCO subsets and the COCO val halves."""
+    """Register the synthetic splits under ``root``, the shared COCO subsets, COCO's val halves."""
     root = os.path.expanduser(root)
     register_synthetic(root)
     register_shared_coco()
@@ -226,7 +231,8 @@ def register_all(root: str) -> None:
     shared = os.path.join(default_shared_root(), "coco_val2017_subset")
     if os.path.isdir(shared):
         register_halves(
-            "coco_2017_val_subset158", os.path.join(shared, "annotations", "instances_val2017.json"),
+            "coco_2017_val_subset158",
+            os.path.join(shared, "annotations", "instances_val2017.json"),
             os.path.join(shared, "val2017"),
         )
 

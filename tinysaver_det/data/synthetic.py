@@ -36,6 +36,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..utils.atomic import atomic_write_bytes
+
 __all__ = [
     "CATEGORIES",
     "SyntheticSpec",
@@ -284,8 +286,8 @@ def _shape_mask(rng, category: str, size: float, cx: float, cy: float):
         poly(corners @ rot(angle).T + c)
     elif category == "triangle":
         angle = rng.uniform(0, 2 * math.pi)
-        pts = np.array([[math.cos(angle + k * 2 * math.pi / 3), math.sin(angle + k * 2 * math.pi / 3)]
-                        for k in range(3)]) * r
+        corner_angles = [angle + k * 2 * math.pi / 3 for k in range(3)]
+        pts = np.array([[math.cos(a), math.sin(a)] for a in corner_angles]) * r
         poly(pts + c)
     elif category == "cross":
         arm = r * rng.uniform(0.28, 0.38)  # half-width of each bar
@@ -477,14 +479,6 @@ def _visible_annotations(owner: np.ndarray, objects, spec: SyntheticSpec):
 # ---------------------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    # Written beside the target then renamed, so a reader never sees a partial file.
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def build_coco_dict(spec: SyntheticSpec, split: str, images: list, annotations: list) -> dict:
     """The COCO json dict of a split, with the spec recorded in ``info``."""
     return {
@@ -551,7 +545,7 @@ def generate_split(root: str, split: str, spec: Optional[SyntheticSpec] = None,
         file_name = f"{image_id:06d}.jpg"
         ok, buf = cv2.imencode(".jpg", img, params)
         assert ok, "JPEG encoding failed"
-        _atomic_write_bytes(os.path.join(image_dir, file_name), buf.tobytes())
+        atomic_write_bytes(buf.tobytes(), os.path.join(image_dir, file_name))
         images.append({"id": image_id, "file_name": file_name, "height": int(img.shape[0]),
                        "width": int(img.shape[1]), "difficulty": round(d, 6)})
         for cat, bbox, area in anns:
@@ -560,12 +554,15 @@ def generate_split(root: str, split: str, spec: Optional[SyntheticSpec] = None,
                                 "iscrowd": 0})
     _remove_stale_images(image_dir, {im["file_name"] for im in images})
     data = build_coco_dict(spec, split, images, annotations)
-    _atomic_write_bytes(json_file, json.dumps(data, sort_keys=True).encode("utf-8"))
+    atomic_write_bytes(json.dumps(data, sort_keys=True).encode("utf-8"), json_file)
     return json_file
 
 
 def _remove_stale_images(image_dir: str, keep: set) -> None:
-    """Drop images (and temp files) of an earlier, larger generation of this split."""
+    """
+    Drop images of an earlier, larger generation of this split, and the temporary files of an
+    interrupted one (".tmp-*000001.jpg" from utils/atomic.py; "*.jpg.tmp<pid>" from older versions).
+    """
     for name in os.listdir(image_dir):
         if name not in keep and (name.endswith(".jpg") or ".jpg.tmp" in name):
             os.remove(os.path.join(image_dir, name))
@@ -577,5 +574,6 @@ def prepare_all(root: str, scale: float = 1.0, splits: Optional[Sequence[str]] =
     splits = list(SYNTHETIC_SPLITS) if splits is None else list(splits)
     unknown = set(splits) - set(SYNTHETIC_SPLITS)
     if unknown:
-        raise KeyError(f"unknown synthetic splits {sorted(unknown)}; known: {list(SYNTHETIC_SPLITS)}")
+        raise KeyError(
+            f"unknown synthetic splits {sorted(unknown)}; known: {list(SYNTHETIC_SPLITS)}")
     return {s: generate_split(root, s, split_spec(s, scale), progress=progress) for s in splits}

@@ -40,6 +40,7 @@ from ..evaluation.plots import plot_accuracy_compute, plot_examples, plot_score_
 from ..flops import first_test_inputs, tinysaver_costs
 from ..evaluation.quality import routing_quality
 from ..modeling.routing import exit_mask
+from ..utils.atomic import atomic_write_text
 from .output_cache import OutputCache
 
 logger = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
         router = deployed  # the plots show the router the model deploys
         plot_accuracy_compute(curves, base, saver, chosen[router], os.path.join(output_dir, "accuracy_vs_gflops.png"),
                               title=f"{dataset}: AP against GFLOPs per image",
-                              max_ap_drop=max_ap_drop if gflops_budget <= 0 else 0.0)
+                              max_ap_drop=max_ap_drop, gflops_budget=gflops_budget)
         plot_score_distribution(calib.scores[router], chosen[router]["threshold"],
                                 os.path.join(output_dir, "score_distribution.png"), router)
         plot_examples(calib.dataset_dicts, calib.records, calib.scores[router], chosen[router]["threshold"],
@@ -198,9 +199,7 @@ def write_calibrated_config(cfg, calibration_file: str, path: str) -> None:
     out.MODEL.TINYSAVER.CALIBRATION_FILE = os.path.abspath(calibration_file)
     out.MODEL.TINYSAVER.THRESHOLD = read_calibrated_threshold(calibration_file)
     out.OUTPUT_DIR = os.path.join(os.path.dirname(os.path.abspath(path)), "eval")
-    with open(path + ".tmp", "w") as f:
-        f.write(out.dump())
-    os.replace(path + ".tmp", path)
+    atomic_write_text(out.dump(), path)
 
 
 def format_results(result: dict) -> str:

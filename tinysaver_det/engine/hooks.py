@@ -51,21 +51,26 @@ class RankCorrelationHook(HookBase):
         model = getattr(self.trainer.model, "module", self.trainer.model)
         result = rank_correlations(model.evaluator, self._records, self._truth)
         storage = self.trainer.storage
-        storage.put_scalar("tinysaver/spearman_heldout", result["spearman_evaluator"], smoothing_hint=False)
-        storage.put_scalar("tinysaver/spearman_confidence", result["spearman_confidence"], smoothing_hint=False)
+        storage.put_scalar("tinysaver/spearman_heldout", result["spearman_evaluator"],
+                           smoothing_hint=False)
+        storage.put_scalar("tinysaver/spearman_confidence", result["spearman_confidence"],
+                           smoothing_hint=False)
         logger.info(
             f"Held-out rank correlation with true quality ({result['num_images']} images): "
-            f"evaluator {result['spearman_evaluator']:.4f}, saver confidence {result['spearman_confidence']:.4f}"
+            f"evaluator {result['spearman_evaluator']:.4f}, "
+            f"saver confidence {result['spearman_confidence']:.4f}"
         )
         return result
 
     def after_step(self):
         next_iter = self.trainer.iter + 1
-        if self._period > 0 and next_iter % self._period == 0 and next_iter != self.trainer.max_iter:
+        periodic = self._period > 0 and next_iter % self._period == 0
+        if periodic and next_iter != self.trainer.max_iter:
             self._evaluate()
 
     def after_train(self):
         if self.trainer.iter + 1 >= self.trainer.max_iter:
             result = self._evaluate()
             if comm.is_main_process():
-                atomic_save_json(result, os.path.join(self._output_dir, "evaluator_rank_correlation.json"))
+                path = os.path.join(self._output_dir, "evaluator_rank_correlation.json")
+                atomic_save_json(result, path)

@@ -39,6 +39,7 @@ from ..evaluation.ground_truth import dataset_ground_truth
 from ..evaluation.quality import (dets_from_predictions, gt_from_instances, marginal_targets,
                                   routing_quality)
 from ..utils.atomic import atomic_save_json
+from ..utils.rng import numpy_global_seed
 from .cache_store import (SOURCES, UnreadableChunk, arrays_to_records, concat_chunks, flat_dets,
                           read_chunk, records_to_arrays, write_chunk)
 from ..modeling.meta_arch import confidence_score
@@ -230,13 +231,23 @@ class OutputCache:
     def _chunk_path(self, chunk: int) -> str:
         return os.path.join(self.dir, f"chunk_{chunk:05d}.npz")
 
+    def _mapped(self, dataset_dict: dict, index: int, view: int) -> dict:
+        """
+        View 0 through the test mapper, views 1.. through the training augmentations, the same on
+        every build. detectron2's augmentations draw from np.random (even the test resize's choice
+        of its one size): seeded per image and view, and the global state restored afterwards.
+        """
+        mapper = self._test_mapper if view == 0 else self._train_mapper
+        with numpy_global_seed((index * 1009 + view) % 2**32):
+            return mapper(dict(dataset_dict))
+
     def _image_records(self, model, dataset_dict: dict, gt: ImageGT, index: int) -> List[dict]:
         to_dataset_id = self._to_dataset_id
         records = []
         for view in range(self.views):
             if view == 0:
                 # The plain image, outputs in the original frame, scored against the dataset's own GT.
-                inputs = self._test_mapper(dict(dataset_dict))
+                inputs = self._mapped(dataset_dict, index, view)
                 saver_out, summary = model.run_saver([inputs])
                 saver = saver_out[0]["instances"]
                 saver_dets = detections_record(saver, to_dataset_id)
@@ -253,8 +264,7 @@ class OutputCache:
                     record["base_ap"] = per_image_ap(gt, record_dets(base_dets))
             else:
                 # An augmented view: outputs and GT both in the augmented tensor's frame.
-                np.random.seed((index * 1009 + view) % 2**32)
-                inputs = self._train_mapper(dict(dataset_dict))
+                inputs = self._mapped(dataset_dict, index, view)
                 inputs = {k: v for k, v in inputs.items() if k not in ("height", "width")}
                 saver_out, summary = model.run_saver([inputs])
                 saver = saver_out[0]["instances"]

@@ -22,10 +22,11 @@ from .trainer import load_weights
 logger = logging.getLogger(__name__)
 
 
-def rank_savers(tinysaver_config: str, candidates: Sequence[Tuple[str, str]], dataset: str, opts: Sequence[str] = ()) -> List[dict]:
+def rank_savers(tinysaver_config: str, candidates: Sequence[Tuple[str, str]], dataset: str,
+                opts: Sequence[str] = ()) -> List[dict]:
     """
     Args:
-        tinysaver_config: a TinySaver config naming the base (its saver is replaced by each candidate).
+        tinysaver_config: a TinySaver config naming the base (each candidate replaces its saver).
         candidates: (saver config file, saver weights) pairs.
         dataset: the split on which r* is measured (the paper uses the training split).
     Returns:
@@ -34,7 +35,8 @@ def rank_savers(tinysaver_config: str, candidates: Sequence[Tuple[str, str]], da
     rows = []
     for config_file, weights in candidates:
         cfg = load_config(tinysaver_config, list(opts) + [
-            "MODEL.TINYSAVER.SAVER.CONFIG_FILE", config_file, "MODEL.TINYSAVER.SAVER.WEIGHTS", weights])
+            "MODEL.TINYSAVER.SAVER.CONFIG_FILE", config_file,
+            "MODEL.TINYSAVER.SAVER.WEIGHTS", weights])
         # One cache folder per candidate (by its files, so a rerun reuses it): a shared one would
         # (rightly) be refused as stale.
         sub = cfg.MODEL.TINYSAVER.SAVER
@@ -43,10 +45,12 @@ def rank_savers(tinysaver_config: str, candidates: Sequence[Tuple[str, str]], da
         model = build_model(cfg)
         load_weights(model, cfg)
         model.eval()
-        costs = tinysaver_costs(model, first_test_inputs(cfg, dataset, cfg.MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES))
+        flops_images = cfg.MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES
+        costs = tinysaver_costs(model, first_test_inputs(cfg, dataset, flops_images))
         split = CachedSplit(cfg, model, dataset)
         base_ap = split.alone("base", costs)["AP"]
-        r_star = largest_safe_exit_rate(sweep(split.table, split.scores["confidence"], costs), base_ap)
+        curve = sweep(split.table, split.scores["confidence"], costs)
+        r_star = largest_safe_exit_rate(curve, base_ap)
         rows.append({
             "saver_config": config_file,
             "saver_weights": weights,
@@ -57,11 +61,14 @@ def rank_savers(tinysaver_config: str, candidates: Sequence[Tuple[str, str]], da
             "r_star": r_star,
             "delta_c": costs["c_s"] - r_star,
         })
-        logger.info(f"{config_file}: c_s {costs['c_s']:.3f}, r* {r_star:.3f}, ΔC {costs['c_s'] - r_star:.3f}")
+        logger.info(f"{config_file}: c_s {costs['c_s']:.3f}, r* {r_star:.3f}, "
+                    f"ΔC {costs['c_s'] - r_star:.3f}")
     return sorted(rows, key=lambda r: r["delta_c"])
 
 
 def format_ranking(rows: List[dict]) -> str:
-    table = [[i + 1, r["saver_config"], f"{r['saver_gflops']:.3f}", f"{r['saver_AP']:.2f}", f"{r['c_s']:.3f}",
-              f"{r['r_star']:.3f}", f"{r['delta_c']:+.3f}"] for i, r in enumerate(rows)]
-    return tabulate(table, headers=["rank", "saver", "GFLOPs/img", "AP", "c_s", "r*", "ΔC"], tablefmt="github")
+    table = [[i + 1, r["saver_config"], f"{r['saver_gflops']:.3f}", f"{r['saver_AP']:.2f}",
+              f"{r['c_s']:.3f}", f"{r['r_star']:.3f}", f"{r['delta_c']:+.3f}"]
+             for i, r in enumerate(rows)]
+    headers = ["rank", "saver", "GFLOPs/img", "AP", "c_s", "r*", "ΔC"]
+    return tabulate(table, headers=headers, tablefmt="github")

@@ -7,14 +7,13 @@ import logging
 import os
 import weakref
 
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from torch.nn.parallel import DistributedDataParallel
 
-from detectron2.engine import DefaultTrainer, hooks
-from detectron2.engine import defaults as detectron2_defaults
-from detectron2.engine.defaults import create_ddp_model as _create_ddp_model
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model, hooks
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import CheckedCheckpointer, load_tinysaver_weights
 from ..data.checks import (
@@ -26,8 +25,8 @@ from ..data.checks import (
 from ..evaluation.coco_evaluator import CheckedCOCOEvaluator
 from ..evaluation.routing_evaluator import RoutingEvaluator
 from ..evaluation.throughput import ThroughputEvaluator
-from ..utils.atomic import atomic_save_json
 from ..flops import first_test_inputs, tinysaver_costs
+from ..utils.atomic import atomic_save_json
 from .hooks import RankCorrelationHook
 from .output_cache import OutputCache, cached_examples, training_cache_spec, true_quality
 
@@ -44,7 +43,7 @@ def held_out_dataset(cfg) -> str:
 
 
 def routing_costs(cfg, model, dataset_name: str):
-    """GFLOPs per image of the sub-models: from the calibration file if there is one, else measured."""
+    """GFLOPs per image of the sub-models: from the calibration file if any, else measured."""
     path = cfg.MODEL.TINYSAVER.CALIBRATION_FILE
     if path and os.path.isfile(path):
         with open(path) as f:
@@ -91,14 +90,17 @@ def evaluate_only(cfg, resume: bool = False) -> dict:
     return Trainer.test(cfg, model)
 
 
-def load_weights(model, cfg, resume: bool = False) -> None:
+def load_weights(model, cfg, resume: bool = False, checkpointer=None):
     """
     Load a model's weights the way training and evaluation both do: for TinySaver, the saver's and
-    base's own checkpoints first, then MODEL.WEIGHTS (or, with resume, OUTPUT_DIR's last checkpoint).
+    base's own checkpoints first, then MODEL.WEIGHTS (or, with resume, OUTPUT_DIR's last checkpoint)
+    through `checkpointer` (the trainer's, so that a resume restores its optimizer and scheduler).
+    Returns what the checkpointer's resume_or_load returns.
     """
     if is_tinysaver(cfg):
         load_tinysaver_weights(model, cfg, whole_model=False)
-    CheckedCheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    checkpointer = checkpointer or CheckedCheckpointer(model, cfg.OUTPUT_DIR)
+    return checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
 
 
 def create_ddp_model_any_device(model, **kwargs):
@@ -107,25 +109,38 @@ def create_ddp_model_any_device(model, **kwargs):
     DistributedDataParallel refuses; on the CPU (gloo) the model is wrapped without device_ids.
     """
     if comm.get_world_size() == 1 or next(model.parameters()).device.type != "cpu":
-        return _create_ddp_model(model, **kwargs)
+        return create_ddp_model(model, **kwargs)
     return DistributedDataParallel(model, **kwargs)
 
 
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
-        # DefaultTrainer.__init__ calls the module-level create_ddp_model: swap in the device-aware
-        # one for the construction only.
-        original = detectron2_defaults.create_ddp_model
-        detectron2_defaults.create_ddp_model = create_ddp_model_any_device
-        try:
-            super().__init__(cfg)
-        finally:
-            detectron2_defaults.create_ddp_model = original
-        # Checkpoints written atomically and loaded with clear refusals (see checkpoint.py).
-        self.checkpointer = CheckedCheckpointer(self.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        for hook in self._hooks:
-            if isinstance(hook, hooks.PeriodicCheckpointer):
-                hook.checkpointer = self.checkpointer
+        """
+        DefaultTrainer.__init__ written out (its constructor hard-wires detectron2's DDP wrapper and
+        checkpointer): the model is wrapped by create_ddp_model_any_device, and checkpoints are
+        written atomically and loaded with clear refusals by CheckedCheckpointer (checkpoint.py),
+        which the hooks built below then use too.
+        """
+        super(DefaultTrainer, self).__init__()  # TrainerBase's: DefaultTrainer's is the one above
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()  # setup_logger is not called for detectron2
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+
+        model = create_ddp_model_any_device(model, broadcast_buffers=False)
+        trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_class(model, data_loader, optimizer)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = CheckedCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None, costs=None):
@@ -146,15 +161,16 @@ class Trainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """
-        DefaultTrainer.test, plus the routing evaluator's cost figures for TinySaver; the results are
-        always keyed by dataset name (DefaultTrainer unwraps a single dataset) and written to
+        DefaultTrainer.test, plus the routing evaluator's cost figures for TinySaver; the results
+        are always keyed by dataset name (DefaultTrainer unwraps a single dataset) and written to
         OUTPUT_DIR/inference/results.json.
         """
         forget_results(cfg)
         check_dataset_files(cfg.DATASETS.TEST)  # before evaluators that open the json themselves
         if evaluators is None and is_tinysaver(cfg):
             bare = getattr(model, "module", model)
-            evaluators = [cls.build_evaluator(cfg, name, costs=routing_costs(cfg, bare, name)) for name in cfg.DATASETS.TEST]
+            evaluators = [cls.build_evaluator(cfg, name, costs=routing_costs(cfg, bare, name))
+                          for name in cfg.DATASETS.TEST]
         results = super().test(cfg, model, evaluators)
         if len(cfg.DATASETS.TEST) == 1:
             results = {cfg.DATASETS.TEST[0]: results}
@@ -174,24 +190,26 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         if not is_tinysaver(cfg):
-            dicts = checked_dataset_dicts(cfg.DATASETS.TRAIN, cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
+            skip_bad = cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES
+            dicts = checked_dataset_dicts(cfg.DATASETS.TRAIN, skip_bad)
             if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
                 dicts = [d for d in dicts if d["annotations"]]
-            return build_detection_train_loader(cfg, mapper=RobustDatasetMapper(cfg, is_train=True), dataset=dicts)
+            mapper = RobustDatasetMapper(cfg, is_train=True)
+            return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)
         views, with_base = training_cache_spec(cfg)
-        caches = [OutputCache(cfg, name, views=views, with_base=with_base) for name in cfg.DATASETS.TRAIN]
+        caches = [OutputCache(cfg, name, views=views, with_base=with_base)
+                  for name in cfg.DATASETS.TRAIN]
         examples = cached_examples(caches, cfg.MODEL.TINYSAVER.EVALUATOR.TARGET)
-        logger.info(f"Training the evaluator on {len(examples)} cached views of {cfg.DATASETS.TRAIN}")
+        logger.info(f"Training the evaluator on {len(examples)} cached views of "
+                    f"{cfg.DATASETS.TRAIN}")
         return build_detection_train_loader(
-            examples, mapper=None, total_batch_size=cfg.SOLVER.IMS_PER_BATCH, aspect_ratio_grouping=False
+            examples, mapper=None, total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            aspect_ratio_grouping=False,
         )
 
     def resume_or_load(self, resume=True):
-        checkpointer = self.checkpointer
-        if is_tinysaver(self.cfg):
-            load_tinysaver_weights(self.model, self.cfg, whole_model=False)
-        checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
-        if resume and checkpointer.has_checkpoint():
+        load_weights(self.model, self.cfg, resume=resume, checkpointer=self.checkpointer)
+        if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
 
     def build_hooks(self):

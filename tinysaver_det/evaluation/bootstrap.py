@@ -19,14 +19,15 @@ from .coco_sweep import SweepTable, exit_steps
 FIGURES = ("AP_base", "AP_saver", "AP_routed", "AP_drop", "exit_rate", "compute_saved")
 
 
-def routing_figures(table: MatchTable, exited: np.ndarray, costs: Dict[str, float]) -> Dict[str, float]:
+def routing_figures(table: MatchTable, exited: np.ndarray,
+                    costs: Dict[str, float]) -> Dict[str, float]:
     """The figures of one split: the routed model keeps the saver's detections where `exited`."""
     saver, base = table.sources.index("saver"), table.sources.index("base")
     routed = table.coco_metrics(np.where(exited, saver, base))["AP"]
     ap_base = table.source_metrics("base")["AP"]
     exit_rate = float(np.mean(exited)) if len(exited) else 0.0
-    return {"AP_base": ap_base, "AP_saver": table.source_metrics("saver")["AP"], "AP_routed": routed,
-            "AP_drop": ap_base - routed, "exit_rate": exit_rate,
+    return {"AP_base": ap_base, "AP_saver": table.source_metrics("saver")["AP"],
+            "AP_routed": routed, "AP_drop": ap_base - routed, "exit_rate": exit_rate,
             "compute_saved": compute_saved(costs, exit_rate)}
 
 
@@ -90,7 +91,8 @@ def bootstrap_routers(
         for k, values in figures.items():
             values = np.asarray(values, dtype=np.float64)
             values = values[np.isfinite(values)]
-            out[r][k] = ((float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+            out[r][k] = ((float(np.percentile(values, tail)),
+                          float(np.percentile(values, 100 - tail)))
                          if len(values) else (float("nan"), float("nan")))
     return out
 

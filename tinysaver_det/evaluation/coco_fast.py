@@ -11,9 +11,9 @@ Why this exists: TinySaver needs COCO AP far more often than a normal evaluation
 
 Here matching is done once per source (``MatchTable.build``) and a sweep point only masks
 presorted rows and runs cumulative sums. (``coco_sweep.SweepTable`` goes further for threshold
-sweeps: a compact, chunk-built table walked incrementally; calibration uses it.) Measured (same box, ~10 GT and 100 detections per
-image, 2 sources): per-image AP of 5k images 0.49 s; MatchTable.build 2.4 s and one sweep point
-0.14 s at 5k images (0.03 s at 1k, 0.58 s at 20k).
+sweeps: a compact, chunk-built table walked incrementally; calibration uses it.) Measured (same
+box, ~10 GT and 100 detections per image, 2 sources): per-image AP of 5k images 0.49 s;
+MatchTable.build 2.4 s and one sweep point 0.14 s at 5k images (0.03 s at 1k, 0.58 s at 20k).
 
 Semantics are those of pycocotools 2.0 ``COCOeval(iouType='bbox')`` with default parameters
 and are tested against it (``tests/evaluation/test_coco_fast.py``): same IoU (crowd union =
@@ -32,7 +32,7 @@ only where it is undefined (no ground truth in its area range). Evaluation follo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -40,7 +40,8 @@ import numpy as np
 # Same expressions as pycocotools.cocoeval.Params.setDetParams, so the floats are identical.
 IOU_THRS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
 REC_THRS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
-AREA_RNGS = np.array([[0, 1e5 ** 2], [0, 32 ** 2], [32 ** 2, 96 ** 2], [96 ** 2, 1e5 ** 2]], dtype=np.float64)
+AREA_RNGS = np.array([[0, 1e5 ** 2], [0, 32 ** 2], [32 ** 2, 96 ** 2], [96 ** 2, 1e5 ** 2]],
+                     dtype=np.float64)
 AREA_NAMES = ("all", "small", "medium", "large")
 # evaluateImg starts the best IoU at min(t, 1-1e-10): a detection matches when iou >= this.
 _MATCH_THRS = np.array([min([t, 1 - 1e-10]) for t in IOU_THRS])
@@ -56,7 +57,7 @@ def _boxes(x) -> np.ndarray:
 
 @dataclass
 class ImageGT:
-    """Ground truth of one image: XYWH boxes (G,4), category ids (G,), iscrowd (G,), COCO area (G,)."""
+    """Ground truth of one image: XYWH boxes (G,4), category ids, iscrowd and COCO area (G,)."""
 
     boxes: np.ndarray
     category_ids: np.ndarray
@@ -103,36 +104,6 @@ def gt_from_coco(coco, img_ids: Optional[Sequence[int]] = None) -> List[ImageGT]
                            iscrowd=[bool(a.get("iscrowd", 0)) for a in anns],
                            area=[a["area"] for a in anns]))
     return out
-
-
-def dets_from_coco_results(results: Sequence[dict], img_ids: Sequence[int]) -> List[ImageDets]:
-    """ImageDets per image id from a COCO results list (image_id, category_id, bbox, score).
-
-    Detections keep their list order within an image (it decides score ties, as in pycocotools).
-    """
-    per = {i: [] for i in img_ids}
-    for r in results:
-        if r["image_id"] in per:
-            per[r["image_id"]].append(r)
-    return [ImageDets(boxes=[r["bbox"] for r in per[i]], scores=[r["score"] for r in per[i]],
-                      category_ids=[r["category_id"] for r in per[i]]) for i in img_ids]
-
-
-def dets_from_instances(instances, contiguous_to_dataset_id: Mapping[int, int]) -> ImageDets:
-    """ImageDets from detectron2 ``Instances`` (pred_boxes XYXY, scores, pred_classes).
-
-    Also accepts any object with numpy-able ``pred_boxes`` / ``scores`` / ``pred_classes``.
-    """
-    def np_(x):
-        x = getattr(x, "tensor", x)  # detectron2 Boxes -> tensor
-        return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-    xyxy = np_(instances.pred_boxes).astype(np.float64).reshape(-1, 4)
-    xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
-    classes = np_(instances.pred_classes).astype(np.int64).reshape(-1)
-    lut = np.vectorize(lambda c: contiguous_to_dataset_id[int(c)], otypes=[np.int64])
-    cats = lut(classes) if len(classes) else np.zeros(0, np.int64)
-    return ImageDets(boxes=xywh, scores=np_(instances.scores).astype(np.float64), category_ids=cats)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +198,10 @@ def _match(gt: _FlatGT, dets: Sequence[ImageDets], cat_ids: np.ndarray, max_dets
     # Order pairs by (rank, det, iou, gt index): the max "key" below is pycocotools' choice.
     o = np.lexsort((p_gt, p_iou, p_det, rank[p_det]))
     p_det, p_gt, p_iou = p_det[o], p_gt[o], p_iou[o]
-    run_start = np.flatnonzero(np.r_[True, p_det[1:] != p_det[:-1]]) if len(p_det) else np.zeros(0, int)
+    if len(p_det):
+        run_start = np.flatnonzero(np.r_[True, p_det[1:] != p_det[:-1]])
+    else:
+        run_start = np.zeros(0, int)
     run_len = np.diff(np.r_[run_start, len(p_det)])
     within = np.arange(len(p_det)) - np.repeat(run_start, run_len) + 1  # 1..k, later = better
     K = int(run_len.max()) + 1 if len(run_len) else 1
@@ -264,37 +238,9 @@ def _match(gt: _FlatGT, dets: Sequence[ImageDets], cat_ids: np.ndarray, max_dets
     return _Matches(img, cat, score, rank, dtm & ~mig, ig)
 
 
-@dataclass
-class ImageMatches:
-    """Matching result of one image (all IoU thresholds and area ranges).
-
-    Detections are the kept ones (per category, top ``max_dets`` by score), ordered by
-    (category id, score desc). ``tp``/``ignore`` are (D, 10, 4) over (IoU threshold, area range
-    in AREA_NAMES order); a detection is a false positive where neither is set.
-    ``num_gt`` is (K, 4): counted (non-ignored) ground truth per category of ``categories``.
-    """
-
-    scores: np.ndarray
-    category_ids: np.ndarray
-    tp: np.ndarray
-    ignore: np.ndarray
-    categories: np.ndarray
-    num_gt: np.ndarray
-
-
 def _category_ids(gts: Sequence[ImageGT], *dets_lists: Sequence[ImageDets]) -> np.ndarray:
     parts = [g.category_ids for g in gts] + [d.category_ids for ds in dets_lists for d in ds]
     return np.unique(_concat(parts, np.int64))
-
-
-def match_image(gt: ImageGT, dets: ImageDets, max_dets: int = 100) -> ImageMatches:
-    """COCOeval.evaluateImg (bbox) of one image for every category, IoU threshold and area."""
-    cat_ids = _category_ids([gt], [dets])
-    fg = _flatten_gt([gt], cat_ids)
-    m = _match(fg, [dets], cat_ids, max_dets)
-    num_gt = np.zeros((len(cat_ids), A), np.int64)
-    np.add.at(num_gt, fg.cat, fg.notig.astype(np.int64))
-    return ImageMatches(m.score, cat_ids[m.cat], m.tp, m.ig, cat_ids, num_gt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,7 +317,8 @@ def _mean_precision(group, ngroups, tp, valid, npig) -> np.ndarray:
         # Each run covers recall points (previous bucket in its segment, bucket].
         new_seg = np.r_[True, seg[1:] != seg[:-1]]
         prev = np.where(new_seg, -1, np.r_[-1, bucket[:-1]])
-        out = np.bincount(seg % ngroups, weights=(bucket - prev) * smax, minlength=ngroups) / (nt * R)
+        weights = (bucket - prev) * smax
+        out = np.bincount(seg % ngroups, weights=weights, minlength=ngroups) / (nt * R)
     out[npig == 0] = -1
     return out
 
@@ -389,8 +336,10 @@ def _per_image_from_matches(m: _Matches, gt: _FlatGT, n_img: int, ncat: int,
     groups = np.flatnonzero(npig_all > 0)
     key = m.img * ncat + m.cat
     pos = np.searchsorted(groups, key)
-    keep = (pos < len(groups)) & (groups[np.minimum(pos, len(groups) - 1)] == key) if len(groups) else \
-        np.zeros(len(key), bool)
+    if len(groups):
+        keep = (pos < len(groups)) & (groups[np.minimum(pos, len(groups) - 1)] == key)
+    else:
+        keep = np.zeros(len(key), bool)
     per_group = _mean_precision(pos[keep], len(groups), m.tp[keep, :, area], ~m.ig[keep, :, area],
                                 npig_all[groups])
     g_img = groups // ncat
@@ -430,9 +379,6 @@ def per_image_ap(gt: ImageGT, dets: ImageDets, *, max_dets: int = 100,
 # ----------------------------------------------------------------------------------------------
 # dataset-level metrics of a per-image choice between sources
 # ----------------------------------------------------------------------------------------------
-METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
 def _metrics_from_precision(p: np.ndarray) -> Dict[str, float]:
     """COCOeval stats[:6] (x100, NaN if undefined) of precision (T, 101, K, A)."""
     return {"AP": 100 * _mean_defined(p[:, :, :, 0]),
@@ -462,7 +408,6 @@ class MatchTable:
     rows_cat: List[np.ndarray]
     rows_tp: List[np.ndarray]             # per area: (n_a, T) bool
     rows_valid: List[np.ndarray]
-    _per_image: Dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def build(cls, gts: Sequence[ImageGT], sources: Mapping[str, Sequence[ImageDets]],
@@ -470,14 +415,14 @@ class MatchTable:
         """Match every source against ``gts`` (images in ascending image-id order)."""
         names = list(sources)
         for s in names:
-            assert len(sources[s]) == len(gts), f"source {s!r}: {len(sources[s])} != {len(gts)} images"
+            assert len(sources[s]) == len(gts), (
+                f"source {s!r}: {len(sources[s])} != {len(gts)} images")
         cat_ids = _category_ids(gts, *[sources[s] for s in names])
         ncat = len(cat_ids)
         fg = _flatten_gt(gts, cat_ids)
         npig = np.zeros((ncat, A), np.int64)
         np.add.at(npig, fg.cat, fg.notig.astype(np.int64))
         ms = [_match(fg, sources[s], cat_ids, max_dets) for s in names]
-        per_image = {s: _per_image_from_matches(m, fg, len(gts), ncat, 1.0) for s, m in zip(names, ms)}
         src = np.concatenate([np.full(len(m.img), i, np.int64) for i, m in enumerate(ms)])
         cat = np.concatenate([m.cat for m in ms])
         img = np.concatenate([m.img for m in ms])
@@ -492,11 +437,13 @@ class MatchTable:
         rows = dict(img=[], src=[], cat=[], tp=[], valid=[])
         for a in range(A):
             sel = np.flatnonzero(~ig[:, :, a].all(axis=1))  # rows ignored at every IoU never count
-            rows["img"].append(img[sel]); rows["src"].append(src[sel]); rows["cat"].append(cat[sel])
+            rows["img"].append(img[sel])
+            rows["src"].append(src[sel])
+            rows["cat"].append(cat[sel])
             rows["tp"].append(np.ascontiguousarray(tp[sel, :, a]))
             rows["valid"].append(np.ascontiguousarray(~ig[sel, :, a]))
         return cls(names, len(gts), cat_ids, npig, rows["img"], rows["src"], rows["cat"],
-                   rows["tp"], rows["valid"], per_image)
+                   rows["tp"], rows["valid"])
 
     def precision(self, choice) -> np.ndarray:
         """COCOeval's eval['precision'][..., maxDets=100] for a choice: (T, 101, K, A)."""
@@ -516,7 +463,3 @@ class MatchTable:
     def source_metrics(self, source: str) -> Dict[str, float]:
         """Metrics of one source alone (every image takes it)."""
         return self.coco_metrics(np.full(self.num_images, self.sources.index(source)))
-
-    def per_image_ap(self, source: str) -> np.ndarray:
-        """``per_image_ap`` (no_gt_value=1.0) of every image for one source, from the stored matches."""
-        return self._per_image[source].copy()

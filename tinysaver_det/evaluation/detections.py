@@ -8,7 +8,8 @@ import numpy as np
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .coco_fast import ImageDets, dets_from_instances
+from .coco_fast import ImageDets
+from .quality import dets_from_predictions
 
 MAX_STORED_DETECTIONS = 100
 
@@ -38,7 +39,7 @@ def detections_record(instances, to_dataset_id: Dict[int, int]) -> Dict[str, np.
     instances = instances.to("cpu")
     if len(instances) > MAX_STORED_DETECTIONS:
         instances = instances[instances.scores.argsort(descending=True)[:MAX_STORED_DETECTIONS]]
-    dets = dets_from_instances(instances, to_dataset_id)
+    dets = dets_from_predictions(instances, to_dataset_id)
     return {"boxes": dets.boxes.astype(np.float32), "scores": dets.scores.astype(np.float32),
             "category_ids": dets.category_ids}
 

@@ -20,7 +20,7 @@ def _check_offsets(offsets: np.ndarray, n: int, what: str) -> None:
 
 
 def _per_image(make, columns, offsets, lo: int, hi: int) -> list:
-    """`make(*rows)` for images lo..hi-1, each given its rows of every column (read once per chunk)."""
+    """`make(*rows)` for images lo..hi-1, each with its rows of every column (read once a chunk)."""
     o = np.asarray(offsets[lo:hi + 1])
     cols = [np.asarray(x[o[0]:o[-1]]) for x in columns]
     o = o - o[0]
@@ -43,7 +43,8 @@ class FlatDets:
         return len(self.offsets) - 1
 
     def chunk(self, lo: int, hi: int) -> List[ImageDets]:
-        return _per_image(ImageDets, (self.boxes, self.scores, self.category_ids), self.offsets, lo, hi)
+        columns = (self.boxes, self.scores, self.category_ids)
+        return _per_image(ImageDets, columns, self.offsets, lo, hi)
 
 
 @dataclass

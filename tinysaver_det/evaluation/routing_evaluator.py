@@ -1,7 +1,8 @@
 """
 RoutingEvaluator: the routing side of a TinySaver evaluation, next to COCOEvaluator in
 DatasetEvaluators: exit rate, GFLOPs per image, compute saved, COCO AP of the images each path
-handled (images per second: ThroughputEvaluator). Works under inference_on_dataset, distributed included.
+handled (images per second: ThroughputEvaluator). Works under inference_on_dataset, distributed
+included.
 """
 import itertools
 import logging
@@ -34,7 +35,8 @@ class RoutingEvaluator(DatasetEvaluator):
         output_dir: where routing.json (per-image decisions and the summary) is written.
     """
 
-    def __init__(self, dataset_name: str, costs: Optional[Dict[str, float]] = None, output_dir: str = ""):
+    def __init__(self, dataset_name: str, costs: Optional[Dict[str, float]] = None,
+                 output_dir: str = ""):
         self.dataset_name = dataset_name
         self.costs = costs
         self.output_dir = output_dir
@@ -81,13 +83,13 @@ class RoutingEvaluator(DatasetEvaluator):
             ids = np.flatnonzero(mask)
             if len(ids) == 0:
                 continue
-            table = MatchTable.build([gts[i] for i in ids], {path: [record_dets(rows[i]["dets"]) for i in ids]})
+            dets = [record_dets(rows[i]["dets"]) for i in ids]
+            table = MatchTable.build([gts[i] for i in ids], {path: dets})
             metrics = table.source_metrics(path)
             for k in METRICS:
                 result[f"{k}_{path}_images"] = float(metrics[k])
         if self.output_dir:
-            atomic_save_json(
-                {"summary": result, "images": [{k: r[k] for k in ("image_id", "score", "exited")} for r in rows]},
-                os.path.join(self.output_dir, "routing.json"),
-            )
+            images = [{k: r[k] for k in ("image_id", "score", "exited")} for r in rows]
+            atomic_save_json({"summary": result, "images": images},
+                             os.path.join(self.output_dir, "routing.json"))
         return {"routing": result}

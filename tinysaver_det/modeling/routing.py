@@ -34,7 +34,8 @@ def exit_mask(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.isfinite(scores) & (scores.double() >= threshold)
 
 
-def merge_in_order(exited: Sequence[bool], saver_outputs: Sequence[T], base_outputs: Sequence[T]) -> List[T]:
+def merge_in_order(exited: Sequence[bool], saver_outputs: Sequence[T],
+                   base_outputs: Sequence[T]) -> List[T]:
     """
     Put the outputs of both paths back in input order: image i takes saver_outputs[i] if it exited,
     else the next of base_outputs (which holds the routed images, in input order).
@@ -62,7 +63,7 @@ def group_by_key(keys: Sequence[Hashable]) -> List[List[int]]:
 
 
 def stable_uniform(key: str, seed: int) -> float:
-    """A number in [0, 1) fixed by (seed, key): the random router's score, independent of batching."""
+    """A number in [0, 1) fixed by (seed, key): the random router's score, whatever the batching."""
     return zlib.crc32(f"{seed}:{key}".encode()) / 2**32
 
 

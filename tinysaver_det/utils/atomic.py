@@ -23,7 +23,8 @@ def atomic_path(path: str):
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
         os.close(fd)
     except OSError as e:
-        raise OSError(e.errno, f"Cannot write {path!r}: {e.strerror} (is the folder writable?)") from e
+        message = f"Cannot write {path!r}: {e.strerror} (is the folder writable?)"
+        raise OSError(e.errno, message) from e
     try:
         yield tmp
         os.replace(tmp, path)
@@ -35,6 +36,19 @@ def atomic_path(path: str):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_write_bytes(data: bytes, path: str) -> None:
+    """Not synced to disk: it guards against an interrupted process, and images are many."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
 
 
 def atomic_save_json(obj, path: str) -> None:
