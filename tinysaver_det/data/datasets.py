@@ -4,8 +4,8 @@ Dataset registration. Importing this module registers:
 * ``synthetic_<split>`` for every split in
   :data:`~tinysaver_det.data.synthetic.SYNTHETIC_SPLITS`
   (``synthetic_train``, ``synthetic_evaluator``, ``synthetic_calib``, ``synthetic_val``,
-  ``synthetic_test``, ``synthetic_shifted``) under ``$DETECTRON2_DATASETS`` (default ``./datasets``). The files need
-  not exist yet: ``datasets/prepare_synthetic.py`` generates them.
+  ``synthetic_test``, ``synthetic_shifted``) under ``$DETECTRON2_DATASETS`` (default
+  ``./datasets``). The files need not exist yet: ``datasets/prepare_synthetic.py`` generates them.
 * ``coco_2017_val_subset158`` and ``coco128_train2017``: the small real-COCO sets in the shared
   data folder (``$TINYSAVER_SHARED_DATA``, default ``<repo root>/../shared/data``), registered only
   where their folder exists.
