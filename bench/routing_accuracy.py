@@ -37,7 +37,7 @@ def ratio(a: float, b: float) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default="configs/Synthetic/tinysaver_RegNet_faster_R18_cascade.yaml")
+    parser.add_argument("--config-file", default="configs/Synthetic/tinysaver_R18_cascade_R18.yaml")
     parser.add_argument("--splits", nargs="+", default=["synthetic_test", "synthetic_shifted"])
     parser.add_argument("--max-ap-drop", type=float, default=0.5)
     parser.add_argument("--out-dir", default="output/bench/routing_accuracy")

@@ -4,7 +4,7 @@ alone (speedup_vs_base) and against the ideal t_saver + t_eval + (1 - r) * t_bas
 measured separately in the same run on the same images, at the calibrated threshold. Prints a table and writes JSON. On a CUDA machine it also runs at COCO-like sizes
 (about 800x1333 images).
 
-    python bench/routing_overhead.py --config-file configs/Synthetic/tinysaver_RegNet_faster_R18_cascade.yaml \
+    python bench/routing_overhead.py --config-file configs/Synthetic/tinysaver_R18_cascade_R18.yaml \
         MODEL.WEIGHTS output/demo/tinysaver/model_final.pth \
         MODEL.TINYSAVER.CALIBRATION_FILE output/demo/calibration/calibration.json
 """
@@ -89,7 +89,7 @@ def coco_like_inputs(n: int, seed: int = 0):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default="configs/Synthetic/tinysaver_RegNet_faster_R18_cascade.yaml")
+    parser.add_argument("--config-file", default="configs/Synthetic/tinysaver_R18_cascade_R18.yaml")
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="output/bench/routing_overhead.json")

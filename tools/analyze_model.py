@@ -12,7 +12,7 @@ no weights is flagged in the log and in the table.
     python tools/analyze_model.py --config-file configs/Synthetic/base_cascade_rcnn_R_18_FPN.yaml \
         MODEL.WEIGHTS output/base/model_final.pth
     python tools/analyze_model.py --num-inputs 16 \
-        --config-file configs/Synthetic/tinysaver_RegNet_faster_R18_cascade.yaml
+        --config-file configs/Synthetic/tinysaver_R18_cascade_R18.yaml
 """
 import argparse
 import json

@@ -7,7 +7,7 @@ absolute paths, so it runs from any directory, and its own OUTPUT_DIR, OUTPUT_DI
 plots.
 
     python tools/calibrate.py \
-        --config-file configs/Synthetic/tinysaver_RegNet_faster_R18_cascade.yaml \
+        --config-file configs/Synthetic/tinysaver_R18_cascade_R18.yaml \
         MODEL.WEIGHTS output/synthetic/tinysaver/model_final.pth
     # a compute budget instead of the default AP drop of at most 0.5 points:
     ... MODEL.TINYSAVER.CALIBRATION.GFLOPS_BUDGET 2.0

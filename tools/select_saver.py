@@ -3,7 +3,7 @@
 Rank candidate savers for one base by the paper's ΔC = c_s - r* (lower is better).
 
     python tools/select_saver.py \
-        --config-file configs/Synthetic/tinysaver_RegNet_faster_R18_cascade.yaml \
+        --config-file configs/Synthetic/tinysaver_R18_cascade_R18.yaml \
         --saver configs/Synthetic/saver_retinanet_R_18_FPN.yaml output/demo/saver/model_final.pth \
         --saver other_saver.yaml other_saver.pth --dataset synthetic_train
 """

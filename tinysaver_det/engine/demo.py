@@ -54,12 +54,12 @@ class Track:
 
 TRACKS = {
     "synthetic": Track("Synthetic", {
-        "saver": "saver_faster_rcnn_RegNetX_200MF_FPN.yaml", "base": "base_cascade_rcnn_R_18_FPN.yaml",
-        "tinysaver": "tinysaver_RegNet_faster_R18_cascade.yaml"}, generated=True),
+        "saver": "saver_cascade_rcnn_R_18_FPN.yaml", "base": "base_cascade_rcnn_R_18_FPN.yaml",
+        "tinysaver": "tinysaver_R18_cascade_R18.yaml"}, generated=True),
     # Real microscope images (../shared/data/bccd), registered from configs/BCCD/Base-BCCD.yaml.
     "bccd": Track("BCCD", {
         "saver": "saver_faster_rcnn_RegNetX_200MF_FPN.yaml", "base": "base_cascade_rcnn_R_18_FPN.yaml",
-        "tinysaver": "tinysaver_RegNet_faster_R18_cascade.yaml"}, generated=False),
+        "tinysaver": "tinysaver_R18_cascade_R18.yaml"}, generated=False),
 }
 # The quick synthetic variant generates this share of the full splits; the quick BCCD variant
 # takes the first QUICK_IMAGES images of each split.
