@@ -161,9 +161,11 @@ def test_unwritable_cache_dir_gives_a_clear_error(cfg, model, dataset, tmp_path)
 
 
 def test_training_caches_built_ahead_are_what_training_reads(cfg, model, dataset):
-    """tools/cache_outputs.py without --dataset: the training caches, saver only, TRAIN_VIEWS."""
+    """tools/cache_outputs.py without --dataset: the training caches, saver only for the saver_ap
+    target, TRAIN_VIEWS."""
     cfg.DATASETS.TRAIN = (dataset,)
     cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS = 2
+    cfg.MODEL.TINYSAVER.EVALUATOR.TARGET = "saver_ap"
     assert not cache_is_complete(cfg, dataset, 2, False)
     assert build_caches(cfg, model=model) == {dataset: 12}
     assert cache_is_complete(cfg, dataset, 2, False)
@@ -224,3 +226,47 @@ def test_targets_of_trained_detectors_on_plain_and_augmented_views(tmp_path, tra
         assert sum(plain) > 0 and sum(augmented) > 0.25 * sum(plain), (part, plain, augmented)
     base_gain = [r["base_ap"] - r["saver_ap"] for r in records]
     assert max(base_gain) > 0  # the base is better somewhere: ap_gain targets are not all zero
+
+
+def test_marginal_targets_are_each_images_effect_on_the_split(tmp_path, trained_detectors):
+    """
+    TARGET marginal_ap: every cached view of an image carries that image's effect on the split's
+    AP (N x the AP change / 100), recomputed here by full MatchTable evaluations of the plain views.
+    """
+    import numpy as np
+
+    from tinysaver_det.data.checks import checked_dataset_dicts
+    from tinysaver_det.engine.output_cache import cached_examples
+    from tinysaver_det.evaluation.coco_fast import MatchTable
+    from tinysaver_det.evaluation.detections import record_dets
+    from tinysaver_det.evaluation.ground_truth import dataset_ground_truth
+
+    td = trained_detectors
+    name = f"{td.prefix}_calib"
+    cfg = load_config(td.configs["tinysaver"], [
+        "MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", td.weights["saver"],
+        "MODEL.TINYSAVER.BASE.WEIGHTS", td.weights["base"],
+        "MODEL.TINYSAVER.CACHE.DIR", str(tmp_path / "cache"),
+        "MODEL.TINYSAVER.EVALUATOR.TARGET", "marginal_ap",
+    ])
+    cache = OutputCache(cfg, name, views=2, with_base=True)
+    examples = cached_examples([cache], "marginal_ap")
+    records = cache.load_or_build()
+    assert len(examples) == len(records)
+    per_image = {}
+    for r, t in zip(records, examples.target):
+        per_image.setdefault(r["index"], set()).add(float(t))
+    assert all(len(v) == 1 for v in per_image.values())  # both views: the image's value
+
+    plain = sorted((r for r in records if r["view"] == 0), key=lambda r: r["image_id"])
+    gts = dataset_ground_truth(name, checked_dataset_dicts([name]))
+    table = MatchTable.build([gts[r["index"]] for r in plain],
+                             {s: [record_dets(r[s]) for r in plain] for s in ("saver", "base")})
+    n = len(plain)
+    base_ap = table.coco_metrics(np.ones(n, int))["AP"]
+    for k, r in enumerate(plain):
+        choice = np.ones(n, int)
+        choice[k] = 0
+        want = n * (table.coco_metrics(choice)["AP"] - base_ap) / 100
+        assert per_image[r["index"]].pop() == pytest.approx(want, abs=1e-9)
+    assert np.abs(examples.target).max() > 0
