@@ -368,8 +368,9 @@ class SweepTable:
 
         Per segment, q[r] = max precision of the kept true positives (TPs) with recall bucket
         >= r. A block b with kept TPs ends at bucket bend(b) and, from its counts alone, bounds
-        their precision: <= U(b) = (TPs up to its end) / (valid rows before it, plus 1), and its
-        last TP has precision >= L(b) = (TPs up to its end) / (valid rows up to its end). So
+        their precision: with k TPs and v valid rows before it and t TPs in it, its j-th TP has
+        precision <= (k + j) / (v + j) <= U(b) = (k + t) / (v + t) (TPs are valid rows; k <= v),
+        and its last TP has precision >= L(b) = (k + t) / (valid rows up to its end). So
         qL[r] = max of L(b) over blocks with bend(b) >= r is <= q[r], and a block with
         U(b) < qL[bend(b)] holds no TP that attains any q[r]. Going from coarse to fine levels,
         only the children of the blocks not ruled out are bounded, and only the finest blocks
@@ -402,7 +403,10 @@ class SweepTable:
                 run = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
                 f = flat[run]
                 q[f] = np.maximum(q[f], np.maximum.reduceat(low, run))
-            up = k_hi / (np.maximum(st.fv[lv["qr0"][cand]] + p_b, 1) + EPS)
+            # Valid rows before the block: fv at its first item, less that item if fv counts it.
+            first = lv["start"][cand]
+            nv_b = st.fv[lv["qr0"][cand]] - (st.kept[first] & ~self.item_part[first]) + p_b
+            up = k_hi / (nv_b + kt + EPS)
             keep = up >= _envelope(q)[flat]
             cand, k_before, p_before = cand[keep], k_b[keep], p_b[keep]
         q[:] = 0
