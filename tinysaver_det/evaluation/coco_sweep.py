@@ -22,6 +22,7 @@ of 100 detections each: about 1 GB of table, 3 GB peak with the imports; ``bench
 """
 from __future__ import annotations
 
+import ctypes
 from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
@@ -52,6 +53,16 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     offs = np.repeat(starts - np.cumsum(n) + n, n)
     return offs + np.arange(int(n.sum()))
+
+
+def _release_free_memory() -> None:
+    """Hand freed heap memory back to the system (glibc's malloc_trim; elsewhere a no-op).
+    Matching chunk by chunk leaves hundreds of MB of freed, fragmented heap at 118k images,
+    which would otherwise stay in the process's RSS through the rest of the build."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _group_parts(key_parts: list, num: int, value_parts: Sequence[list] = (),
@@ -102,6 +113,9 @@ class SweepTable:
     """
 
     LEVELS = (512, 64, 8)   # items per block at each level of bounds (see _precision)
+    # The bounds pay once a recall point spans enough items (measured: at 10k synthetic images,
+    # ~36 items per segment and recall point, one full pass is faster; at 118k, ~420, 2x slower).
+    PRUNE_ITEMS_PER_POINT = 100
 
     def __init__(self, num_images: int, cat_ids: np.ndarray, npig: np.ndarray,
                  rows: Iterable[tuple]):
@@ -115,8 +129,10 @@ class SweepTable:
         ncat = len(self.cat_ids)
         self.num_segs = A * T * ncat
         items = dict(seg=[], tp=[], part=[], qr=[], img=[], src=[])
-        fv = dict(qs=[], img=[], src=[])
+        seg_dt = np.int16 if self.num_segs < 2 ** 15 else np.int32
+        fv = dict(qs=[], w=[], off=[])   # per area, grouped by image (see below)
         q_end = []
+        n_fv = 0
         q_off = 0
         for a, (img, src, cat, tp, valid) in enumerate(rows):
             part = valid != ALL_T
@@ -126,7 +142,7 @@ class SweepTable:
             for t in range(T):
                 tp_t = (tp >> t) & 1 != 0
                 sel = np.flatnonzero(tp_t | (part & ((valid >> t) & 1 != 0)))
-                items["seg"].append(((a * T + t) * ncat + cat[sel]).astype(np.int32))
+                items["seg"].append(((a * T + t) * ncat + cat[sel]).astype(seg_dt))
                 items["tp"].append(tp_t[sel])
                 items["part"].append(part[sel])
                 items["qr"].append(q_of_row[sel])
@@ -137,23 +153,31 @@ class SweepTable:
             # the category's end (q_end). In slices: the temporaries stay a few tens of MB.
             qcat = cat[qrows]
             q_end.append((np.searchsorted(qcat, qcat, side="right") + q_off).astype(np.int32))
+            f_qs, f_img, f_w = [], [], []
             for lo in range(0, len(img), _SLICE):
                 rows_f = np.flatnonzero(~part[lo:lo + _SLICE]) + lo
                 qs = np.searchsorted(qrows, rows_f)
                 live = qs < len(qrows)
                 live[live] = qcat[qs[live]] == cat[rows_f[live]]
                 rows_f = rows_f[live]
-                fv["qs"].append((qs[live] + q_off).astype(np.int32))
-                fv["img"].append(img[rows_f].astype(np.int32))
-                fv["src"].append(src[rows_f].astype(np.int8))
+                f_qs.append((qs[live] + q_off).astype(np.int32))
+                f_img.append(img[rows_f].astype(np.int32))
+                f_w.append(np.where(src[rows_f] == 0, 1, -1).astype(np.int8))  # +1: to saver
                 del rows_f, qs, live
+            # Grouped by image within the area: a moved image's entries are 4 ranges.
+            off, (f_qs, f_w) = _group_parts(f_img, num_images, [f_qs, f_w])
+            fv["qs"].append(f_qs)
+            fv["w"].append(f_w)
+            fv["off"].append(off + n_fv)
+            n_fv += len(f_qs)
             q_off += len(qrows)
             del img, src, cat, tp, valid, part, qrows, q_of_row, qcat
+            _release_free_memory()
         def cat_(parts, dt):   # concatenate one field and free its parts
             out = np.concatenate(parts).astype(dt, copy=False) if parts else np.zeros(0, dt)
             parts.clear()
             return out
-        self.item_seg = cat_(items["seg"], np.int32)
+        self.item_seg = cat_(items["seg"], seg_dt)
         self.item_tp = cat_(items["tp"], bool)
         self.item_part = cat_(items["part"], bool)
         self.item_qr = cat_(items["qr"], np.int32)
@@ -163,15 +187,15 @@ class SweepTable:
         del items["seg"], items["tp"], items["part"], items["qr"], items["src"]
         self.item_off, (self.item_order,) = _group_parts(items.pop("img"), num_images, index=True)
         del items
-        # Stored grouped by image: a moved image's entries are one contiguous range.
-        self.fv_off, (self.fv_qs, fv_src) = _group_parts(fv.pop("img"), num_images,
-                                                          [fv.pop("qs"), fv.pop("src")])
+        self.fv_off = np.stack(fv.pop("off")) if fv["qs"] else np.zeros((0, num_images + 1),
+                                                                          np.int64)
+        self.fv_qs = cat_(fv.pop("qs"), np.int32)
+        self.fv_w = cat_(fv.pop("w"), np.int8)
         del fv
-        self.fv_w = np.where(fv_src == 0, 1, -1).astype(np.int8)    # +1 enters when moving to 0
-        base = fv_src == 1
         self.q_end = cat_(q_end, np.int32)           # end of each query row's category
-        self._fv_all_base = self._fv_delta(self.fv_qs[base], self.q_end[self.fv_qs[base]],
-                                           np.ones(int(base.sum()), np.int32))
+        base = (np.flatnonzero(self.fv_w[lo:lo + _SLICE] < 0) + lo
+                for lo in range(0, len(self.fv_w), _SLICE))
+        self._fv_all_base = self._fv_delta(base, -1)
         # Recall bucket of k true positives, per (category, area): same float ops as accumulate.
         npig = self.npig.T.reshape(-1)                                # index a * ncat + cat
         self.lut_off = np.r_[0, np.cumsum(npig + 1)].astype(np.int64)
@@ -208,15 +232,16 @@ class SweepTable:
             down["parent"] = (np.searchsorted(up["start"], down["start"][:-1], side="right")
                               - 1).astype(np.int32)
         del self.item_seg          # seg_start gives it
-        fine = self.levels[-1]
-        blk = np.repeat(np.arange(len(fine["seg"]), dtype=np.int32), np.diff(fine["start"]))
-        self._blk_base = (self._per_level(blk, self.item_base & self.item_tp),
-                          self._per_level(blk, self.item_base & self.item_part))
+        used = np.count_nonzero(n)
+        self._prune = len(self.item_tp) >= self.PRUNE_ITEMS_PER_POINT * R * max(used, 1)
+        self._blk_base = (self._per_level(self.item_base & self.item_tp),
+                          self._per_level(self.item_base & self.item_part))
 
-    def _per_level(self, blk: np.ndarray, w: np.ndarray) -> List[np.ndarray]:
-        """Per level (coarse to fine), the sum of ``w`` over each block (``blk``: finest block
-        of each item)."""
-        out = [np.bincount(blk, w, minlength=len(self.levels[-1]["seg"]))]
+    def _per_level(self, w: np.ndarray) -> List[np.ndarray]:
+        """Per level (coarse to fine), the sum of ``w`` (bool per item) over each block."""
+        starts = self.levels[-1]["start"][:-1]
+        out = [np.add.reduceat(w, starts, dtype=np.int32) if len(starts)
+               else np.zeros(0, np.int32)]
         for up, down in zip(self.levels[-2::-1], self.levels[:0:-1]):
             out.insert(0, np.bincount(down["parent"], out[0], minlength=len(up["seg"])))
         return [x.astype(np.int32) for x in out]
@@ -277,6 +302,7 @@ class SweepTable:
         col = {}
         for k in list(cols):
             col[k] = np.concatenate(cols.pop(k)) if cols[k] else np.zeros(0, np.uint16)
+        _release_free_memory()
         o = np.lexsort((col.pop("rank"), col["src"], col["img"], -col.pop("score"), col["cat"]))
         col["o"] = o.astype(np.int32) if len(o) < 2 ** 31 else o
         del o
@@ -292,10 +318,15 @@ class SweepTable:
         return cls(lo, cat_ids, npig, rows())
 
     # ------------------------------------------------------------------------------ evaluation
-    def _fv_delta(self, qs, qe, w) -> np.ndarray:
+    def _fv_delta(self, parts: Iterable[np.ndarray], sign: int) -> np.ndarray:
+        """Change of ``fv`` when the fv entries given (index arrays) enter with weight
+        ``sign * fv_w`` (sign +1: their images move to the saver)."""
         d = np.zeros(self.num_q + 1, np.int32)
-        np.add.at(d, qs, w)
-        np.subtract.at(d, qe, w)
+        for f in parts:
+            qs = self.fv_qs[f]
+            w = self.fv_w[f].astype(np.int32) * sign
+            np.add.at(d, qs, w)
+            np.subtract.at(d, self.q_end[qs], w)
         return np.cumsum(d[:self.num_q], dtype=np.int32)
 
     def _precision_full(self, kept: np.ndarray, fv: np.ndarray, areas: int = A) -> np.ndarray:
@@ -387,6 +418,8 @@ class SweepTable:
             cs = np.cumsum(c, dtype=np.int64) - c
             return cs - np.r_[cs, 0][lv["seg_blk"][:nseg]][lv["seg"][:nb]]
         k_before, p_before = before(ktp), before(kpt)
+        if not self._prune:
+            return self._precision_full(st.kept, st.fv, areas)
         q = np.zeros(nseg * R)          # lower bounds qL
         for level, lv in enumerate(self.levels):
             if level:   # children of the blocks left; counts before them within their parent
@@ -429,9 +462,13 @@ class SweepTable:
     def marginal_ap(self, images: Sequence[int] = None) -> np.ndarray:
         """Dataset AP (x100, COCO 'AP') with only image i's detections swapped from the base's to
         the saver's, minus the base's AP, for each image (default all): the "marginal_ap" quality
-        target. Exact (tested against pycocotools). Cost: one pass over the area-'all' items per
-        image, i.e. O(images x items): quadratic, fine for calibration-size splits (seconds at
-        1k images), not yet for 118k (a near-linear version needs shifted-ratio range maxima)."""
+        target. Exact (tested against pycocotools and MatchTable). Cost: one swap, one pruned
+        area-'all' evaluation (``_precision``) and one swap back per image, so still
+        O(images x evaluated blocks): quadratic. Measured (bench/cost_growth.py, 2-core CPU):
+        ~6 ms per image at 1k images, ~0.35 s per image at 118k (~11 h for all). Fine for
+        calibration-size splits (1-2k images: seconds), not for 118k. Why not near-linear: a
+        swap shifts the counts of every later row, so every (segment, recall point) after the
+        image's first row changes, ~20k values per image, each a maximum over a suffix."""
         images = np.arange(self.num_images) if images is None else np.asarray(images, np.int64)
         st = _State(self)
         ap = lambda: 100 * _mean_defined(self._precision(st, areas=1)[:, :, :, 0])
@@ -482,10 +519,8 @@ class _State:
                 blk = t.levels[level + 1]["parent"][blk]
             np.add.at(self.blk_tp[level], blk, dtp)
             np.add.at(self.blk_pt[level], blk, dpt)
-        f = _ranges(t.fv_off[images], t.fv_off[images + 1])
-        w = t.fv_w[f].astype(np.int32)
-        qs = t.fv_qs[f]
-        self.fv += t._fv_delta(qs, t.q_end[qs], w if to_saver else -w)
+        f = _ranges(t.fv_off[:, images].ravel(), t.fv_off[:, images + 1].ravel())
+        self.fv += t._fv_delta([f], 1 if to_saver else -1)
 
 
 def _children(child: np.ndarray, blocks: np.ndarray) -> tuple:
