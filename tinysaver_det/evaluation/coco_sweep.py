@@ -348,7 +348,8 @@ class SweepTable:
             base_pt = np.where(before >= 0, cpt[np.maximum(before, 0)], 0) if len(idx) else zero
             j = np.flatnonzero(tpf)
             ii = idx[j]
-            seg = np.searchsorted(self.seg_start, ii, side="right") - 1 - s0
+            cut = np.searchsorted(ii, self.seg_start[s0:s0 + per_area + 1])
+            seg = np.repeat(np.arange(per_area), np.diff(cut))   # ii is sorted
             k = ctp[j] - base_tp[seg]
             nv = fv[self.item_qr[ii]] + cpt[j] - base_pt[seg]
             pr = k / (nv + EPS)
@@ -513,9 +514,11 @@ class _State:
         self.kept[it] ^= True
         sign = np.where(self.kept[it], 1, -1).astype(np.int32)
         dtp, dpt = sign * t.item_tp[it], sign * t.item_part[it]
-        blk = np.searchsorted(t.levels[-1]["start"], it, side="right") - 1   # finest block
-        for level in range(len(t.levels) - 1, -1, -1):
-            if level < len(t.levels) - 1:
+        for level in range(len(t.levels) - 1, -1, -1) if t._prune else ():
+            if level == len(t.levels) - 1:   # finest block: from the segment (a short search)
+                seg = np.searchsorted(t.seg_start, it, side="right") - 1
+                blk = t.levels[-1]["seg_blk"][seg] + (it - t.seg_start[seg]) // t.LEVELS[-1]
+            else:
                 blk = t.levels[level + 1]["parent"][blk]
             np.add.at(self.blk_tp[level], blk, dtp)
             np.add.at(self.blk_pt[level], blk, dpt)
