@@ -11,10 +11,11 @@ its peak RSS (VmHWM, imports included) is its own:
 * targets   per-image AP of saver and base for every image (the cached quality targets),
 * build     SweepTable.build_streaming, one cache chunk at a time (matching, presorting),
 * sweep     ``--routers`` routers x ``--thresholds`` thresholds (calibration.candidate_thresholds);
-            with ``--max-sweep-steps`` only that many steps per router are timed and the rest
-            extrapolated at the measured time per step (marked in the table and the JSON),
-* marginal  SweepTable.marginal_ap for every image (exact; one pass per image, so quadratic:
-            ``--max-marginal-images`` are timed, the rest extrapolated),
+            above ``--extrapolate-above`` images only ``--max-sweep-steps`` steps per router
+            are timed and the rest extrapolated at the measured time per step (marked in the
+            table and the JSON; ``--extrapolate-above 200000`` times every step),
+* marginal  SweepTable.marginal_ap for every image (exact; one evaluation per image, so
+            quadratic: ``--max-marginal-images`` are timed, the rest extrapolated),
 * train     one epoch of the DetectionQualityHead over all records' summaries (batches of 256,
             streamed chunk by chunk).
 
