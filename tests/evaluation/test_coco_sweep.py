@@ -162,3 +162,15 @@ def test_block_sizes_must_nest():
     gts, a, b, _ = random_dataset(1, n_img=5)
     with pytest.raises(ValueError, match="LEVELS"):
         Bad.build(gts, a, b)
+
+
+def test_group_parts_is_a_stable_sort_by_key():
+    from tinysaver_det.evaluation.coco_sweep import _group_parts
+    rng = np.random.default_rng(0)
+    keys = [rng.integers(0, 7, n).astype(np.int32) for n in (0, 5, 40, 13)]
+    vals = [rng.random(len(k)) for k in keys]
+    allk, allv = np.concatenate(keys), np.concatenate(vals)
+    o = np.argsort(allk, kind="stable")
+    off, (v, idx) = _group_parts(list(keys), 9, [list(vals)], index=True)
+    assert np.array_equal(off, np.r_[0, np.cumsum(np.bincount(allk, minlength=9))])
+    assert np.array_equal(v, allv[o]) and np.array_equal(idx, o)
