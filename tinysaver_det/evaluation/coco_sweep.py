@@ -18,7 +18,7 @@ precision = k / (nv + eps), exactly as pycocotools (tp / (fp + tp + eps), fp + t
 Segments are cut into nested blocks of ``SweepTable.LEVELS`` items.
 
 ``build`` matches images in chunks and keeps only compact arrays (118k images with two sources
-of 100 detections each: about 1 GB of table, 3 GB peak with the imports; ``bench/cost_growth``).
+of 100 detections each: about 1 GB of table, 2.7 GB peak with the imports; bench/cost_growth).
 """
 from __future__ import annotations
 
