@@ -11,10 +11,11 @@ its peak RSS (VmHWM, imports included) is its own:
 * targets   per-image AP of saver and base for every image (the cached quality targets),
 * build     SweepTable.build_streaming, one cache chunk at a time (matching, presorting),
 * sweep     ``--routers`` routers x ``--thresholds`` thresholds (calibration.candidate_thresholds);
-            with ``--max-sweep-steps`` only that many steps per router are timed and the rest
-            extrapolated at the measured time per step (marked in the table and the JSON),
-* marginal  SweepTable.marginal_ap for every image (exact; one pass per image, so quadratic:
-            ``--max-marginal-images`` are timed, the rest extrapolated),
+            above ``--extrapolate-above`` images only ``--max-sweep-steps`` steps per router
+            are timed and the rest extrapolated at the measured time per step (marked in the
+            table and the JSON; ``--extrapolate-above 200000`` times every step),
+* marginal  SweepTable.marginal_ap for every image (exact; one evaluation per image, so
+            quadratic: ``--max-marginal-images`` are timed, the rest extrapolated),
 * train     one epoch of the DetectionQualityHead over all records' summaries (batches of 256,
             streamed chunk by chunk).
 
@@ -46,8 +47,11 @@ DEFAULT_STAGES = ("load", "targets", "sweep", "train")   # sweep: build, sweeps,
 
 
 # ------------------------------------------------------------------------------------ data
-def synth_flat(n_img, seed=0, n_gt=10, n_det=100, ncat=NCAT):
-    """Random GT over all area ranges; saver = noisy detections, base = tighter; flat arrays."""
+def synth_flat(n_img, seed=0, n_gt=10, n_det=100, ncat=NCAT, scores="random"):
+    """Random GT over all area ranges; saver = noisy detections, base = tighter; flat arrays.
+    ``scores``: "random" (uniform, unrelated to correctness: flat precision, the hardest case
+    for the sweep's bounds) or "informative" (detections near a GT score higher, as a trained
+    detector's do: Beta(3, 1.5) near, Beta(1.5, 3) elsewhere)."""
     rng = np.random.default_rng(seed)
     g = rng.poisson(n_gt, n_img)
     goff = np.r_[0, np.cumsum(g)]
@@ -69,7 +73,9 @@ def synth_flat(n_img, seed=0, n_gt=10, n_det=100, ncat=NCAT):
         b = np.concatenate([d_near, fp])[o]
         b[:, 2:] = np.abs(b[:, 2:]) + 1
         c = np.concatenate([cats[idx], rng.integers(1, ncat + 1, F)])[o]
-        out.append(FlatDets(b.astype(np.float32), rng.random(len(b)).astype(np.float32),
+        sc = rng.random(len(b)) if scores == "random" else \
+            np.r_[rng.beta(3, 1.5, len(idx)), rng.beta(1.5, 3, F)][o]
+        out.append(FlatDets(b.astype(np.float32), sc.astype(np.float32),
                             c.astype(np.int64), np.arange(n_img + 1) * n_det))
     return gt, out[0], out[1]
 
@@ -79,14 +85,14 @@ def summary_dim():
     return 2 * sum(IN_CHANNELS) + statistics_dim(80, 20)
 
 
-def write_cache(folder, n, views):
+def write_cache(folder, n, views, scores="random"):
     """A format-2 cache of n images (+ the GT beside it, as the dataset would provide it)."""
     from tinysaver_det.engine.cache_store import write_chunk
-    key = {"format": 2, "bench": n, "views": views}
+    key = {"format": 2, "bench": n, "views": views, "scores": scores}
     dim = summary_dim()
     for c, lo in enumerate(range(0, n, CHUNK)):
         m = min(CHUNK, n - lo)
-        gt, saver, base = synth_flat(m, seed=1000 + c)
+        gt, saver, base = synth_flat(m, seed=1000 + c, scores=scores)
         rng = np.random.default_rng(c)
         rec = m * views
         arrays = {"image_id": np.repeat(np.arange(lo, lo + m), views),
@@ -162,7 +168,7 @@ def key_columns():
 
 def stage_build(folder, key, args):
     t = sweep_table(folder, key)
-    return {"items": int(len(t.item_seg))}
+    return {"items": int(len(t.item_tp))}
 
 
 def stage_sweep(folder, key, args):
@@ -317,6 +323,8 @@ def main():
                     help="time marginal_ap on this many images, extrapolate to all")
     ap.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), choices=STAGES)
     ap.add_argument("--pycoco-images", type=int, default=1000)
+    ap.add_argument("--scores", choices=("random", "informative"), default="random",
+                    help="synthetic detection scores (see synth_flat)")
     ap.add_argument("--out", default="output/bench/cost_growth.json")
     ap.add_argument("--stage", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
@@ -329,7 +337,7 @@ def main():
         folder = tempfile.mkdtemp(prefix=f"cost_growth_{n}_")
         try:
             t = time.perf_counter()
-            key = write_cache(folder, n, args.views)
+            key = write_cache(folder, n, args.views, args.scores)
             json.dump(key, open(os.path.join(folder, "key.json"), "w"))
             row = {"images": n, "records": n * args.views, "write_cache_s": time.perf_counter() - t}
             for stage in args.stages:
@@ -383,7 +391,7 @@ def main():
                   f"{m['per_image_s']:.4f}s/image x {r['images']} = {m['seconds_total']:.0f}s "
                   f"(timed {m['images_timed']} images)")
     print("* = partly extrapolated from timed steps/images; RSS = peak of the stage's process")
-    out = dict(machine=info, rows=rows, growth_exponent=exps, views=args.views,
+    out = dict(machine=info, rows=rows, growth_exponent=exps, views=args.views, scores=args.scores,
                routers=args.routers, thresholds=args.thresholds)
     if args.pycoco_images:
         t_py, ap_py = pycocotools_time(args.pycoco_images)

@@ -7,7 +7,7 @@ from test_coco_fast import KEYS, as_metrics, assert_metrics, cocoeval, merged, r
 
 from tinysaver_det.evaluation.calibration import sweep
 from tinysaver_det.evaluation.coco_fast import ImageDets, ImageGT, MatchTable
-from tinysaver_det.evaluation.coco_sweep import SweepTable, exit_steps
+from tinysaver_det.evaluation.coco_sweep import SweepTable, _State, exit_steps
 
 
 def same(got, want):
@@ -116,3 +116,60 @@ def test_no_images():
     table = SweepTable.build([], [], [])
     m = table.coco_metrics(np.zeros(0, int))
     assert all(math.isnan(m[k]) for k in KEYS) and len(table.marginal_ap()) == 0
+
+
+class FineBlocks(SweepTable):
+    """Blocks of a few items, so that small cases have many blocks and the bounds prune some."""
+    LEVELS = (4, 2, 1)
+    PRUNE_ITEMS_PER_POINT = 0
+
+
+class TwoLevels(SweepTable):
+    LEVELS = (6, 3)
+    PRUNE_ITEMS_PER_POINT = 0
+
+
+@pytest.mark.parametrize("cls", [FineBlocks, TwoLevels, SweepTable])
+@pytest.mark.parametrize("seed", range(5))
+def test_block_bounds_give_the_full_pass_precision(cls, seed):
+    """The pruned evaluation (only blocks whose bounds allow a maximum) equals one pass over every
+    kept true positive and MatchTable.precision, bit for bit, along a random sweep. (SweepTable
+    itself takes the full pass on cases this small.)"""
+    assert cls is SweepTable or cls.build(*random_dataset(1, n_img=5)[:3])._prune
+    gts, a, b, _ = random_dataset(400 + seed, n_img=60, ncat=3)   # many items per segment
+    mt = MatchTable.build(gts, {"saver": a, "base": b})
+    table = cls.build(gts, a, b, chunk=17)
+    st = _State(table)
+    choice = np.ones(len(gts), int)
+    rng = np.random.default_rng(seed)
+    for moved in np.array_split(rng.permutation(len(gts)), 6):
+        st.swap(moved, to_saver=True)
+        choice[moved] = 0
+        got = table._precision(st)
+        assert np.array_equal(got, table._precision_full(st.kept, st.fv))
+        assert np.array_equal(got, mt.precision(choice))
+        assert np.array_equal(table._precision(st, areas=1), got[..., :1])
+    for moved in np.array_split(rng.permutation(len(gts)), 3):    # and back to the base
+        st.swap(moved, to_saver=False)
+        choice[moved] = 1
+        assert np.array_equal(table._precision(st), mt.precision(choice))
+
+
+def test_block_sizes_must_nest():
+    class Bad(SweepTable):
+        LEVELS = (6, 4)
+    gts, a, b, _ = random_dataset(1, n_img=5)
+    with pytest.raises(ValueError, match="LEVELS"):
+        Bad.build(gts, a, b)
+
+
+def test_group_parts_is_a_stable_sort_by_key():
+    from tinysaver_det.evaluation.coco_sweep import _group_parts
+    rng = np.random.default_rng(0)
+    keys = [rng.integers(0, 7, n).astype(np.int32) for n in (0, 5, 40, 13)]
+    vals = [rng.random(len(k)) for k in keys]
+    allk, allv = np.concatenate(keys), np.concatenate(vals)
+    o = np.argsort(allk, kind="stable")
+    off, (v, idx) = _group_parts(list(keys), 9, [list(vals)], index=True)
+    assert np.array_equal(off, np.r_[0, np.cumsum(np.bincount(allk, minlength=9))])
+    assert np.array_equal(v, allv[o]) and np.array_equal(idx, o)
