@@ -54,7 +54,7 @@ def main():
     costs = result["costs"]
     rows, summary = [], {}
     for name in args.splits:
-        split = CachedSplit(cfg, model, name)
+        split = CachedSplit.load(cfg, model, name)
         base, saver = split.alone("base", costs), split.alone("saver", costs)
         curves = {r: sweep(split.table, s, costs) for r, s in split.scores.items()}
         best = {r: choose_point(p, base["AP"], max_ap_drop=args.max_ap_drop) for r, p in curves.items()}

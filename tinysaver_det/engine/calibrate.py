@@ -50,27 +50,37 @@ class CachedSplit:
     """
     A dataset's cached saver and base predictions, ready for sweeps: records, SweepTable, every
     router's scores, and each image's marginal effect on the split's AP (the realistic ceiling).
+    `CachedSplit.load` reads (or builds) the cache and runs the evaluator; the constructor only
+    computes from what it is given.
     """
 
-    def __init__(self, cfg, model, dataset_name: str):
-        self.name = dataset_name
-        self.records = OutputCache(cfg, dataset_name, views=1, with_base=True, model=model).load_or_build()
-        self.dataset_dicts = checked_dataset_dicts([dataset_name], cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
-        gts = dataset_ground_truth(dataset_name, self.dataset_dicts)
-        # Images in ascending id order reproduce pycocotools' tie order.
-        order = np.argsort([r["image_id"] for r in self.records], kind="stable")
-        self.records = [self.records[i] for i in order]
-        self.gts = [gts[r["index"]] for r in self.records]
-        self.dets = {part: [record_dets(r[part]) for r in self.records] for part in ("saver", "base")}
+    def __init__(self, name: str, records: List[dict], dataset_dicts: List[dict], gts: List,
+                 evaluator_scores: np.ndarray, seed: int = 0, difficulty: np.ndarray = None):
+        """records, gts and evaluator_scores: one per image, in ascending image id order."""
+        self.name, self.records, self.dataset_dicts, self.gts = name, records, dataset_dicts, gts
+        self.dets = {part: [record_dets(r[part]) for r in records] for part in ("saver", "base")}
         # SweepTable (not MatchTable): compact, and its sweeps walk thresholds incrementally.
-        self.table = SweepTable.build(self.gts, self.dets["saver"], self.dets["base"])
-        self.marginal = self.table.marginal_ap() * len(self.records) / 100.0
-        summary = torch.stack([r["summary"] for r in self.records]).to(model.device)
+        self.table = SweepTable.build(gts, self.dets["saver"], self.dets["base"])
+        self.marginal = self.table.marginal_ap() * len(records) / 100.0
+        self.scores = router_scores(records, evaluator_scores, seed=seed, marginal=self.marginal,
+                                    difficulty=difficulty)
+
+    @classmethod
+    def load(cls, cfg, model, dataset_name: str) -> "CachedSplit":
+        """Read the split's cache (building what is missing with `model`) and score its images."""
+        records = OutputCache(cfg, dataset_name, views=1, with_base=True, model=model).load_or_build()
+        dataset_dicts = checked_dataset_dicts([dataset_name], cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
+        gts = dataset_ground_truth(dataset_name, dataset_dicts)
+        # Images in ascending id order reproduce pycocotools' tie order.
+        records = [records[i] for i in np.argsort([r["image_id"] for r in records], kind="stable")]
+        summary = torch.stack([r["summary"] for r in records]).to(model.device)
+        was_training = model.evaluator.training
         with torch.no_grad():
             evaluator_scores = model.evaluator.eval().scores(summary).cpu().numpy()
-        difficulty = image_difficulties(dataset_name, [r["image_id"] for r in self.records])
-        self.scores = router_scores(self.records, evaluator_scores, seed=cfg.MODEL.TINYSAVER.RANDOM_SEED,
-                                    marginal=self.marginal, difficulty=difficulty)
+        model.evaluator.train(was_training)
+        return cls(dataset_name, records, dataset_dicts, [gts[r["index"]] for r in records],
+                   evaluator_scores, seed=cfg.MODEL.TINYSAVER.RANDOM_SEED,
+                   difficulty=image_difficulties(dataset_name, [r["image_id"] for r in records]))
 
     def truth(self, target: str) -> np.ndarray:
         """The true routing quality of each image under an evaluator target (higher = exit)."""
@@ -116,7 +126,7 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
         f"base {costs['base_gflops']:.3f} (c_s {costs['c_s']:.3f}, c_e {costs['c_e']:.5f})"
     )
     deployed = cfg.MODEL.TINYSAVER.ROUTER
-    calib = CachedSplit(cfg, model, dataset)
+    calib = CachedSplit.load(cfg, model, dataset)
     base, saver = calib.alone("base", costs), calib.alone("saver", costs)
     check_base_ap(base["AP"], dataset)
     thresholds = {router: candidate_thresholds(s) for router, s in calib.scores.items()}
@@ -138,7 +148,7 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
                   for r in points}
     reports = {}
     for name in report_datasets:
-        split = CachedSplit(cfg, model, name)
+        split = CachedSplit.load(cfg, model, name)
         reports[name] = {
             "rank_correlation": split.rank_correlations(cfg.MODEL.TINYSAVER.EVALUATOR.TARGET),
             "base": split.alone("base", costs),

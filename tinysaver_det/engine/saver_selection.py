@@ -47,7 +47,7 @@ def rank_savers(tinysaver_config: str, candidates: Sequence[Tuple[str, str]], da
         model.eval()
         flops_images = cfg.MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES
         costs = tinysaver_costs(model, first_test_inputs(cfg, dataset, flops_images))
-        split = CachedSplit(cfg, model, dataset)
+        split = CachedSplit.load(cfg, model, dataset)
         base_ap = split.alone("base", costs)["AP"]
         curve = sweep(split.table, split.scores["confidence"], costs)
         r_star = largest_safe_exit_rate(curve, base_ap)
