@@ -49,9 +49,9 @@ DEFAULT_STAGES = ("load", "targets", "sweep", "train")   # sweep: build, sweeps,
 # ------------------------------------------------------------------------------------ data
 def synth_flat(n_img, seed=0, n_gt=10, n_det=100, ncat=NCAT, scores="random"):
     """Random GT over all area ranges; saver = noisy detections, base = tighter; flat arrays.
-    ``scores``: "random" (uniform, unrelated to correctness: flat precision, the hardest case
-    for the sweep's bounds) or "informative" (detections near a GT score higher, as a trained
-    detector's do: Beta(3, 1.5) near, Beta(1.5, 3) elsewhere)."""
+    ``scores``: "random" (uniform, unrelated to correctness: flat precision) or "informative"
+    (detections near a GT score higher, as a trained detector's do: Beta(3, 1.5) near,
+    Beta(1.5, 3) elsewhere)."""
     rng = np.random.default_rng(seed)
     g = rng.poisson(n_gt, n_img)
     goff = np.r_[0, np.cumsum(g)]
