@@ -1,5 +1,5 @@
 # `make demo` runs the whole TinySaver pipeline on the embedded synthetic default;
-# `make test` runs the test suite; `make lint` checks the code with ruff (ruff.toml).
+# `make test` checks the code with ruff (`make lint`, ruff.toml), then runs the test suite.
 # Each creates .venv and installs what it needs first.
 PYTHON ?= python3
 VENV := .venv
@@ -32,7 +32,7 @@ demo-bccd: venv
 demo-bccd-quick: venv
 	$(PY) tools/demo.py --track bccd --quick --output-dir output/demo_bccd_quick
 
-test: venv
+test: venv lint
 	$(PY) -m pytest -q tests
 
 # The linter alone: no torch or detectron2 needed.
