@@ -194,6 +194,9 @@ def test_detector_config_builds_trains_and_infers(path):
 @pytest.mark.parametrize("path", TINYSAVER_CONFIGS, ids=_rel)
 def test_tinysaver_config_builds_trains_and_infers(path):
     """Every TinySaver config: the model builds, an evaluator step trains, inference routes."""
+    if path.parent.name == "BCCD" and BCCD_ABSENT:
+        # Its saver and base configs register the BCCD splits when the model loads them.
+        pytest.skip(f"the shared BCCD folder under {default_shared_root()} is absent")
     torch.manual_seed(0)
     cfg = load_config(str(path), SMALL)
     model = build_model(cfg)
