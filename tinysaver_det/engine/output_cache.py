@@ -82,12 +82,18 @@ def cache_key(model, cfg, dataset_name: str, num_images: int, views: int, with_b
                   cfg.INPUT.MAX_SIZE_TEST, list(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.RANDOM_FLIP],
         "summary": [type(ev).__name__, ev.summary_dim, ev.top_k, list(ev.in_features)],
         "chunk_size": cfg.MODEL.TINYSAVER.CACHE.CHUNK_SIZE,
+        # What augmented views are (view_mapper): caches of earlier view augmentations are refused.
+        "view_augmentation": VIEW_AUGMENTATION if views > 1 else None,
     }
 
 
 def cache_dir_for(cfg, dataset_name: str, views: int, with_base: bool) -> str:
     name = f"{dataset_name}_{views}views{'_base' if with_base else ''}"
     return os.path.join(cache_root(cfg), name)
+
+
+# Names the augmentations of view_mapper in the cache key; change it when they change.
+VIEW_AUGMENTATION = "crop0.6-resize-flip-brightness0.7-contrast0.7"
 
 
 def view_mapper(cfg) -> RobustDatasetMapper:
