@@ -38,7 +38,7 @@ from ..evaluation.detections import record_dets
 from ..evaluation.ground_truth import dataset_ground_truth
 from ..evaluation.plots import plot_accuracy_compute, plot_examples, plot_score_distribution
 from ..flops import first_test_inputs, tinysaver_costs
-from ..evaluation.quality import routing_quality
+from ..evaluation.quality import marginal_targets_of, routing_quality
 from ..modeling.routing import exit_mask
 from ..utils.atomic import atomic_write_text
 from .output_cache import OutputCache
@@ -61,7 +61,7 @@ class CachedSplit:
         self.dets = {part: [record_dets(r[part]) for r in records] for part in ("saver", "base")}
         # SweepTable (not MatchTable): compact, and its sweeps walk thresholds incrementally.
         self.table = SweepTable.build(gts, self.dets["saver"], self.dets["base"])
-        self.marginal = self.table.marginal_ap() * len(records) / 100.0
+        self.marginal = marginal_targets_of(self.table)
         self.scores = router_scores(records, evaluator_scores, seed=seed, marginal=self.marginal,
                                     difficulty=difficulty)
 

@@ -70,8 +70,12 @@ def marginal_targets(gts: Sequence[ImageGT], saver: Sequence[ImageDets],
     """
     if not len(gts):
         return np.zeros(0)
-    table = SweepTable.build(list(gts), list(saver), list(base))
-    return table.marginal_ap() * len(gts) / 100.0
+    return marginal_targets_of(SweepTable.build(list(gts), list(saver), list(base)))
+
+
+def marginal_targets_of(table: SweepTable) -> np.ndarray:
+    """marginal_targets of a split whose (saver, base) SweepTable is already built."""
+    return table.marginal_ap() * table.num_images / 100.0
 
 
 def routing_quality(target: str, saver_ap, base_ap=None, marginal=None) -> np.ndarray:
