@@ -8,7 +8,7 @@ Each resample draws the split's images with replacement (a drawn image counts as
 drawn, as a duplicated image would in COCOeval) and recomputes every figure exactly (SweepTable,
 which equals MatchTable and pycocotools).
 """
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Iterator, Sequence, Tuple
 
 import numpy as np
 
@@ -29,6 +29,21 @@ def routing_figures(table: MatchTable, exited: np.ndarray,
     return {"AP_base": ap_base, "AP_saver": table.source_metrics("saver")["AP"],
             "AP_routed": routed, "AP_drop": ap_base - routed, "exit_rate": exit_rate,
             "compute_saved": compute_saved(costs, exit_rate)}
+
+
+def resampled_tables(gts: Sequence[ImageGT], saver: Sequence[ImageDets], base: Sequence[ImageDets],
+                     samples: int, seed: int = 0) -> Iterator[Tuple[np.ndarray, SweepTable]]:
+    """
+    `samples` resamples of the images with replacement, each as (sorted image indices, its
+    SweepTable): matched once, then any number of exit sets or sweeps per resample. Sorting keeps
+    ascending image-id order (pycocotools' tie order) when the images come in it.
+    """
+    if samples < 1:  # checked on the call, not on the first resample
+        raise ValueError(f"bootstrap samples must be >= 1, got {samples}")
+    rng = np.random.default_rng(seed)
+    indices = (np.sort(rng.integers(0, len(gts), len(gts))) for _ in range(samples))
+    return ((idx, SweepTable.build([gts[i] for i in idx], [saver[i] for i in idx],
+                                   [base[i] for i in idx])) for idx in indices)
 
 
 def bootstrap_routing(
@@ -66,16 +81,9 @@ def bootstrap_routers(
     bootstrap_routing for several exit sets at once (router -> exited mask), on the same resamples:
     each resample is matched once (SweepTable) and every router costs one metric evaluation.
     """
-    if samples < 1:
-        raise ValueError(f"bootstrap samples must be >= 1, got {samples}")
     exits = {r: np.asarray(e, dtype=bool) for r, e in exits.items()}
-    n = len(gts)
-    rng = np.random.default_rng(seed)
     draws = {r: {k: [] for k in FIGURES} for r in exits}
-    for _ in range(samples):
-        idx = np.sort(rng.integers(0, n, n))
-        table = SweepTable.build([gts[i] for i in idx], [saver[i] for i in idx],
-                                 [base[i] for i in idx])
+    for idx, table in resampled_tables(gts, saver, base, samples, seed):
         ap_base, ap_saver = table.source_metrics("base")["AP"], table.source_metrics("saver")["AP"]
         for r, exited in exits.items():
             e = exited[idx]
@@ -112,16 +120,10 @@ def bootstrap_ap_drops(
     the images: router -> array (samples, len(thresholds[router])). A resample is matched once and
     swept incrementally for every router (SweepTable). Images in ascending image-id order.
     """
-    if samples < 1:
-        raise ValueError(f"bootstrap samples must be >= 1, got {samples}")
+    resamples = resampled_tables(gts, saver, base, samples, seed)
     scores = {r: np.asarray(s, np.float64) for r, s in scores.items()}
-    n = len(gts)
-    rng = np.random.default_rng(seed)
     drops = {r: np.empty((samples, len(thresholds[r]))) for r in scores}
-    for b in range(samples):
-        idx = np.sort(rng.integers(0, n, n))
-        table = SweepTable.build([gts[i] for i in idx], [saver[i] for i in idx],
-                                 [base[i] for i in idx])
+    for b, (idx, table) in enumerate(resamples):
         base_ap = table.source_metrics("base")["AP"]
         for r, s in scores.items():
             step, order = exit_steps(s[idx], thresholds[r])
