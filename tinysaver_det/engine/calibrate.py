@@ -39,7 +39,7 @@ from ..evaluation.ground_truth import dataset_ground_truth
 from ..evaluation.plots import plot_accuracy_compute, plot_examples, plot_score_distribution
 from ..flops import first_test_inputs, tinysaver_costs
 from ..evaluation.quality import marginal_targets_of, routing_quality
-from ..modeling.routing import exit_mask
+from ..modeling.routing import evaluator_scores, exit_mask
 from ..utils.atomic import atomic_write_text
 from .output_cache import OutputCache
 
@@ -74,12 +74,9 @@ class CachedSplit:
         # Images in ascending id order reproduce pycocotools' tie order.
         records = [records[i] for i in np.argsort([r["image_id"] for r in records], kind="stable")]
         summary = torch.stack([r["summary"] for r in records]).to(model.device)
-        was_training = model.evaluator.training
-        with torch.no_grad():
-            evaluator_scores = model.evaluator.eval().scores(summary).cpu().numpy()
-        model.evaluator.train(was_training)
+        scores = evaluator_scores(model.evaluator, summary).cpu().numpy()
         return cls(dataset_name, records, dataset_dicts, [gts[r["index"]] for r in records],
-                   evaluator_scores, seed=cfg.MODEL.TINYSAVER.RANDOM_SEED,
+                   scores, seed=cfg.MODEL.TINYSAVER.RANDOM_SEED,
                    difficulty=image_difficulties(dataset_name, [r["image_id"] for r in records]))
 
     def truth(self, target: str) -> np.ndarray:

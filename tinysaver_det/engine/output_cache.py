@@ -36,13 +36,13 @@ from ..data.checks import RobustDatasetMapper, checked_dataset_dicts
 from ..evaluation.coco_fast import ImageGT, per_image_ap
 from ..evaluation.detections import contiguous_to_dataset_id, detections_record, record_dets
 from ..evaluation.ground_truth import dataset_ground_truth
+from ..modeling.routing import confidence_score
 from ..evaluation.quality import (dets_from_predictions, gt_from_instances, marginal_targets,
                                   routing_quality)
 from ..utils.atomic import atomic_save_json
 from ..utils.rng import numpy_global_seed
 from .cache_store import (SOURCES, UnreadableChunk, arrays_to_records, concat_chunks, flat_dets,
                           read_chunk, records_to_arrays, write_chunk)
-from ..modeling.meta_arch import confidence_score
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from scipy.stats import spearmanr
 
 from ..flops import compute_saved, routed_gflops
 from ..config import check_threshold
-from ..modeling.routing import stable_uniform
+from ..modeling.routing import confidence_scores, gain_oracle_scores, random_scores
 from ..utils.atomic import atomic_save_json
 from .coco_sweep import SweepTable, as_sweep_table, exit_steps
 
@@ -56,10 +56,12 @@ def router_scores(records: Sequence[dict], evaluator_scores: Optional[np.ndarray
     and, when given, the marginal-AP oracle (each image's true effect on the split's AP: the
     realistic ceiling) and the router by the generator's true difficulty (easiest exit first).
     """
+    # The score functions the meta-architecture routes by (modeling/routing.py), on cached values.
     scores = {
-        "confidence": np.array([r["confidence"] for r in records], dtype=np.float64),
-        "random": np.array([stable_uniform(str(r["image_id"]), seed) for r in records]),
-        "oracle": -np.array([r["base_ap"] - r["saver_ap"] for r in records], dtype=np.float64),
+        "confidence": confidence_scores([r["confidence"] for r in records]).numpy(),
+        "random": random_scores([r["image_id"] for r in records], seed).numpy(),
+        "oracle": gain_oracle_scores([r["saver_ap"] for r in records],
+                                     [r["base_ap"] for r in records]).numpy(),
     }
     if marginal is not None:
         scores["marginal_oracle"] = np.asarray(marginal, dtype=np.float64)

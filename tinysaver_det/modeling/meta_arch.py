@@ -22,12 +22,16 @@ from .evaluator_head import build_evaluator_head
 from .routing import (
     check_router,
     check_threshold,
+    confidence_score,
+    confidence_scores,
+    evaluator_scores,
     exit_mask,
+    gain_oracle_scores,
     group_by_key,
     image_key,
     merge_in_order,
+    random_scores,
     split_exits,
-    stable_uniform,
 )
 
 logger = logging.getLogger(__name__)
@@ -265,27 +269,31 @@ class TinySaverRCNN(nn.Module):
         self, batched_inputs: Sequence[dict], saver_outputs: Sequence[dict], summary: torch.Tensor,
         base_outputs: Optional[Sequence[dict]] = None,
     ) -> torch.Tensor:
-        """One score per image under the current router (higher = exit)."""
+        """One score per image under the current router (higher = exit), float64 (routing.py)."""
         if self.router == "evaluator":
-            with torch.no_grad():
-                return self.evaluator.scores(summary)
-        if self.router == "confidence":
-            return torch.stack([confidence_score(o["instances"]) for o in saver_outputs]).to(self.device)
-        if self.router == "random":
+            scores = evaluator_scores(self.evaluator, summary)
+        elif self.router == "confidence":
+            scores = confidence_scores([confidence_score(o["instances"]) for o in saver_outputs])
+        elif self.router == "random":
             keys = [image_key(x, i) for i, x in enumerate(batched_inputs)]
-            return torch.tensor([stable_uniform(k, self.random_seed) for k in keys], device=self.device)
-        # oracle: exit the images where the base gains least over the saver.
+            scores = random_scores(keys, self.random_seed)
+        else:
+            scores = gain_oracle_scores(*self.per_image_aps(batched_inputs, saver_outputs, base_outputs))
+        return scores.to(self.device)
+
+    @staticmethod
+    def per_image_aps(batched_inputs, saver_outputs, base_outputs) -> Tuple[List[float], List[float]]:
+        """Per-image AP of the saver's and of the base's outputs, against the inputs' ground truth."""
         if any("instances" not in x for x in batched_inputs):
             raise ValueError(
                 "ROUTER 'oracle' needs ground truth: the inputs must carry 'instances' (the test "
                 "loader of tools/train_net.py keeps them for the oracle: "
                 "data.checks.build_test_mapper)"
             )
-        gains = [
-            per_image_quality(gt_in_output_frame(x), b["instances"]) - per_image_quality(gt_in_output_frame(x), s["instances"])
-            for x, s, b in zip(batched_inputs, saver_outputs, base_outputs)
-        ]
-        return -torch.tensor(gains, device=self.device)
+        gts = [gt_in_output_frame(x) for x in batched_inputs]
+        saver = [per_image_quality(gt, s["instances"]) for gt, s in zip(gts, saver_outputs)]
+        base = [per_image_quality(gt, b["instances"]) for gt, b in zip(gts, base_outputs)]
+        return saver, base
 
     def inference(self, batched_inputs: Sequence[dict]) -> List[dict]:
         saver_outputs, summary = self.run_saver(batched_inputs)
@@ -338,12 +346,6 @@ class TinySaverRCNN(nn.Module):
             base_outputs = self.run_base(plain)
             target = [per_image_quality(x["instances"], b["instances"]) - t for x, b, t in zip(plain, base_outputs, target)]
         return summary, torch.tensor(target, device=self.device, dtype=torch.float32)
-
-
-def confidence_score(instances) -> torch.Tensor:
-    """The saver's top detection score on an image: 0 when it detected nothing."""
-    scores = instances.scores if instances.has("scores") else torch.zeros(0)
-    return scores.max().float() if len(scores) else scores.new_zeros(()).float()
 
 
 def gt_in_output_frame(dataset_dict: dict):

@@ -1,7 +1,7 @@
 """
-Routing as small pure functions: which images exit at the saver, and how the two paths' outputs
-are merged back into input order. The meta-architecture, the calibration sweep and the tests all
-use these, so the rules live in one place.
+Routing as small pure functions: each router's score, which images exit at the saver, and how the
+two paths' outputs are merged back into input order. The meta-architecture (live, on a batch), the
+calibration (on cached predictions) and the tests all use these, so the rules live in one place.
 """
 import zlib
 from typing import Dict, Hashable, List, Sequence, Tuple, TypeVar
@@ -73,6 +73,46 @@ def image_key(dataset_dict: dict, index: int) -> str:
         if k in dataset_dict:
             return str(dataset_dict[k])
     return f"#{index}"
+
+
+# One score function per router (higher = exit), for the live and the cached path. Scores are
+# float64 on both: a threshold is chosen among cached scores, and a live score rounded to float32
+# could fall below its own threshold.
+
+
+def evaluator_scores(evaluator: torch.nn.Module, summary: torch.Tensor) -> torch.Tensor:
+    """The evaluator head's scores of the saver's summaries (N, D), in eval mode, no gradients."""
+    was_training = evaluator.training
+    try:
+        with torch.no_grad():
+            return evaluator.eval().scores(summary).double()
+    finally:
+        evaluator.train(was_training)
+
+
+def confidence_score(instances) -> torch.Tensor:
+    """The saver's top detection score on an image: 0 when it detected nothing."""
+    scores = instances.scores if instances.has("scores") else torch.zeros(0)
+    return scores.max().float() if len(scores) else scores.new_zeros(()).float()
+
+
+def confidence_scores(confidences: Sequence) -> torch.Tensor:
+    """The confidence router: each image's `confidence_score` (0-d tensors or floats)."""
+    return torch.tensor([float(c) for c in confidences], dtype=torch.float64)
+
+
+def random_scores(keys: Sequence[str], seed: int) -> torch.Tensor:
+    """The random router: a number fixed per image (`image_key`) and seed, whatever the batching."""
+    return torch.tensor([stable_uniform(str(k), seed) for k in keys], dtype=torch.float64)
+
+
+def gain_oracle_scores(saver_ap: Sequence[float], base_ap: Sequence[float]) -> torch.Tensor:
+    """
+    The per-image-gain oracle: minus the base's per-image AP gain over the saver, so the images
+    where the base gains least exit first. It needs ground truth: a bound, not a deployable router.
+    """
+    saver = torch.as_tensor(saver_ap, dtype=torch.float64)
+    return -(torch.as_tensor(base_ap, dtype=torch.float64) - saver)
 
 
 def split_exits(exited: torch.Tensor) -> Tuple[List[int], List[int]]:
