@@ -1,5 +1,4 @@
 """tinysaver_det.config: paths made absolute, where THRESHOLD comes from, values refused by name."""
-import json
 import logging
 import math
 import os
@@ -10,6 +9,7 @@ import pytest
 
 import tinysaver_det  # noqa: F401  (registers the meta-architecture, heads and datasets)
 from detectron2.modeling import build_model
+from tinysaver_det.calibration_result import CalibrationResult
 from tinysaver_det.config import PATH_KEYS, load_config
 from tinysaver_det.engine.output_cache import cache_dir_for
 
@@ -21,7 +21,7 @@ CPU = ["MODEL.DEVICE", "cpu"]
 
 
 def write_calibration(path: Path, threshold: float) -> str:
-    path.write_text(json.dumps({"chosen": {"threshold": threshold}}))
+    CalibrationResult(router="evaluator", deployed_point={"threshold": threshold}).save(str(path))
     return str(path)
 
 

@@ -8,7 +8,6 @@ working directory. A relative SAVER/BASE.CONFIG_FILE in a file resolves against 
 file that names it (like _BASE_); every other relative path, and any path given on the command
 line, resolves against the working directory (as in detectron2). URLs (detectron2://...) are kept.
 """
-import json
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ import yaml
 from detectron2.config import CfgNode as CN, get_cfg
 from detectron2.utils.file_io import PathManager
 
+from .calibration_result import CalibrationResult
 from .data.datasets import register_coco_datasets
 
 # The two detectors a TinySaver model holds, by their config sub-node names.
@@ -196,17 +196,12 @@ def check_threshold(threshold) -> float:
 
 
 def read_calibrated_threshold(path: str) -> float:
-    """The chosen threshold of a calibration json written by tools/calibrate.py."""
+    """The deployed threshold of a calibration.json written by tools/calibrate.py."""
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"MODEL.TINYSAVER.CALIBRATION_FILE {path!r} does not exist; run tools/calibrate.py"
         )
-    try:
-        with open(path) as f:
-            value = json.load(f)["chosen"]["threshold"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"Calibration file {path!r} has no readable chosen.threshold: {e}") from e
-    return check_threshold(value)
+    return check_threshold(CalibrationResult.load(path).threshold)
 
 
 def _sub_config_paths(config_file: str) -> Dict[str, str]:

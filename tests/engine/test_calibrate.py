@@ -67,9 +67,9 @@ def test_calibration_against_a_blind_base_warns(tmp_path, caplog_all):
             for predictor in detector.roi_heads.box_predictor:
                 predictor.cls_score.bias[:-1] = -30.0
     result = calibrate(cfg, model, dataset=f"{prefix}_calib", output_dir=str(tmp_path / "out"))
-    assert result["calibration"]["base"]["AP"] == 0.0  # no detections: 0, not NaN
-    assert math.isnan(result["calibration"]["rank_correlation"]["evaluator"])
+    assert result.calibration_split["base"]["AP"] == 0.0  # no detections: 0, not NaN
+    assert math.isnan(result.calibration_split["rank_correlation"]["evaluator"])
     messages = [r.message for r in caplog_all.records]
     assert any("The base scores 0.00 AP" in m for m in messages)
     assert any("true per-image quality is the same" in m for m in messages)
-    assert np.isfinite(result["chosen"]["compute_saved"])
+    assert np.isfinite(result.deployed_point["compute_saved"])

@@ -1,5 +1,4 @@
 """The calibrated config that calibrate writes is the deployable one, from any working directory."""
-import json
 import os
 import shutil
 from pathlib import Path
@@ -9,6 +8,7 @@ import torch
 import tinysaver_det  # noqa: F401  (registers the meta-architecture, heads and datasets)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
+from tinysaver_det.calibration_result import CalibrationResult
 from tinysaver_det.config import load_config
 from tinysaver_det.engine.calibrate import write_calibrated_config
 from tinysaver_det.engine.trainer import load_weights
@@ -44,7 +44,8 @@ def test_calibrated_config_loads_and_evaluates_from_another_directory(tmp_path, 
     cal = work / "out" / "cal"
     cal.mkdir(parents=True)
     (cal / "config.yaml").write_text(RECORD)
-    (cal / "calibration.json").write_text(json.dumps({"chosen": {"threshold": 0.1234}}))
+    CalibrationResult(router="evaluator", deployed_point={"threshold": 0.1234}).save(
+        str(cal / "calibration.json"))
     write_calibrated_config(cfg, "out/cal/calibration.json", "out/cal/config_calibrated.yaml")
 
     elsewhere = tmp_path / "elsewhere"

@@ -157,7 +157,7 @@ def test_the_deployed_config_names_the_calibration_and_its_own_eval_folder(recip
     deployed = yaml.safe_load((out / "calibration" / "config_calibrated.yaml").read_text())
     ts = deployed["MODEL"]["TINYSAVER"]
     assert ts["CALIBRATION_FILE"] == str(out / "calibration" / "calibration.json")
-    assert ts["THRESHOLD"] == calibration["chosen"]["threshold"]
+    assert ts["THRESHOLD"] == calibration["deployed_point"]["threshold"]
     assert ts["BASE"]["WEIGHTS"] == str(out / "base" / "model_final.pth")
     assert ts["SAVER"]["WEIGHTS"] == str(out / "saver" / "model_final.pth")
     assert deployed["MODEL"]["WEIGHTS"] == str(out / "tinysaver" / "model_final.pth")
@@ -179,7 +179,7 @@ def test_the_routed_eval_ran_on_the_eval_half_with_the_calibrated_threshold(reci
     assert results[EVAL]["routing"]["num_images"] == len(odd_ids)
     # Untrained detectors have AP 0 on every path, so the calibration may pick an infinite
     # threshold; the default THRESHOLD (0.5) would route otherwise wherever a score is below it.
-    threshold = read_json(out / "calibration" / "calibration.json")["chosen"]["threshold"]
+    threshold = read_json(out / "calibration" / "calibration.json")["deployed_point"]["threshold"]
     finite = [im for im in images if math.isfinite(im["score"])]
     assert finite
     assert all(im["exited"] == (im["score"] >= threshold) for im in finite)

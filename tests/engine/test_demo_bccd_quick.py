@@ -52,7 +52,7 @@ def test_every_stage_ran_on_the_registered_splits(quick_bccd):
     routing = read_json(out / "eval" / "tinysaver" / "inference" / "bccd_quick_test" / "routing.json")
     images = routing["images"]
     assert len(images) == QUICK_IMAGES
-    threshold = calibration["chosen"]["threshold"]
+    threshold = calibration["deployed_point"]["threshold"]
     assert all(im["exited"] == (math.isfinite(im["score"]) and im["score"] >= threshold) for im in images)
     for plot in ("accuracy_vs_gflops.png", "score_distribution.png", "examples.png"):
         assert os.path.getsize(out / "calibration" / plot) > 1000

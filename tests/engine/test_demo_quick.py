@@ -45,12 +45,12 @@ def test_quick_demo_reuses_the_trained_detectors(quick_run):
 def test_quick_demo_ends_at_a_real_operating_point(quick_run):
     out, summary = quick_run
     calibration = read_json(out / "calibration" / "calibration.json")
-    chosen = calibration["chosen"]
+    chosen = calibration["deployed_point"]
     # On the calibration split: a finite threshold with images on both paths, within the budget.
     assert math.isfinite(chosen["threshold"]) and 0.0 < chosen["exit_rate"] < 1.0
     assert chosen["target_met"] and chosen["gflops"] <= calibration["target"]["gflops_budget"]
-    assert calibration["calibration"]["base"]["AP"] > 0
-    curves = calibration["calibration"]["curves"]
+    assert calibration["calibration_split"]["base"]["AP"] > 0
+    curves = calibration["calibration_split"]["curves"]
     assert set(curves) == {"evaluator", "confidence", "random", "oracle", "marginal_oracle",
                            "difficulty"}
     assert calibration["costs"]["c_e"] < 0.01  # the evaluator costs under 1% of the base
@@ -82,7 +82,7 @@ def test_quick_demo_produces_the_final_table(quick_run):
     assert base["AP"] > 0  # trained detectors: the table is not a row of zeros
     assert saver["GFLOPs/img"] < routed["GFLOPs/img"] < base["GFLOPs/img"]
     calibration = read_json(out / "calibration" / "calibration.json")
-    assert summary["threshold"] == calibration["chosen"]["threshold"]
+    assert summary["threshold"] == calibration["deployed_point"]["threshold"]
     for row in summary["rows"]:
         assert row["images/s"] > 0
     for name in ("accuracy_vs_gflops.png", "score_distribution.png", "examples.png",

@@ -99,7 +99,7 @@ def run_stages(detectors, out_dir: str, result_file: str) -> None:
                 "summaries": [r["summary"].tolist() for r in records],
                 "evaluation": evaluation,
                 "per_image_routing": per_image,
-                "chosen": result["chosen"],
+                "chosen": result.deployed_point,
                 "model_threshold": evaluated.threshold,
                 "evaluator_changed": not same_state(state(trained.evaluator), before["evaluator"]),
                 "saver_unchanged": same_state(state(trained.saver), before["saver"])

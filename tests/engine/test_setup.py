@@ -1,11 +1,11 @@
 """engine/setup.py: a run that cannot start writes nothing; the threshold's source is logged."""
-import json
 from pathlib import Path
 
 import pytest
 
 import tinysaver_det  # noqa: F401  (registers the meta-architecture, heads and datasets)
 from detectron2.engine import default_argument_parser
+from tinysaver_det.calibration_result import CalibrationResult
 from tinysaver_det.engine.setup import setup_cfg
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def test_a_config_with_a_missing_sub_config_overwrites_no_record(tmp_path):
 
 def test_where_the_threshold_comes_from_is_in_the_run_log(tmp_path):
     calibration = tmp_path / "calibration.json"
-    calibration.write_text(json.dumps({"chosen": {"threshold": 0.625}}))
+    CalibrationResult("evaluator", {"threshold": 0.625}).save(str(calibration))
     out = tmp_path / "run"
     cfg = setup_cfg(args_for(TINYSAVER_YAML, "OUTPUT_DIR", out, "MODEL.TINYSAVER.CALIBRATION_FILE",
                              calibration, "MODEL.TINYSAVER.THRESHOLD", "-inf"))

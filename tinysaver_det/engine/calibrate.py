@@ -14,6 +14,7 @@ from tabulate import tabulate
 from detectron2.data import MetadataCatalog
 from detectron2.utils import comm
 
+from ..calibration_result import CalibrationResult
 from ..config import make_paths_absolute, read_calibrated_threshold
 from ..data.checks import check_dataset_files, checked_dataset_dicts
 from ..data.datasets import image_difficulties
@@ -30,7 +31,6 @@ from ..evaluation.calibration import (
     rank_correlation,
     router_scores,
     sweep,
-    write_calibration,
 )
 from ..evaluation.bootstrap import bootstrap_ap_drops, bootstrap_routers
 from ..evaluation.coco_sweep import SweepTable
@@ -109,11 +109,11 @@ class CachedSplit:
 
 
 def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), max_ap_drop: float = 0.5,
-              gflops_budget: float = 0.0, output_dir: str = "") -> dict:
+              gflops_budget: float = 0.0, output_dir: str = "") -> CalibrationResult:
     """
     Sweep every router's threshold on `dataset`, choose each router's point for the target, report
     those thresholds on `report_datasets`, write calibration.json (the evaluator's choice is the
-    model's threshold) and the plots to `output_dir`. Returns the result dict.
+    model's threshold) and the plots to `output_dir`. Returns what calibration.json holds.
     """
     output_dir = output_dir or cfg.OUTPUT_DIR
     check_dataset_files([dataset, *report_datasets])
@@ -157,40 +157,49 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
                                                 costs, ts.BOOTSTRAP_SAMPLES),
         }
         reports[name]["intervals"] = reports[name]["router_intervals"][deployed]
-    result = {
-        "chosen": chosen[deployed],
-        "router": deployed,
-        "target": {"max_ap_drop": max_ap_drop, "gflops_budget": gflops_budget,
-                   "ucb_level": cfg.MODEL.TINYSAVER.CALIBRATION.UCB_LEVEL},
-        "calibration_dataset": dataset,
-        "costs": costs,
-        "calibration": {"base": base, "saver": saver, "chosen": chosen, "curves": curves,
-                        "rank_correlation": calib.rank_correlations(cfg.MODEL.TINYSAVER.EVALUATOR.TARGET),
-                        # Whether the pair can pay: saver and base AP per decile of the deployed score.
-                        "score_bins": calib.score_bins(deployed),
-                        # On generated splits, the same by the generator's true difficulty.
-                        "difficulty_bins": calib.score_bins("difficulty") if "difficulty" in calib.scores else []},
-        "reports": reports,
-    }
-    if result["chosen"]["compute_saved"] <= 0:
+    target = {"max_ap_drop": max_ap_drop, "gflops_budget": gflops_budget,
+              "ucb_level": cfg.MODEL.TINYSAVER.CALIBRATION.UCB_LEVEL}
+    result = CalibrationResult(
+        router=deployed,
+        deployed_point=chosen[deployed],
+        target=target,
+        calibration_dataset=dataset,
+        costs=costs,
+        calibration_split={
+            "base": base, "saver": saver, "chosen_by_router": chosen, "curves": curves,
+            "rank_correlation": calib.rank_correlations(cfg.MODEL.TINYSAVER.EVALUATOR.TARGET),
+            # Whether the pair can pay: saver and base AP per decile of the deployed score.
+            "score_bins": calib.score_bins(deployed),
+            # On generated splits, the same by the generator's true difficulty.
+            "difficulty_bins": calib.score_bins("difficulty") if "difficulty" in calib.scores else [],
+        },
+        reports=reports,
+    )
+    point = result.deployed_point
+    if point["compute_saved"] <= 0:
         # Routing then costs more than the base alone (every image pays the saver): say so plainly.
         logger.warning(
-            f"At this target the {result['router']} router saves no compute on {dataset} "
-            f"({100 * result['chosen']['compute_saved']:.1f}% at exit rate {result['chosen']['exit_rate']:.2f}): "
-            "running the base alone is cheaper. A saver closer to the base, or a looser target, is needed."
+            f"At this target the {deployed} router saves no compute on {dataset} "
+            f"({100 * point['compute_saved']:.1f}% at exit rate {point['exit_rate']:.2f}): "
+            "running the base alone is cheaper. A saver closer to the base, or a looser target, "
+            "is needed."
         )
     if comm.is_main_process():
         os.makedirs(output_dir, exist_ok=True)
-        write_calibration(os.path.join(output_dir, "calibration.json"), result)
-        write_calibrated_config(cfg, os.path.join(output_dir, "calibration.json"), os.path.join(output_dir, "config_calibrated.yaml"))
+        calibration_file = os.path.join(output_dir, "calibration.json")
+        result.save(calibration_file)
+        write_calibrated_config(cfg, calibration_file,
+                                os.path.join(output_dir, "config_calibrated.yaml"))
         router = deployed  # the plots show the router the model deploys
-        plot_accuracy_compute(curves, base, saver, chosen[router], os.path.join(output_dir, "accuracy_vs_gflops.png"),
+        plot_accuracy_compute(curves, base, saver, chosen[router],
+                              os.path.join(output_dir, "accuracy_vs_gflops.png"),
                               title=f"{dataset}: AP against GFLOPs per image",
                               max_ap_drop=max_ap_drop, gflops_budget=gflops_budget)
         plot_score_distribution(calib.scores[router], chosen[router]["threshold"],
                                 os.path.join(output_dir, "score_distribution.png"), router)
-        plot_examples(calib.dataset_dicts, calib.records, calib.scores[router], chosen[router]["threshold"],
-                      MetadataCatalog.get(dataset), os.path.join(output_dir, "examples.png"))
+        plot_examples(calib.dataset_dicts, calib.records, calib.scores[router],
+                      chosen[router]["threshold"], MetadataCatalog.get(dataset),
+                      os.path.join(output_dir, "examples.png"))
     return result
 
 
@@ -209,7 +218,7 @@ def write_calibrated_config(cfg, calibration_file: str, path: str) -> None:
     atomic_write_text(out.dump(), path)
 
 
-def format_results(result: dict) -> str:
+def format_results(result: CalibrationResult) -> str:
     """Tables: each router on the calibration split at its chosen point, and on each report split."""
     rows: List[list] = []
 
@@ -222,15 +231,15 @@ def format_results(result: dict) -> str:
         (d0, d1), (s0, s1) = iv["AP_drop"], iv["compute_saved"]
         return f"drop [{d0:.2f}, {d1:.2f}], saved [{100 * s0:.0f}%, {100 * s1:.0f}%]"
 
-    cal = result["calibration"]
-    split = result["calibration_dataset"]
+    cal = result.calibration_split
+    split = result.calibration_dataset
     row(split, "base", cal["base"])
     row(split, "saver", cal["saver"])
-    for r, p in cal["chosen"].items():
+    for r, p in cal["chosen_by_router"].items():
         row(split, ROUTER_LABELS.get(r, r) + ("" if p.get("target_met", True) else " (target not met)"),
-            p, p["threshold"], f"drop {p['ap_drop_ucb']:.2f} at most ({result['target'].get('ucb_level', 0.9):.0%} bound)"
+            p, p["threshold"], f"drop {p['ap_drop_ucb']:.2f} at most ({result.target.get('ucb_level', 0.9):.0%} bound)"
             if "ap_drop_ucb" in p else "")
-    for name, rep in result["reports"].items():
+    for name, rep in result.reports.items():
         row(name, "base", rep["base"])
         row(name, "saver", rep["saver"])
         ivs = rep.get("router_intervals", {})
@@ -239,7 +248,7 @@ def format_results(result: dict) -> str:
     headers = ["split", "router", "AP", "AP50", "GFLOPs/img", "saved", "exit rate", "threshold",
                "95% bootstrap interval"]
     lines = [tabulate(rows, headers=headers, tablefmt="github")]
-    for key, what in (("score_bins", f"the {result['router']} score"),
+    for key, what in (("score_bins", f"the {result.router} score"),
                       ("difficulty_bins", "minus the generator's true difficulty")):
         if cal.get(key):
             lines += ["", f"AP of saver and base alone per decile of {what} on {split} (lowest "
@@ -250,10 +259,10 @@ def format_results(result: dict) -> str:
                                headers=["decile", "images", "score", "AP saver", "AP base", "base - saver"],
                                tablefmt="github")]
     lines += ["", "Spearman correlation with the true quality of the evaluator's target:"]
-    splits = [(split, cal["rank_correlation"])] + [(n, r["rank_correlation"]) for n, r in result["reports"].items()]
+    splits = [(split, cal["rank_correlation"])] + [(n, r["rank_correlation"]) for n, r in result.reports.items()]
     for name, corr in splits:
         lines.append(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in corr.items()))
-    for name, rep in result["reports"].items():
-        lines.append(f"95% bootstrap intervals over the images of {name} ({result['router']} router): "
+    for name, rep in result.reports.items():
+        lines.append(f"95% bootstrap intervals over the images of {name} ({result.router} router): "
                      + ", ".join(f"{k} [{lo:.3g}, {hi:.3g}]" for k, (lo, hi) in rep["intervals"].items()))
     return "\n".join(lines)

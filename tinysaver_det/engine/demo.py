@@ -26,6 +26,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from tabulate import tabulate
 
+from ..calibration_result import CalibrationResult
 from ..config import load_config
 from ..data.datasets import default_shared_root
 from ..utils.atomic import atomic_save_json
@@ -288,8 +289,7 @@ class Demo:
             self.tool("calibrate.py", self.configs["tinysaver"], [],
                       ["OUTPUT_DIR", calib_dir, "MODEL.WEIGHTS", evaluator_w] + sub_weights),
         )
-        with open(os.path.join(calib_dir, "calibration.json")) as f:
-            calibration = json.load(f)
+        calibration = CalibrationResult.load(os.path.join(calib_dir, "calibration.json"))
         # One after the other, on every thread: these measure images per second. All three on the
         # TinySaver config's test split (a detector's own config may name another).
         on_test = ["DATASETS.TEST", f"('{test_set}',)"]
@@ -313,7 +313,7 @@ class Demo:
         return summary
 
     @staticmethod
-    def summarize(calibration: dict, res_saver: dict, res_base: dict, res_ts: dict,
+    def summarize(calibration: CalibrationResult, res_saver: dict, res_base: dict, res_ts: dict,
                   labels: Optional[Dict[str, str]] = None) -> dict:
         """
         One row each for base, saver and TinySaver at the chosen threshold, on the test split.
@@ -321,7 +321,7 @@ class Demo:
         """
         labels = labels or {"saver": "saver", "base": "base"}
         dataset = next(iter(res_ts))
-        costs = calibration["costs"]
+        costs = calibration.costs
         routing = res_ts[dataset]["routing"]
 
         def row(name, res, gflops, saved, exit_rate):
@@ -332,12 +332,12 @@ class Demo:
         rows = [
             row(f"base ({labels['base']})", res_base, costs["base_gflops"], 0.0, 0.0),
             row(f"saver ({labels['saver']})", res_saver, costs["saver_gflops"], 1 - costs["c_s"], 1.0),
-            row(f"TinySaver (t={calibration['chosen']['threshold']:.3g})", res_ts, routing["gflops_per_image"],
+            row(f"TinySaver (t={calibration.threshold:.3g})", res_ts, routing["gflops_per_image"],
                 routing["compute_saved"], routing["exit_rate"]),
         ]
         headers = ["model", "AP", "AP50", "GFLOPs/img", "compute saved", "exit rate", "images/s"]
         table = f"\nResults on {dataset}:\n" + tabulate(rows, headers=headers, tablefmt="github")
-        intervals = calibration.get("reports", {}).get(dataset, {}).get("intervals")
+        intervals = calibration.reports.get(dataset, {}).get("intervals")
         if intervals:
             # From the cached predictions of the same images (tools/calibrate.py's report).
             table += ("\n95% bootstrap intervals over the images (calibration report on the same split): "
@@ -347,5 +347,5 @@ class Demo:
             "rows": [dict(zip(headers, r)) for r in rows],
             "intervals": intervals,
             "table": table,
-            "threshold": calibration["chosen"]["threshold"],
+            "threshold": calibration.threshold,
         }

@@ -2,7 +2,6 @@
 The trainer behind tools/train_net.py: detectron2's DefaultTrainer for the saver, the base and
 TinySaver configs. For a TinySaver config it trains only the evaluator, on cached saver outputs.
 """
-import json
 import logging
 import os
 import weakref
@@ -15,6 +14,7 @@ from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..calibration_result import CalibrationResult
 from ..checkpoint import CheckedCheckpointer, load_tinysaver_weights
 from ..data.checks import (
     RobustDatasetMapper,
@@ -46,8 +46,7 @@ def routing_costs(cfg, model, dataset_name: str):
     """GFLOPs per image of the sub-models: from the calibration file if any, else measured."""
     path = cfg.MODEL.TINYSAVER.CALIBRATION_FILE
     if path and os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)["costs"]
+        return CalibrationResult.load(path).costs
     inputs = first_test_inputs(cfg, dataset_name, cfg.MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES)
     return tinysaver_costs(model, inputs)
 

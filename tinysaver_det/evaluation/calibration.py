@@ -24,7 +24,6 @@ from scipy.stats import spearmanr
 from ..flops import compute_saved, routed_gflops
 from ..config import check_threshold
 from ..modeling.routing import confidence_scores, gain_oracle_scores, random_scores
-from ..utils.atomic import atomic_save_json
 from .coco_sweep import SweepTable, as_sweep_table, exit_steps
 
 logger = logging.getLogger(__name__)
@@ -227,7 +226,3 @@ def rank_correlation(scores, truth, what: str) -> float:
             )
             return float("nan")
     return float(spearmanr(scores, truth).statistic)
-
-
-def write_calibration(path: str, result: dict) -> None:
-    atomic_save_json(result, path)
