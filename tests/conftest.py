@@ -1,4 +1,5 @@
 """Shared test settings, and the trained saver and base that the pipeline tests share."""
+import importlib.util
 import os
 import uuid
 from dataclasses import dataclass
@@ -19,6 +20,15 @@ INSTANT = {part: os.path.abspath(os.path.join(SYNTHETIC_CONFIGS, f"{part}_instan
 # The demo's quick variant generates its data at this scale; the fixture generates the same splits,
 # so the demo reuses them.
 QUICK_SCALE = 0.02
+TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
+
+
+def load_tool(name: str):
+    """A script of tools/ as a module (tools/ is not a package), to call what its CLI calls."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(TOOLS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @dataclass

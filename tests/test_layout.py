@@ -97,3 +97,14 @@ def test_the_patch_check_sees_aliases_and_setattr():
         "local = object()\nlocal.x = 1\n"
     )
     assert sorted(line for line, _ in patches(ast.parse(source))) == [4, 5, 6, 7]
+
+
+def test_the_package_does_not_run_the_tools():
+    # Orchestrating tools/ (subprocesses, the repository's layout) is tools/demo.py's job.
+    offenders = [
+        f"{path.relative_to(REPO)} imports {module}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for module in imported_modules(ast.parse(path.read_text()), path)
+        if module.split(".")[0] == "subprocess"
+    ]
+    assert not offenders, "\n".join(offenders)

@@ -1,11 +1,11 @@
 """engine/trainer.py: refusals, no stale results, checked checkpoints and resume, DDP on the CPU."""
-import importlib.util
 import json
 import socket
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_tool
 
 import tinysaver_det  # noqa: F401  (registers the meta-architecture, heads and datasets)
 from detectron2.engine import default_argument_parser
@@ -13,13 +13,6 @@ from detectron2.engine import default_argument_parser
 REPO = Path(__file__).resolve().parents[2]
 TINYSAVER_YAML = REPO / "configs" / "Synthetic" / "tinysaver_R18_cascade_R18.yaml"
 SAVER_INSTANT_YAML = REPO / "configs" / "Synthetic" / "saver_instant_test.yaml"
-
-
-def tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def args_for(out: Path, *opts, eval_only=True):
@@ -40,20 +33,21 @@ def test_eval_only_without_the_trained_evaluator_is_refused(tmp_path):
     # An empty MODEL.WEIGHTS left the evaluator randomly initialised: meaningless routing, exit 0.
     results = stale_results(tmp_path / "out")
     with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
-        tool("train_net").main(args_for(tmp_path / "out", "MODEL.WEIGHTS", ""))
+        load_tool("train_net").main(args_for(tmp_path / "out", "MODEL.WEIGHTS", ""))
     assert not results.exists()  # a failed rerun leaves no earlier results that look current
 
 
 def test_calibration_without_the_trained_evaluator_is_refused(tmp_path):
     with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
-        tool("calibrate").main(args_for(tmp_path / "out", "MODEL.WEIGHTS", "", eval_only=False))
+        load_tool("calibrate").main(args_for(tmp_path / "out", "MODEL.WEIGHTS", "",
+                                             eval_only=False))
 
 
 def test_a_missing_checkpoint_names_the_key_and_the_path_and_leaves_no_stale_results(tmp_path):
     results = stale_results(tmp_path / "out")
     missing = tmp_path / "no_such_model.pth"
     with pytest.raises(FileNotFoundError, match=rf"{missing.name}.*MODEL\.WEIGHTS"):
-        tool("train_net").main(args_for(tmp_path / "out", "MODEL.WEIGHTS", missing))
+        load_tool("train_net").main(args_for(tmp_path / "out", "MODEL.WEIGHTS", missing))
     assert not results.exists()
 
 

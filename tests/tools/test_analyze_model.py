@@ -1,10 +1,10 @@
 """tools/analyze_model.py counts the configured (loaded) model, and says when it is untrained."""
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
+from conftest import load_tool
 
 import tinysaver_det  # noqa: F401
 from detectron2.modeling import build_model
@@ -15,14 +15,6 @@ from tinysaver_det.flops import first_test_inputs, tinysaver_costs
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 CONFIG = os.path.join(ROOT, "configs", "Synthetic", "tinysaver_R18_cascade_R18.yaml")
 BASE_CONFIG = os.path.join(ROOT, "configs", "Synthetic", "base_cascade_rcnn_R_18_FPN.yaml")
-
-
-def load_tool():
-    path = os.path.join(ROOT, "tools", "analyze_model.py")
-    spec = importlib.util.spec_from_file_location("analyze_model", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +52,8 @@ def test_counts_the_loaded_weights(dataset, checkpoints, tmp_path, capsys):
     weights = ["MODEL.TINYSAVER.SAVER.WEIGHTS", checkpoints["saver"],
                "MODEL.TINYSAVER.BASE.WEIGHTS", checkpoints["base"]]
     out = tmp_path / "figures.json"
-    result = load_tool().main(["--config-file", CONFIG, "--num-inputs", "1", "--json", str(out),
-                               *opts(dataset, *weights)])
+    result = load_tool("analyze_model").main(["--config-file", CONFIG, "--num-inputs", "1",
+                                              "--json", str(out), *opts(dataset, *weights)])
     printed = capsys.readouterr().out
     assert json.loads(out.read_text()) == result
     assert result["untrained"] == "evaluator" and "UNTRAINED: evaluator" in printed
@@ -78,7 +70,8 @@ def test_counts_the_loaded_weights(dataset, checkpoints, tmp_path, capsys):
 
 
 def test_an_untrained_model_is_flagged(dataset, capsys, caplog):
-    result = load_tool().main(["--config-file", BASE_CONFIG, "--num-inputs", "1", *opts(dataset)])
+    result = load_tool("analyze_model").main(["--config-file", BASE_CONFIG, "--num-inputs", "1",
+                                              *opts(dataset)])
     printed = capsys.readouterr().out
     assert result["untrained"] == "model" and result["gflops"] > 0
     assert "| untrained" in printed and "UNTRAINED: model" in printed
@@ -86,7 +79,7 @@ def test_an_untrained_model_is_flagged(dataset, capsys, caplog):
 
 
 def test_zero_inputs_are_refused(dataset, capsys):
-    tool = load_tool()
+    tool = load_tool("analyze_model")
     with pytest.raises(SystemExit):
         tool.main(["--config-file", BASE_CONFIG, "--num-inputs", "0", *opts(dataset)])
     assert "--num-inputs must be at least 1" in capsys.readouterr().err

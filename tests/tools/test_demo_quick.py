@@ -11,10 +11,11 @@ import os
 import shutil
 
 import pytest
+from conftest import QUICK_SCALE, load_tool
 
-from conftest import QUICK_SCALE
 from tinysaver_det.data.synthetic import split_spec
-from tinysaver_det.engine.demo import Demo
+
+Demo = load_tool("demo").Demo
 
 
 @pytest.fixture(scope="module")

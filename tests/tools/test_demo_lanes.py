@@ -5,10 +5,12 @@ import sys
 import time
 
 import pytest
+from conftest import load_tool
 
-from tinysaver_det.engine.demo import Demo
+Demo = load_tool("demo").Demo
 
-PRINT_THREADS = [sys.executable, "-c", "import os; print('threads=' + os.environ.get('OMP_NUM_THREADS', 'unset'))"]
+PRINT_THREADS = [sys.executable, "-c",
+                 "import os; print('threads=' + os.environ.get('OMP_NUM_THREADS', 'unset'))"]
 
 
 def test_lanes_share_the_cpu_threads(tmp_path):
@@ -19,13 +21,15 @@ def test_lanes_share_the_cpu_threads(tmp_path):
     share = max(1, (os.cpu_count() or 1) // 2)
     for name in ("left", "right"):
         assert (tmp_path / "logs" / f"{name}.log").read_text().strip() == f"threads={share}"
-    assert (tmp_path / "logs" / "alone.log").read_text().strip() == f"threads={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    alone = f"threads={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    assert (tmp_path / "logs" / "alone.log").read_text().strip() == alone
 
 
 def test_one_job_runs_lanes_one_after_the_other(tmp_path):
     demo = Demo(str(tmp_path), quick=True, jobs=1)
     order = []
-    assert demo.side_by_side(lambda: order.append("a") or 1, lambda: order.append("b") or 2) == [1, 2]
+    lanes = (lambda: order.append("a") or 1, lambda: order.append("b") or 2)
+    assert demo.side_by_side(*lanes) == [1, 2]
     assert order == ["a", "b"]
 
 

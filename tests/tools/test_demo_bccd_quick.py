@@ -9,12 +9,16 @@ import math
 import os
 
 import pytest
+from conftest import load_tool
 
 from tinysaver_det.data.datasets import default_shared_root
-from tinysaver_det.engine.demo import QUICK_IMAGES, Demo
+
+demo = load_tool("demo")
+Demo, QUICK_IMAGES = demo.Demo, demo.QUICK_IMAGES
 
 BCCD = os.path.join(default_shared_root(), "bccd")
-pytestmark = pytest.mark.skipif(not os.path.isdir(BCCD), reason=f"shared BCCD folder {BCCD} is absent")
+pytestmark = pytest.mark.skipif(not os.path.isdir(BCCD),
+                                reason=f"shared BCCD folder {BCCD} is absent")
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +39,15 @@ def test_the_quick_splits_are_the_first_images_of_each_bccd_split(quick_bccd):
         quick = read_json(out / "datasets" / "bccd_quick" / f"instances_{split}.json")
         first = sorted(im["id"] for im in full["images"])[:QUICK_IMAGES]
         assert [im["id"] for im in quick["images"]] == first
-        assert len(quick["annotations"]) == sum(a["image_id"] in first for a in full["annotations"]) > 0
+        kept = sum(a["image_id"] in first for a in full["annotations"])
+        assert len(quick["annotations"]) == kept > 0
 
 
 def test_every_stage_ran_on_the_registered_splits(quick_bccd):
     out, summary = quick_bccd
-    assert {"train_saver", "train_base", "cache_train", "train_tinysaver", "cache_calib_test", "calibrate",
-            "eval_saver", "eval_base", "eval_tinysaver"} <= set(summary["stage_times_s"])
+    stages = {"train_saver", "train_base", "cache_train", "train_tinysaver", "cache_calib_test",
+              "calibrate", "eval_saver", "eval_base", "eval_tinysaver"}
+    assert stages <= set(summary["stage_times_s"])
     assert summary["dataset"] == "bccd_quick_test"
     calibration = read_json(out / "calibration" / "calibration.json")
     assert calibration["calibration_dataset"] == "bccd_quick_val"
@@ -49,11 +55,13 @@ def test_every_stage_ran_on_the_registered_splits(quick_bccd):
     for model in ("saver", "base", "tinysaver"):
         results = read_json(out / "eval" / model / "inference" / "results.json")
         assert list(results) == ["bccd_quick_test"]
-    routing = read_json(out / "eval" / "tinysaver" / "inference" / "bccd_quick_test" / "routing.json")
+    routing = read_json(out / "eval" / "tinysaver" / "inference" / "bccd_quick_test"
+                        / "routing.json")
     images = routing["images"]
     assert len(images) == QUICK_IMAGES
     threshold = calibration["deployed_point"]["threshold"]
-    assert all(im["exited"] == (math.isfinite(im["score"]) and im["score"] >= threshold) for im in images)
+    assert all(im["exited"] == (math.isfinite(im["score"]) and im["score"] >= threshold)
+               for im in images)
     for plot in ("accuracy_vs_gflops.png", "score_distribution.png", "examples.png"):
         assert os.path.getsize(out / "calibration" / plot) > 1000
 
@@ -64,7 +72,8 @@ def test_the_table_names_the_detectors_and_carries_intervals(quick_bccd):
     assert labels[0] == "base (Cascade R-CNN R-18, 96 px)"
     assert labels[1] == "saver (Faster R-CNN RegNet, 96 px)"
     intervals = summary["intervals"]
-    assert set(intervals) == {"AP_base", "AP_saver", "AP_routed", "AP_drop", "exit_rate", "compute_saved"}
+    assert set(intervals) == {"AP_base", "AP_saver", "AP_routed", "AP_drop", "exit_rate",
+                              "compute_saved"}
     for lo, hi in intervals.values():
         assert lo <= hi
     assert "95% bootstrap intervals" in summary["table"]
