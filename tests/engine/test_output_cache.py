@@ -16,7 +16,7 @@ from tinysaver_det.engine.output_cache import (
     OutputCache,
     build_caches,
     cache_is_complete,
-    training_examples,
+    cached_examples,
 )
 from tinysaver_det.modeling.meta_arch import SUMMARY_KEY, TARGET_KEY
 
@@ -71,9 +71,9 @@ def test_cache_records_and_targets(cfg, model, dataset):
     for r in plain:
         top = float(max(r["saver"]["scores"], default=0.0))
         assert r["confidence"] == pytest.approx(top, abs=1e-6)
-    examples = training_examples(records, "ap_gain")
+    examples = cached_examples([cache], "ap_gain")
     assert examples[0][TARGET_KEY] == pytest.approx(records[0]["base_ap"] - records[0]["saver_ap"])
-    assert SUMMARY_KEY in examples[0]
+    np.testing.assert_array_equal(examples[0][SUMMARY_KEY], records[0]["summary"])
 
 
 def rng_state():

@@ -9,6 +9,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from ..evaluation.calibration import rank_correlation
+from ..modeling.routing import confidence_scores, evaluator_scores
 from ..utils.atomic import atomic_save_json
 
 logger = logging.getLogger(__name__)
@@ -20,12 +21,9 @@ def rank_correlations(evaluator, records, truth: np.ndarray) -> dict:
     quality `truth` of each record (output_cache.true_quality).
     """
     summary = torch.stack([r["summary"] for r in records]).to(next(evaluator.parameters()).device)
-    was_training = evaluator.training
-    evaluator.eval()
-    with torch.no_grad():
-        scores = evaluator.scores(summary).cpu().numpy()
-    evaluator.train(was_training)
-    confidence = np.array([r["confidence"] for r in records])
+    # The routers' own score functions, as the model and the calibration score images.
+    scores = evaluator_scores(evaluator, summary).cpu().numpy()
+    confidence = confidence_scores([r["confidence"] for r in records]).numpy()
     return {
         "spearman_evaluator": rank_correlation(scores, truth, "held-out images, evaluator"),
         "spearman_confidence": rank_correlation(confidence, truth, "held-out images, confidence"),

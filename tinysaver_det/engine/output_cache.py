@@ -390,22 +390,6 @@ def examples_from_chunks(read: Callable[[List[str]], Iterator[Dict[str, np.ndarr
     return CachedExamples(summary, value)
 
 
-def training_examples(records: List[dict], target: str) -> List[dict]:
-    """Dataset dicts for evaluator training: the cached summary and the chosen quality target."""
-    from ..modeling.meta_arch import SUMMARY_KEY, TARGET_KEY
-
-    out = []
-    for r in records:
-        if target == "ap_gain":
-            if "base_ap" not in r:
-                raise ValueError("TARGET 'ap_gain' needs a cache built with the base (with_base=True)")
-            value = r["base_ap"] - r["saver_ap"]
-        else:
-            value = r["saver_ap"]
-        out.append({SUMMARY_KEY: r["summary"], TARGET_KEY: float(value)})
-    return out
-
-
 def _read_manifest(path: str) -> Optional[Dict]:
     """A manifest with a "key" dict; None (with a warning naming the file) if it cannot be read."""
     try:

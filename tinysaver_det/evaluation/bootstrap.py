@@ -13,22 +13,10 @@ from typing import Dict, Iterator, Sequence, Tuple
 import numpy as np
 
 from ..flops import compute_saved
-from .coco_fast import ImageDets, ImageGT, MatchTable
+from .coco_fast import ImageDets, ImageGT
 from .coco_sweep import SweepTable, exit_steps
 
 FIGURES = ("AP_base", "AP_saver", "AP_routed", "AP_drop", "exit_rate", "compute_saved")
-
-
-def routing_figures(table: MatchTable, exited: np.ndarray,
-                    costs: Dict[str, float]) -> Dict[str, float]:
-    """The figures of one split: the routed model keeps the saver's detections where `exited`."""
-    saver, base = table.sources.index("saver"), table.sources.index("base")
-    routed = table.coco_metrics(np.where(exited, saver, base))["AP"]
-    ap_base = table.source_metrics("base")["AP"]
-    exit_rate = float(np.mean(exited)) if len(exited) else 0.0
-    return {"AP_base": ap_base, "AP_saver": table.source_metrics("saver")["AP"],
-            "AP_routed": routed, "AP_drop": ap_base - routed, "exit_rate": exit_rate,
-            "compute_saved": compute_saved(costs, exit_rate)}
 
 
 def resampled_tables(gts: Sequence[ImageGT], saver: Sequence[ImageDets], base: Sequence[ImageDets],
@@ -131,11 +119,3 @@ def bootstrap_ap_drops(
             for j, t in enumerate(order):
                 drops[r][b, t] = base_ap - metrics[j]["AP"]
     return drops
-
-
-def format_interval(value: float, interval: Sequence[float], digits: int = 2, scale: float = 1.0,
-                    suffix: str = "") -> str:
-    """'44.80 [43.9, 45.7]': a figure with its interval, for tables."""
-    lo, hi = interval
-    return (f"{scale * value:.{digits}f}{suffix} [{scale * lo:.{max(digits - 1, 0)}f}, "
-            f"{scale * hi:.{max(digits - 1, 0)}f}]")

@@ -42,7 +42,6 @@ IOU_THRS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=
 REC_THRS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
 AREA_RNGS = np.array([[0, 1e5 ** 2], [0, 32 ** 2], [32 ** 2, 96 ** 2], [96 ** 2, 1e5 ** 2]],
                      dtype=np.float64)
-AREA_NAMES = ("all", "small", "medium", "large")
 # evaluateImg starts the best IoU at min(t, 1-1e-10): a detection matches when iou >= this.
 _MATCH_THRS = np.array([min([t, 1 - 1e-10]) for t in IOU_THRS])
 T, A = len(IOU_THRS), len(AREA_RNGS)
