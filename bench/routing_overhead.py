@@ -1,10 +1,11 @@
 """
 Routing overhead: wall time of the routed TinySaver model at batch sizes 1 and 8 against the base
 alone (speedup_vs_base) and against the ideal t_saver + t_eval + (1 - r) * t_base, every part
-measured separately in the same run on the same images, at the calibrated threshold. Prints a table and writes JSON. On a CUDA machine it also runs at COCO-like sizes
-(about 800x1333 images).
+measured separately in the same run on the same images, at the calibrated threshold. Prints a
+table and writes JSON. On a CUDA machine it also runs at COCO-like sizes (about 800x1333 images).
 
-    python bench/routing_overhead.py --config-file configs/Synthetic/tinysaver_R18_cascade_R18.yaml \
+    python bench/routing_overhead.py \
+        --config-file configs/Synthetic/tinysaver_R18_cascade_R18.yaml \
         MODEL.WEIGHTS output/demo/tinysaver/model_final.pth \
         MODEL.TINYSAVER.CALIBRATION_FILE output/demo/calibration/calibration.json
 """
@@ -19,7 +20,6 @@ import torch
 from tabulate import tabulate
 
 from detectron2.modeling import build_model
-
 from tinysaver_det.config import load_config
 from tinysaver_det.engine.trainer import load_weights
 from tinysaver_det.flops import first_test_inputs
@@ -55,7 +55,8 @@ def measure(model, inputs, batch_size: int, repeats: int) -> dict:
     groups = batches(inputs, batch_size)
     saver_in = [model.saver_inputs(g) for g in groups]
     t_saver = timed(lambda: [model.saver(g) for g in saver_in], device, repeats) / n
-    # The evaluator's cost: summarising the saver's features plus the head, i.e. run_saver minus the saver.
+    # The evaluator's cost: summarising the saver's features plus the head, i.e. run_saver minus
+    # the saver.
     t_saver_and_summary = timed(lambda: [model.run_saver(g) for g in groups], device, repeats) / n
     summaries = [model.run_saver(g)[1] for g in groups]
     t_head = timed(lambda: [model.evaluator.scores(s) for s in summaries], device, repeats) / n
@@ -83,12 +84,14 @@ def measure(model, inputs, batch_size: int, repeats: int) -> dict:
 def coco_like_inputs(n: int, seed: int = 0):
     """Random 800x1333-ish images (the COCO test size) for the GPU run."""
     g = torch.Generator().manual_seed(seed)
-    return [{"image": torch.randint(0, 256, (3, 800, 1333 - 64 * (i % 3)), generator=g, dtype=torch.uint8),
+    return [{"image": torch.randint(0, 256, (3, 800, 1333 - 64 * (i % 3)), generator=g,
+                                    dtype=torch.uint8),
              "image_id": i} for i in range(n)]
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default="configs/Synthetic/tinysaver_R18_cascade_R18.yaml")
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -101,16 +104,20 @@ def main():
     load_weights(model, cfg)
     model.eval()
     inputs = first_test_inputs(cfg, cfg.DATASETS.TEST[0], args.num_images)
-    runs = [{"inputs": f"{cfg.DATASETS.TEST[0]} ({args.num_images} images)", "device": str(model.device),
-             **measure(model, inputs, bs, args.repeats)} for bs in (1, 8)]
+    runs = [{"inputs": f"{cfg.DATASETS.TEST[0]} ({args.num_images} images)",
+             "device": str(model.device), **measure(model, inputs, bs, args.repeats)}
+            for bs in (1, 8)]
     if torch.cuda.is_available() and model.device.type == "cuda":
         big = coco_like_inputs(args.num_images)
-        runs += [{"inputs": "random 800x1333", "device": torch.cuda.get_device_name(), **measure(model, big, bs, args.repeats)}
-                 for bs in (1, 8)]
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-               "torch": torch.__version__, "threads": torch.get_num_threads(), "threshold": model.threshold}
-    keys = ["inputs", "device", "batch_size", "exit_rate", "t_saver_ms", "t_eval_ms", "t_base_ms", "t_ideal_ms", "t_routed_ms", "overhead", "speedup_vs_base"]
-    print(tabulate([[r[k] if not isinstance(r[k], float) else round(r[k], 3) for k in keys] for r in runs], headers=keys, tablefmt="github"))
+        runs += [{"inputs": "random 800x1333", "device": torch.cuda.get_device_name(),
+                  **measure(model, big, bs, args.repeats)} for bs in (1, 8)]
+    machine = {"platform": platform.platform(), "processor": platform.processor(),
+               "cpus": os.cpu_count(), "torch": torch.__version__,
+               "threads": torch.get_num_threads(), "threshold": model.threshold}
+    keys = ["inputs", "device", "batch_size", "exit_rate", "t_saver_ms", "t_eval_ms", "t_base_ms",
+            "t_ideal_ms", "t_routed_ms", "overhead", "speedup_vs_base"]
+    table = [[round(r[k], 3) if isinstance(r[k], float) else r[k] for k in keys] for r in runs]
+    print(tabulate(table, headers=keys, tablefmt="github"))
     print("machine:", machine)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from tinysaver_det.config import read_calibrated_threshold as read_threshold
 from tinysaver_det.evaluation.calibration import (
     candidate_thresholds,
     choose_point,
@@ -12,7 +13,6 @@ from tinysaver_det.evaluation.calibration import (
     router_scores,
     sweep,
 )
-from tinysaver_det.config import read_calibrated_threshold as read_threshold
 from tinysaver_det.evaluation.coco_fast import ImageDets, ImageGT, MatchTable
 from tinysaver_det.flops import compute_saved, routed_gflops
 
@@ -28,7 +28,8 @@ def make_table(n=12, seed=0):
         gts.append(ImageGT(boxes=box, category_ids=[1 + i % 2]))
         base.append(ImageDets(boxes=box, scores=[0.9], category_ids=[1 + i % 2]))
         shifted = box + (0 if i % 2 == 0 else [[30, 0, 0, 0]])
-        saver.append(ImageDets(boxes=shifted, scores=[rng.uniform(0.3, 0.9)], category_ids=[1 + i % 2]))
+        saver.append(ImageDets(boxes=shifted, scores=[rng.uniform(0.3, 0.9)],
+                               category_ids=[1 + i % 2]))
     return MatchTable.build(gts, {"saver": saver, "base": base})
 
 
@@ -57,7 +58,8 @@ def test_sweep_ends_equal_saver_and_base_alone():
     assert points[0]["exit_rate"] == 1.0 and points[0]["AP"] == pytest.approx(saver["AP"])
     assert points[1]["exit_rate"] == 0.0 and points[1]["AP"] == pytest.approx(base["AP"])
     assert points[1]["AP"] > points[0]["AP"]
-    assert points[0]["gflops"] == pytest.approx(1.01) and points[1]["gflops"] == pytest.approx(11.01)
+    assert points[0]["gflops"] == pytest.approx(1.01)
+    assert points[1]["gflops"] == pytest.approx(11.01)
 
 
 def test_sweep_merges_per_image():
@@ -101,13 +103,15 @@ def test_choose_point_for_a_budget_takes_the_most_accurate_within_it():
 
 
 def test_largest_safe_exit_rate():
-    points = [{"exit_rate": 0.0, "AP": 50.0}, {"exit_rate": 0.4, "AP": 50.1}, {"exit_rate": 0.7, "AP": 49.0}]
+    points = [{"exit_rate": 0.0, "AP": 50.0}, {"exit_rate": 0.4, "AP": 50.1},
+              {"exit_rate": 0.7, "AP": 49.0}]
     assert largest_safe_exit_rate(points, 50.0) == 0.4
     assert largest_safe_exit_rate(points, 51.0) == 0.0
 
 
 def test_router_scores():
-    records = [{"image_id": i, "confidence": 0.1 * i, "saver_ap": 0.5, "base_ap": 0.5 + 0.1 * i} for i in range(4)]
+    records = [{"image_id": i, "confidence": 0.1 * i, "saver_ap": 0.5, "base_ap": 0.5 + 0.1 * i}
+               for i in range(4)]
     scores = router_scores(records, np.array([3.0, 2.0, 1.0, 0.0]), seed=1)
     assert list(scores) == ["evaluator", "confidence", "random", "oracle"]
     np.testing.assert_allclose(scores["oracle"], [-0.0, -0.1, -0.2, -0.3], atol=1e-12)

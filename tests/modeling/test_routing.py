@@ -1,4 +1,4 @@
-"""The routing rules as pure functions: which images exit, and merging the two paths back in order."""
+"""The routing rules as pure functions: which images exit, and merging both paths back in order."""
 import math
 
 import pytest
@@ -59,7 +59,8 @@ def test_check_threshold_refuses_non_numbers(bad):
         exit_mask(torch.tensor([0.5]), bad)
 
 
-@pytest.mark.parametrize("good,value", [(0.3, 0.3), (1, 1.0), ("-inf", -INF), ("inf", INF), (-INF, -INF), ("0.25", 0.25)])
+@pytest.mark.parametrize("good,value", [(0.3, 0.3), (1, 1.0), ("-inf", -INF), ("inf", INF),
+                                        (-INF, -INF), ("0.25", 0.25)])
 def test_check_threshold_accepts_numbers(good, value):
     assert check_threshold(good) == value
 
@@ -73,7 +74,8 @@ def test_check_router():
 
 # ------------------------------------------------------------------------- merge and grouping
 def test_merge_in_order():
-    assert merge_in_order([True, False, True, False], ["s0", "s1", "s2", "s3"], ["b1", "b3"]) == ["s0", "b1", "s2", "b3"]
+    merged = merge_in_order([True, False, True, False], ["s0", "s1", "s2", "s3"], ["b1", "b3"])
+    assert merged == ["s0", "b1", "s2", "b3"]
     assert merge_in_order([], [], []) == []
     assert merge_in_order([True, True], ["s0", "s1"], []) == ["s0", "s1"]
     assert merge_in_order(torch.tensor([False, False]), ["s0", "s1"], ["b0", "b1"]) == ["b0", "b1"]
@@ -116,7 +118,8 @@ def test_image_key():
 
 # ------------------------------------------------------------------------ properties of routing
 scores_st = st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), max_size=12)
-threshold_st = st.one_of(st.floats(allow_nan=False, allow_infinity=True), st.sampled_from([-INF, INF, 0.0, 0.5]))
+threshold_st = st.one_of(st.floats(allow_nan=False, allow_infinity=True),
+                         st.sampled_from([-INF, INF, 0.0, 0.5]))
 
 
 def _route(scores, threshold):
@@ -125,7 +128,8 @@ def _route(scores, threshold):
     exit_ids, routed_ids = split_exits(exited)
     saver_out = [("saver", i) for i in range(len(scores))]
     base_out = [("base", i) for i in routed_ids]
-    return exited.tolist(), exit_ids, routed_ids, merge_in_order(exited.tolist(), saver_out, base_out)
+    merged = merge_in_order(exited.tolist(), saver_out, base_out)
+    return exited.tolist(), exit_ids, routed_ids, merged
 
 
 @settings(max_examples=300, deadline=None)

@@ -5,7 +5,7 @@ predictions, report every router at its chosen threshold on other splits, write 
 """
 import logging
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from ..calibration_result import CalibrationResult
 from ..config import make_paths_absolute, read_calibrated_threshold
 from ..data.checks import check_dataset_files, checked_dataset_dicts
 from ..data.datasets import image_difficulties
+from ..evaluation.bootstrap import bootstrap_ap_drops, bootstrap_routers
 from ..evaluation.calibration import (
     DIAGNOSTIC_ROUTERS,
     METRICS,
@@ -32,13 +33,12 @@ from ..evaluation.calibration import (
     router_scores,
     sweep,
 )
-from ..evaluation.bootstrap import bootstrap_ap_drops, bootstrap_routers
 from ..evaluation.coco_sweep import SweepTable
 from ..evaluation.detections import record_dets
 from ..evaluation.ground_truth import dataset_ground_truth
 from ..evaluation.plots import plot_accuracy_compute, plot_examples, plot_score_distribution
-from ..flops import first_test_inputs, tinysaver_costs
 from ..evaluation.quality import marginal_targets_of, routing_quality
+from ..flops import first_test_inputs, tinysaver_costs
 from ..modeling.routing import evaluator_scores, exit_mask
 from ..utils.atomic import atomic_write_text
 from .output_cache import OutputCache
@@ -68,8 +68,10 @@ class CachedSplit:
     @classmethod
     def load(cls, cfg, model, dataset_name: str) -> "CachedSplit":
         """Read the split's cache (building what is missing with `model`) and score its images."""
-        records = OutputCache(cfg, dataset_name, views=1, with_base=True, model=model).load_or_build()
-        dataset_dicts = checked_dataset_dicts([dataset_name], cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
+        cache = OutputCache(cfg, dataset_name, views=1, with_base=True, model=model)
+        records = cache.load_or_build()
+        dataset_dicts = checked_dataset_dicts([dataset_name],
+                                              cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
         gts = dataset_ground_truth(dataset_name, dataset_dicts)
         # Images in ascending id order reproduce pycocotools' tie order.
         records = [records[i] for i in np.argsort([r["image_id"] for r in records], kind="stable")]
@@ -92,10 +94,12 @@ class CachedSplit:
 
     def score_bins(self, router: str, bins: int = 10) -> List[dict]:
         """AP of saver and base alone per bin of a router's score (calibration.ap_by_score_bins)."""
-        return ap_by_score_bins(self.gts, self.dets["saver"], self.dets["base"], self.scores[router], bins)
+        return ap_by_score_bins(self.gts, self.dets["saver"], self.dets["base"],
+                                self.scores[router], bins)
 
-    def intervals(self, thresholds: Dict[str, float], costs: Dict[str, float], samples: int) -> dict:
-        """Bootstrap intervals over this split's images of each router's figures at its threshold."""
+    def intervals(self, thresholds: Dict[str, float], costs: Dict[str, float],
+                  samples: int) -> dict:
+        """Bootstrap intervals over this split's images of each router's figures at a threshold."""
         exits = {r: exit_mask(self.scores[r], t).numpy() for r, t in thresholds.items()}
         return bootstrap_routers(self.gts, self.dets["saver"], self.dets["base"], exits, costs,
                                  samples=samples)
@@ -105,73 +109,51 @@ class CachedSplit:
         m = self.table.source_metrics(source)
         gflops = costs["saver_gflops"] if source == "saver" else costs["base_gflops"]
         return {**{k: float(m[k]) for k in METRICS}, "gflops": gflops,
-                "compute_saved": 1 - gflops / costs["base_gflops"], "exit_rate": 1.0 if source == "saver" else 0.0}
+                "compute_saved": 1 - gflops / costs["base_gflops"],
+                "exit_rate": 1.0 if source == "saver" else 0.0}
 
 
-def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), max_ap_drop: float = 0.5,
-              gflops_budget: float = 0.0, output_dir: str = "") -> CalibrationResult:
+def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (),
+              max_ap_drop: float = 0.5, gflops_budget: float = 0.0,
+              output_dir: str = "") -> CalibrationResult:
     """
     Sweep every router's threshold on `dataset`, choose each router's point for the target, report
-    those thresholds on `report_datasets`, write calibration.json (the evaluator's choice is the
-    model's threshold) and the plots to `output_dir`. Returns what calibration.json holds.
+    those thresholds on `report_datasets`, write calibration.json (the deployed router's choice is
+    the model's threshold) and the plots to `output_dir`. Returns what calibration.json holds.
     """
     output_dir = output_dir or cfg.OUTPUT_DIR
     check_dataset_files([dataset, *report_datasets])
-    costs = tinysaver_costs(model, first_test_inputs(cfg, dataset, cfg.MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES))
+    ts = cfg.MODEL.TINYSAVER
+    costs = tinysaver_costs(model, first_test_inputs(cfg, dataset, ts.CALIBRATION.FLOPS_IMAGES))
     logger.info(
-        f"GFLOPs/image: saver {costs['saver_gflops']:.3f}, evaluator {costs['evaluator_gflops']:.5f}, "
-        f"base {costs['base_gflops']:.3f} (c_s {costs['c_s']:.3f}, c_e {costs['c_e']:.5f})"
+        f"GFLOPs/image: saver {costs['saver_gflops']:.3f}, evaluator "
+        f"{costs['evaluator_gflops']:.5f}, base {costs['base_gflops']:.3f} "
+        f"(c_s {costs['c_s']:.3f}, c_e {costs['c_e']:.5f})"
     )
-    deployed = cfg.MODEL.TINYSAVER.ROUTER
+    deployed = ts.ROUTER
     calib = CachedSplit.load(cfg, model, dataset)
     base, saver = calib.alone("base", costs), calib.alone("saver", costs)
     check_base_ap(base["AP"], dataset)
-    thresholds = {router: candidate_thresholds(s) for router, s in calib.scores.items()}
-    curves = {router: sweep(calib.table, s, costs, thresholds[router]) for router, s in calib.scores.items()}
-    ts = cfg.MODEL.TINYSAVER.CALIBRATION
-    if gflops_budget > 0:
-        chosen = {router: choose_point(points, base["AP"], gflops_budget=gflops_budget)
-                  for router, points in curves.items()}
-    else:
-        # The drop must stay within the target on a bootstrap upper bound, not on this one sample.
-        # Candidates at coarser exit-rate steps than the curves: resamples cost one sweep each.
-        candidates = {r: candidate_thresholds(s, ts.NUM_CANDIDATES) for r, s in calib.scores.items()}
-        points = {r: sweep(calib.table, s, costs, candidates[r]) for r, s in calib.scores.items()}
-        logger.info(f"Choosing thresholds on a {ts.UCB_LEVEL:.0%} bootstrap upper bound of the AP drop "
-                    f"({ts.BOOTSTRAP_SAMPLES} resamples of {len(calib.records)} images)")
-        drops = bootstrap_ap_drops(calib.gts, calib.dets["saver"], calib.dets["base"], calib.scores,
-                                   candidates, samples=ts.BOOTSTRAP_SAMPLES)
-        chosen = {r: choose_point_bootstrap(points[r], drops[r], max_ap_drop, ts.UCB_LEVEL)
-                  for r in points}
-    reports = {}
-    for name in report_datasets:
-        split = CachedSplit.load(cfg, model, name)
-        reports[name] = {
-            "rank_correlation": split.rank_correlations(cfg.MODEL.TINYSAVER.EVALUATOR.TARGET),
-            "base": split.alone("base", costs),
-            "saver": split.alone("saver", costs),
-            "routers": {r: apply_threshold(split.table, split.scores[r], chosen[r]["threshold"], costs)
-                        for r in split.scores if r in chosen},
-            # Intervals of every router's figures (bootstrap over this split's images).
-            "router_intervals": split.intervals({r: chosen[r]["threshold"] for r in split.scores if r in chosen},
-                                                costs, ts.BOOTSTRAP_SAMPLES),
-        }
-        reports[name]["intervals"] = reports[name]["router_intervals"][deployed]
-    target = {"max_ap_drop": max_ap_drop, "gflops_budget": gflops_budget,
-              "ucb_level": cfg.MODEL.TINYSAVER.CALIBRATION.UCB_LEVEL}
+    curves, chosen = choose_points(calib, costs, base["AP"], ts.CALIBRATION, max_ap_drop,
+                                   gflops_budget)
+    reports = {name: report(CachedSplit.load(cfg, model, name), chosen, costs, ts.EVALUATOR.TARGET,
+                            ts.CALIBRATION.BOOTSTRAP_SAMPLES, deployed)
+               for name in report_datasets}
     result = CalibrationResult(
         router=deployed,
         deployed_point=chosen[deployed],
-        target=target,
+        target={"max_ap_drop": max_ap_drop, "gflops_budget": gflops_budget,
+                "ucb_level": ts.CALIBRATION.UCB_LEVEL},
         calibration_dataset=dataset,
         costs=costs,
         calibration_split={
             "base": base, "saver": saver, "chosen_by_router": chosen, "curves": curves,
-            "rank_correlation": calib.rank_correlations(cfg.MODEL.TINYSAVER.EVALUATOR.TARGET),
+            "rank_correlation": calib.rank_correlations(ts.EVALUATOR.TARGET),
             # Whether the pair can pay: saver and base AP per decile of the deployed score.
             "score_bins": calib.score_bins(deployed),
             # On generated splits, the same by the generator's true difficulty.
-            "difficulty_bins": calib.score_bins("difficulty") if "difficulty" in calib.scores else [],
+            "difficulty_bins": (calib.score_bins("difficulty") if "difficulty" in calib.scores
+                                else []),
         },
         reports=reports,
     )
@@ -185,22 +167,71 @@ def calibrate(cfg, model, *, dataset: str, report_datasets: Sequence[str] = (), 
             "is needed."
         )
     if comm.is_main_process():
-        os.makedirs(output_dir, exist_ok=True)
-        calibration_file = os.path.join(output_dir, "calibration.json")
-        result.save(calibration_file)
-        write_calibrated_config(cfg, calibration_file,
-                                os.path.join(output_dir, "config_calibrated.yaml"))
-        router = deployed  # the plots show the router the model deploys
-        plot_accuracy_compute(curves, base, saver, chosen[router],
-                              os.path.join(output_dir, "accuracy_vs_gflops.png"),
-                              title=f"{dataset}: AP against GFLOPs per image",
-                              max_ap_drop=max_ap_drop, gflops_budget=gflops_budget)
-        plot_score_distribution(calib.scores[router], chosen[router]["threshold"],
-                                os.path.join(output_dir, "score_distribution.png"), router)
-        plot_examples(calib.dataset_dicts, calib.records, calib.scores[router],
-                      chosen[router]["threshold"], MetadataCatalog.get(dataset),
-                      os.path.join(output_dir, "examples.png"))
+        write_outputs(cfg, result, calib, output_dir)
     return result
+
+
+def choose_points(calib: CachedSplit, costs: Dict[str, float], base_ap: float, settings,
+                  max_ap_drop: float, gflops_budget: float) -> Tuple[dict, dict]:
+    """
+    Every router's sweep over its candidate thresholds (the curves) and its point for the target
+    (router -> point). `settings`: MODEL.TINYSAVER.CALIBRATION.
+    """
+    scores = calib.scores
+    curves = {r: sweep(calib.table, s, costs, candidate_thresholds(s)) for r, s in scores.items()}
+    if gflops_budget > 0:
+        chosen = {r: choose_point(points, base_ap, gflops_budget=gflops_budget)
+                  for r, points in curves.items()}
+        return curves, chosen
+    # The drop must stay within the target on a bootstrap upper bound, not on this one sample.
+    # Candidates at coarser exit-rate steps than the curves: resamples cost one sweep each.
+    candidates = {r: candidate_thresholds(s, settings.NUM_CANDIDATES) for r, s in scores.items()}
+    points = {r: sweep(calib.table, s, costs, candidates[r]) for r, s in scores.items()}
+    logger.info(f"Choosing thresholds on a {settings.UCB_LEVEL:.0%} bootstrap upper bound of the "
+                f"AP drop ({settings.BOOTSTRAP_SAMPLES} resamples of {len(calib.records)} images)")
+    drops = bootstrap_ap_drops(calib.gts, calib.dets["saver"], calib.dets["base"], scores,
+                               candidates, samples=settings.BOOTSTRAP_SAMPLES)
+    chosen = {r: choose_point_bootstrap(points[r], drops[r], max_ap_drop, settings.UCB_LEVEL)
+              for r in points}
+    return curves, chosen
+
+
+def report(split: CachedSplit, chosen: Dict[str, dict], costs: Dict[str, float], target: str,
+           samples: int, deployed: str) -> dict:
+    """Every router at the threshold chosen on the calibration split, on another split."""
+    thresholds = {r: chosen[r]["threshold"] for r in split.scores if r in chosen}
+    out = {
+        "rank_correlation": split.rank_correlations(target),
+        "base": split.alone("base", costs),
+        "saver": split.alone("saver", costs),
+        "routers": {r: apply_threshold(split.table, split.scores[r], t, costs)
+                    for r, t in thresholds.items()},
+        # Intervals of every router's figures (bootstrap over this split's images).
+        "router_intervals": split.intervals(thresholds, costs, samples),
+    }
+    out["intervals"] = out["router_intervals"][deployed]
+    return out
+
+
+def write_outputs(cfg, result: CalibrationResult, calib: CachedSplit, output_dir: str) -> None:
+    """calibration.json, the calibrated config and the plots of the deployed router."""
+    os.makedirs(output_dir, exist_ok=True)
+    calibration_file = os.path.join(output_dir, "calibration.json")
+    result.save(calibration_file)
+    write_calibrated_config(cfg, calibration_file,
+                            os.path.join(output_dir, "config_calibrated.yaml"))
+    router, split = result.router, result.calibration_split
+    point = split["chosen_by_router"][router]
+    plot_accuracy_compute(split["curves"], split["base"], split["saver"], point,
+                          os.path.join(output_dir, "accuracy_vs_gflops.png"),
+                          title=f"{result.calibration_dataset}: AP against GFLOPs per image",
+                          max_ap_drop=result.target["max_ap_drop"],
+                          gflops_budget=result.target["gflops_budget"])
+    plot_score_distribution(calib.scores[router], point["threshold"],
+                            os.path.join(output_dir, "score_distribution.png"), router)
+    plot_examples(calib.dataset_dicts, calib.records, calib.scores[router], point["threshold"],
+                  MetadataCatalog.get(result.calibration_dataset),
+                  os.path.join(output_dir, "examples.png"))
 
 
 def write_calibrated_config(cfg, calibration_file: str, path: str) -> None:
@@ -219,7 +250,7 @@ def write_calibrated_config(cfg, calibration_file: str, path: str) -> None:
 
 
 def format_results(result: CalibrationResult) -> str:
-    """Tables: each router on the calibration split at its chosen point, and on each report split."""
+    """Tables: each router on the calibration split at its chosen point and on each report split."""
     rows: List[list] = []
 
     def row(split, name, p, threshold=None, interval=""):
@@ -235,16 +266,19 @@ def format_results(result: CalibrationResult) -> str:
     split = result.calibration_dataset
     row(split, "base", cal["base"])
     row(split, "saver", cal["saver"])
+    level = result.target.get("ucb_level", 0.9)
     for r, p in cal["chosen_by_router"].items():
-        row(split, ROUTER_LABELS.get(r, r) + ("" if p.get("target_met", True) else " (target not met)"),
-            p, p["threshold"], f"drop {p['ap_drop_ucb']:.2f} at most ({result.target.get('ucb_level', 0.9):.0%} bound)"
-            if "ap_drop_ucb" in p else "")
+        label = ROUTER_LABELS.get(r, r) + ("" if p.get("target_met", True) else " (target not met)")
+        bound = (f"drop {p['ap_drop_ucb']:.2f} at most ({level:.0%} bound)"
+                 if "ap_drop_ucb" in p else "")
+        row(split, label, p, p["threshold"], bound)
     for name, rep in result.reports.items():
         row(name, "base", rep["base"])
         row(name, "saver", rep["saver"])
         ivs = rep.get("router_intervals", {})
         for r, p in rep["routers"].items():
-            row(name, ROUTER_LABELS.get(r, r), p, p["threshold"], interval(ivs[r]) if r in ivs else "")
+            row(name, ROUTER_LABELS.get(r, r), p, p["threshold"],
+                interval(ivs[r]) if r in ivs else "")
     headers = ["split", "router", "AP", "AP50", "GFLOPs/img", "saved", "exit rate", "threshold",
                "95% bootstrap interval"]
     lines = [tabulate(rows, headers=headers, tablefmt="github")]
@@ -253,16 +287,21 @@ def format_results(result: CalibrationResult) -> str:
         if cal.get(key):
             lines += ["", f"AP of saver and base alone per decile of {what} on {split} (lowest "
                           "first; routing pays where the gap is small):",
-                      tabulate([[b["bin"], b["images"], f"{b['score_min']:.3g}..{b['score_max']:.3g}",
+                      tabulate([[b["bin"], b["images"],
+                                 f"{b['score_min']:.3g}..{b['score_max']:.3g}",
                                  f"{b['AP_saver']:.2f}", f"{b['AP_base']:.2f}", f"{b['gap']:+.2f}"]
                                 for b in cal[key]],
-                               headers=["decile", "images", "score", "AP saver", "AP base", "base - saver"],
+                               headers=["decile", "images", "score", "AP saver", "AP base",
+                                        "base - saver"],
                                tablefmt="github")]
     lines += ["", "Spearman correlation with the true quality of the evaluator's target:"]
-    splits = [(split, cal["rank_correlation"])] + [(n, r["rank_correlation"]) for n, r in result.reports.items()]
+    splits = [(split, cal["rank_correlation"])]
+    splits += [(n, r["rank_correlation"]) for n, r in result.reports.items()]
     for name, corr in splits:
         lines.append(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in corr.items()))
     for name, rep in result.reports.items():
-        lines.append(f"95% bootstrap intervals over the images of {name} ({result.router} router): "
-                     + ", ".join(f"{k} [{lo:.3g}, {hi:.3g}]" for k, (lo, hi) in rep["intervals"].items()))
+        intervals = ", ".join(f"{k} [{lo:.3g}, {hi:.3g}]"
+                              for k, (lo, hi) in rep["intervals"].items())
+        lines.append(f"95% bootstrap intervals over the images of {name} ({result.router} "
+                     f"router): {intervals}")
     return "\n".join(lines)

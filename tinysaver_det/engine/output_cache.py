@@ -36,13 +36,25 @@ from ..data.checks import RobustDatasetMapper, checked_dataset_dicts
 from ..evaluation.coco_fast import ImageGT, per_image_ap
 from ..evaluation.detections import contiguous_to_dataset_id, detections_record, record_dets
 from ..evaluation.ground_truth import dataset_ground_truth
+from ..evaluation.quality import (
+    dets_from_predictions,
+    gt_from_instances,
+    marginal_targets,
+    routing_quality,
+)
 from ..modeling.routing import confidence_score
-from ..evaluation.quality import (dets_from_predictions, gt_from_instances, marginal_targets,
-                                  routing_quality)
 from ..utils.atomic import atomic_save_json
 from ..utils.rng import numpy_global_seed
-from .cache_store import (SOURCES, UnreadableChunk, arrays_to_records, concat_chunks, flat_dets,
-                          read_chunk, records_to_arrays, write_chunk)
+from .cache_store import (
+    SOURCES,
+    UnreadableChunk,
+    arrays_to_records,
+    concat_chunks,
+    flat_dets,
+    read_chunk,
+    records_to_arrays,
+    write_chunk,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +62,7 @@ CACHE_FORMAT = 2  # 2: one .npz of contiguous arrays per chunk (cache_store); 1:
 
 
 def state_fingerprint(module: torch.nn.Module) -> str:
-    """A hash of a module's weights: the cache is keyed by what the detectors are, not file names."""
+    """A hash of a module's weights: caches are keyed by what the detectors are, not file names."""
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         h.update(name.encode())
@@ -65,6 +77,8 @@ def config_fingerprint(cfg) -> str:
 def cache_key(model, cfg, dataset_name: str, num_images: int, views: int, with_base: bool) -> Dict:
     """Everything that decides a cache's content. Two caches with equal keys are interchangeable."""
     ev = model.evaluator
+    min_test = cfg.INPUT.MIN_SIZE_TEST
+    min_test = min_test if isinstance(min_test, (list, tuple)) else [min_test]
     return {
         "format": CACHE_FORMAT,
         "dataset": dataset_name,
@@ -78,8 +92,8 @@ def cache_key(model, cfg, dataset_name: str, num_images: int, views: int, with_b
         "base_config": config_fingerprint(load_sub_config(cfg, "BASE")) if with_base else None,
         "saver_input_size": list(model.saver_input_size),
         "base_input_size": list(model.base_input_size),
-        "input": [list(cfg.INPUT.MIN_SIZE_TEST if isinstance(cfg.INPUT.MIN_SIZE_TEST, (list, tuple)) else [cfg.INPUT.MIN_SIZE_TEST]),
-                  cfg.INPUT.MAX_SIZE_TEST, list(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.RANDOM_FLIP],
+        "input": [list(min_test), cfg.INPUT.MAX_SIZE_TEST, list(cfg.INPUT.MIN_SIZE_TRAIN),
+                  cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.RANDOM_FLIP],
         "summary": [type(ev).__name__, ev.summary_dim, ev.top_k, list(ev.in_features)],
         "chunk_size": cfg.MODEL.TINYSAVER.CACHE.CHUNK_SIZE,
         # What augmented views are (view_mapper): caches of earlier view augmentations are refused.
@@ -143,7 +157,8 @@ class OutputCache:
         if self._model is None:
             model = build_model(self.cfg)
             # A saver-only cache needs no base weights (which may be a model-zoo download).
-            load_tinysaver_weights(model, self.cfg, parts=("SAVER", "BASE") if self.with_base else ("SAVER",))
+            parts = ("SAVER", "BASE") if self.with_base else ("SAVER",)
+            load_tinysaver_weights(model, self.cfg, parts=parts)
             self._model = model.eval()
         return self._model
 
@@ -161,27 +176,31 @@ class OutputCache:
 
     def iter_chunks(self, columns: Optional[List[str]] = None) -> Iterator[Dict[str, np.ndarray]]:
         """The chunks' arrays one at a time (streaming), building missing or unreadable chunks."""
-        dataset_dicts = checked_dataset_dicts([self.dataset_name], self.cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
+        dataset_dicts = checked_dataset_dicts([self.dataset_name],
+                                              self.cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
         self._to_dataset_id = contiguous_to_dataset_id(self.dataset_name)
         model = self.model()
-        key = cache_key(model, self.cfg, self.dataset_name, len(dataset_dicts), self.views, self.with_base)
+        key = cache_key(model, self.cfg, self.dataset_name, len(dataset_dicts), self.views,
+                        self.with_base)
         self._check_or_write_manifest(key)
         num_chunks = (len(dataset_dicts) + self.chunk_size - 1) // self.chunk_size
         todo = [c for c in range(num_chunks) if not os.path.isfile(self._chunk_path(c))]
         mine = [c for i, c in enumerate(todo) if i % comm.get_world_size() == comm.get_rank()]
         if todo:
             logger.info(
-                f"Caching outputs of {self.dataset_name}: {len(todo)} of {num_chunks} chunks to compute "
-                f"({len(mine)} on this process) into {self.dir}"
+                f"Caching outputs of {self.dataset_name}: {len(todo)} of {num_chunks} chunks to "
+                f"compute ({len(mine)} on this process) into {self.dir}"
             )
         gts = []
         if mine:
             gts = dataset_ground_truth(self.dataset_name, dataset_dicts)
-            bar = tqdm.tqdm(total=sum(min(self.chunk_size, len(dataset_dicts) - c * self.chunk_size) for c in mine),
-                            desc=f"cache {self.dataset_name}", unit="img", disable=not comm.is_main_process())
+            sizes = {c: min(self.chunk_size, len(dataset_dicts) - c * self.chunk_size)
+                     for c in mine}
+            bar = tqdm.tqdm(total=sum(sizes.values()), desc=f"cache {self.dataset_name}",
+                            unit="img", disable=not comm.is_main_process())
             for c in mine:
                 self._build_chunk(c, model, dataset_dicts, gts, key)
-                bar.update(min(self.chunk_size, len(dataset_dicts) - c * self.chunk_size))
+                bar.update(sizes[c])
             bar.close()
         comm.synchronize()
         if comm.is_main_process():
@@ -221,8 +240,9 @@ class OutputCache:
             if old != key:
                 diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
                 raise ValueError(
-                    f"The cache in {self.dir} was built from another {', '.join(diff)} and is refused, "
-                    f"not reused. Delete that folder or set MODEL.TINYSAVER.CACHE.DIR to another one."
+                    f"The cache in {self.dir} was built from another {', '.join(diff)} and is "
+                    "refused, not reused. Delete that folder or set MODEL.TINYSAVER.CACHE.DIR to "
+                    "another one."
                 )
         elif comm.is_main_process():
             # No manifest, or an unreadable one: each chunk carries its own key, so rewriting the
@@ -252,7 +272,8 @@ class OutputCache:
         records = []
         for view in range(self.views):
             if view == 0:
-                # The plain image, outputs in the original frame, scored against the dataset's own GT.
+                # The plain image, outputs in the original frame, scored against the dataset's
+                # own GT.
                 inputs = self._mapped(dataset_dict, index, view)
                 saver_out, summary = model.run_saver([inputs])
                 saver = saver_out[0]["instances"]
@@ -265,7 +286,8 @@ class OutputCache:
                     "saver_ap": per_image_ap(gt, record_dets(saver_dets)),
                 }
                 if self.with_base:
-                    base_dets = detections_record(model.run_base([inputs])[0]["instances"], to_dataset_id)
+                    base = model.run_base([inputs])[0]["instances"]
+                    base_dets = detections_record(base, to_dataset_id)
                     record["base"] = base_dets
                     record["base_ap"] = per_image_ap(gt, record_dets(base_dets))
             else:
@@ -328,10 +350,11 @@ def marginal_rows(cache: "OutputCache") -> np.ndarray:
     """
     if not cache.with_base:
         raise ValueError("TARGET 'marginal_ap' needs a cache built with the base (with_base=True)")
-    columns = ["image_id", "index", "view"] + [f"{src}_{c}" for src in SOURCES
-                                              for c in ("offsets", "boxes", "scores", "category_ids")]
+    columns = ["image_id", "index", "view"] + [
+        f"{src}_{c}" for src in SOURCES for c in ("offsets", "boxes", "scores", "category_ids")]
     a = cache.load_arrays(columns)
-    dicts = checked_dataset_dicts([cache.dataset_name], cache.cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
+    dicts = checked_dataset_dicts([cache.dataset_name],
+                                  cache.cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
     gts = dataset_ground_truth(cache.dataset_name, dicts)
     plain = np.flatnonzero(a["view"] == 0)
     plain = plain[np.argsort(a["image_id"][plain], kind="stable")]  # pycocotools' tie order
@@ -370,7 +393,8 @@ def examples_from_chunks(read: Callable[[List[str]], Iterator[Dict[str, np.ndarr
             return CachedExamples(np.zeros((0, 0), np.float32), np.zeros(0))
         if target == "ap_gain":
             if "base_ap" not in targets or np.isnan(targets["base_ap"]).any():
-                raise ValueError("TARGET 'ap_gain' needs a cache built with the base (with_base=True)")
+                raise ValueError("TARGET 'ap_gain' needs a cache built with the base "
+                                 "(with_base=True)")
             value = targets["base_ap"] - targets["saver_ap"]
         else:
             value = targets["saver_ap"]

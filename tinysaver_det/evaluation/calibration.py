@@ -18,11 +18,10 @@ import math
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-
 from scipy.stats import spearmanr
 
-from ..flops import compute_saved, routed_gflops
 from ..config import check_threshold
+from ..flops import compute_saved, routed_gflops
 from ..modeling.routing import confidence_scores, gain_oracle_scores, random_scores
 from .coco_sweep import SweepTable, as_sweep_table, exit_steps
 
@@ -111,7 +110,8 @@ def sweep(table, scores: np.ndarray, costs: Dict[str, float], thresholds=None) -
     return points
 
 
-def choose_point(points: List[dict], base_ap: float, max_ap_drop: float = 0.5, gflops_budget: float = 0.0) -> dict:
+def choose_point(points: List[dict], base_ap: float, max_ap_drop: float = 0.5,
+                 gflops_budget: float = 0.0) -> dict:
     """
     The operating point for a target. With a GFLOPs budget (> 0): the most accurate point within it
     (or the cheapest point, flagged, if none fits). Otherwise: the cheapest point whose AP is at
@@ -120,7 +120,8 @@ def choose_point(points: List[dict], base_ap: float, max_ap_drop: float = 0.5, g
     if gflops_budget > 0:
         within = [p for p in points if p["gflops"] <= gflops_budget]
         if not within:
-            logger.warning(f"No threshold meets the budget of {gflops_budget} GFLOPs/image; taking the cheapest")
+            logger.warning(f"No threshold meets the budget of {gflops_budget} GFLOPs/image; "
+                           "taking the cheapest")
             return {**min(points, key=lambda p: p["gflops"]), "target_met": False}
         return {**max(within, key=lambda p: (p["AP"], -p["gflops"])), "target_met": True}
     ok = [p for p in points if p["AP"] >= base_ap - max_ap_drop - 1e-9]
@@ -143,7 +144,8 @@ def choose_point_bootstrap(points: List[dict], drops: np.ndarray, max_ap_drop: f
     if drops.ndim != 2 or drops.shape[1] != len(points):
         raise ValueError(f"drops must be (samples, {len(points)}), got {drops.shape}")
     ucb = np.quantile(drops, level, axis=0)
-    order = sorted(range(len(points)), key=lambda i: (points[i]["exit_rate"], -points[i]["threshold"]))
+    order = sorted(range(len(points)),
+                   key=lambda i: (points[i]["exit_rate"], -points[i]["threshold"]))
     chosen = None
     for i in order:
         if points[i]["exit_rate"] == 0.0:  # no exit: the base itself, no drop whatever the resample
@@ -154,8 +156,8 @@ def choose_point_bootstrap(points: List[dict], drops: np.ndarray, max_ap_drop: f
         chosen = i
     if chosen is None:
         chosen = max(range(len(points)), key=lambda i: points[i]["threshold"])
-    return {**points[chosen], "ap_drop_ucb": float(max(ucb[chosen], 0.0) if points[chosen]["exit_rate"] else 0.0),
-            "target_met": True}
+    bound = float(max(ucb[chosen], 0.0) if points[chosen]["exit_rate"] else 0.0)
+    return {**points[chosen], "ap_drop_ucb": bound, "target_met": True}
 
 
 def ap_by_score_bins(gts, saver, base, scores: np.ndarray, bins: int = 10) -> List[dict]:

@@ -68,12 +68,14 @@ def check_same_classes(saver_cfg, base_cfg) -> None:
     c_saver, c_base = thing_classes_of(saver_cfg), thing_classes_of(base_cfg)
     if c_saver and c_base and c_saver != c_base:
         raise ValueError(
-            f"The saver's training set {saver_cfg.DATASETS.TRAIN} and the base's {base_cfg.DATASETS.TRAIN} "
-            "have different thing_classes: the two detectors must share one label space"
+            f"The saver's training set {saver_cfg.DATASETS.TRAIN} and the base's "
+            f"{base_cfg.DATASETS.TRAIN} have different thing_classes: the two detectors must "
+            "share one label space"
         )
 
 
-def resize_inputs(batched_inputs: Sequence[dict], size: Tuple[int, int], flip_channels: bool = False) -> List[dict]:
+def resize_inputs(batched_inputs: Sequence[dict], size: Tuple[int, int],
+                  flip_channels: bool = False) -> List[dict]:
     """
     Resize each image tensor to what a sub-model's own test-time ResizeShortestEdge(min, max) would
     give, so a saver can run at a lower resolution than the base. Outputs stay at the caller's
@@ -91,9 +93,8 @@ def resize_inputs(batched_inputs: Sequence[dict], size: Tuple[int, int], flip_ch
         if min_size > 0:
             new_hw = ResizeShortestEdge.get_output_shape(h, w, min_size, max_size)
             if tuple(new_hw) != (h, w):
-                y["image"] = F.interpolate(
-                    image[None].float(), size=new_hw, mode="bilinear", align_corners=False, antialias=True
-                )[0]
+                y["image"] = F.interpolate(image[None].float(), size=new_hw, mode="bilinear",
+                                           align_corners=False, antialias=True)[0]
         out.append(y)
     return out
 
@@ -105,8 +106,8 @@ def channels_differ(parent_format: str, sub_format: str) -> bool:
     if {parent_format, sub_format} == {"RGB", "BGR"}:
         return True
     raise ValueError(
-        f"INPUT.FORMAT {sub_format!r} of a sub-model cannot be derived from the TinySaver config's {parent_format!r}: "
-        "use the same format, or RGB and BGR"
+        f"INPUT.FORMAT {sub_format!r} of a sub-model cannot be derived from the TinySaver "
+        f"config's {parent_format!r}: use the same format, or RGB and BGR"
     )
 
 
@@ -125,9 +126,9 @@ def captured_output(module: nn.Module):
 class TinySaverRCNN(nn.Module):
     """
     A saver, an evaluator head and a base. In inference, returns detectron2's standard
-    `[{"instances": Instances, "tinysaver": {...}}]` in input order; the extra key holds the routing
-    facts of each image (score, exited, path). In training, trains only the evaluator: saver and base
-    are frozen and stay in eval mode.
+    `[{"instances": Instances, "tinysaver": {...}}]` in input order; the extra key holds the
+    routing facts of each image (score, exited, path). In training, trains only the evaluator:
+    saver and base are frozen and stay in eval mode.
     """
 
     @configurable
@@ -180,7 +181,8 @@ class TinySaverRCNN(nn.Module):
         check_same_classes(saver_cfg, base_cfg)
         saver = build_model(saver_cfg)
         base = build_model(base_cfg)
-        evaluator = build_evaluator_head(cfg, saver.backbone.output_shape(), num_classes_of(saver_cfg))
+        evaluator = build_evaluator_head(cfg, saver.backbone.output_shape(),
+                                         num_classes_of(saver_cfg))
         evaluator.to(torch.device(cfg.MODEL.DEVICE))
         ts = cfg.MODEL.TINYSAVER
         return {
@@ -219,7 +221,8 @@ class TinySaverRCNN(nn.Module):
         return next(self.evaluator.parameters()).device
 
     def train(self, mode: bool = True):
-        # Frozen sub-models stay in eval mode (detectron2 detectors refuse inference in training mode).
+        # Frozen sub-models stay in eval mode (detectron2 detectors refuse inference in training
+        # mode).
         super().train(mode)
         self.saver.eval()
         self.base.eval()
@@ -246,9 +249,9 @@ class TinySaverRCNN(nn.Module):
             sub = [inputs[i] for i in group]
             with torch.no_grad(), captured_output(self.saver.backbone) as features:
                 results = self.saver(sub)
-            rows = self.evaluator.summarize(
-                features["output"], [tuple(x["image"].shape[-2:]) for x in sub], [r["instances"] for r in results]
-            )
+            rows = self.evaluator.summarize(features["output"],
+                                            [tuple(x["image"].shape[-2:]) for x in sub],
+                                            [r["instances"] for r in results])
             for j, i in enumerate(group):
                 outputs[i], summary[i] = results[j], rows[j]
         return outputs, torch.stack(summary)
@@ -278,12 +281,14 @@ class TinySaverRCNN(nn.Module):
             keys = [image_key(x, i) for i, x in enumerate(batched_inputs)]
             scores = random_scores(keys, self.random_seed)
         else:
-            scores = gain_oracle_scores(*self.per_image_aps(batched_inputs, saver_outputs, base_outputs))
+            saver_ap, base_ap = self.per_image_aps(batched_inputs, saver_outputs, base_outputs)
+            scores = gain_oracle_scores(saver_ap, base_ap)
         return scores.to(self.device)
 
     @staticmethod
-    def per_image_aps(batched_inputs, saver_outputs, base_outputs) -> Tuple[List[float], List[float]]:
-        """Per-image AP of the saver's and of the base's outputs, against the inputs' ground truth."""
+    def per_image_aps(batched_inputs, saver_outputs,
+                      base_outputs) -> Tuple[List[float], List[float]]:
+        """Per-image AP of the saver's and the base's outputs against the inputs' ground truth."""
         if any("instances" not in x for x in batched_inputs):
             raise ValueError(
                 "ROUTER 'oracle' needs ground truth: the inputs must carry 'instances' (the test "
@@ -305,16 +310,14 @@ class TinySaverRCNN(nn.Module):
             base_outputs = [base_all[i] for i in routed_ids]
         else:
             # The base does not run at all when nothing is routed.
-            base_outputs = self.run_base([batched_inputs[i] for i in routed_ids]) if routed_ids else []
+            routed = [batched_inputs[i] for i in routed_ids]
+            base_outputs = self.run_base(routed) if routed else []
         merged = merge_in_order(exited.tolist(), saver_outputs, base_outputs)
         results = []
         for out, score, ex in zip(merged, scores.tolist(), exited.tolist()):
-            results.append(
-                {
-                    "instances": out["instances"],
-                    "tinysaver": {"score": score, "exited": ex, "path": "saver" if ex else "base", "router": self.router},
-                }
-            )
+            facts = {"score": score, "exited": ex, "path": "saver" if ex else "base",
+                     "router": self.router}
+            results.append({"instances": out["instances"], "tinysaver": facts})
         return results
 
     # --- training: the evaluator only ----------------------------------------------------------
@@ -327,24 +330,31 @@ class TinySaverRCNN(nn.Module):
         get_event_storage().put_scalar("tinysaver/target_mean", float(target.mean()))
         return losses
 
-    def evaluator_training_inputs(self, batched_inputs: Sequence[dict]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def evaluator_training_inputs(
+        self, batched_inputs: Sequence[dict]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Summaries and quality targets for a training batch: precomputed ones where the dataset dicts
-        carry them (the output cache), else computed now with the frozen saver (and base for ap_gain)
-        against each image's ground truth "instances".
+        carry them (the output cache), else computed now with the frozen saver (and base for
+        ap_gain) against each image's ground truth "instances".
         """
         if all(SUMMARY_KEY in x for x in batched_inputs):
-            summary = torch.stack([torch.as_tensor(x[SUMMARY_KEY]) for x in batched_inputs]).to(self.device)
-            target = torch.tensor([float(x[TARGET_KEY]) for x in batched_inputs], device=self.device)
+            summary = torch.stack([torch.as_tensor(x[SUMMARY_KEY]) for x in batched_inputs])
+            summary = summary.to(self.device)
+            target = torch.tensor([float(x[TARGET_KEY]) for x in batched_inputs],
+                                  device=self.device)
             return summary.float(), target
         # Without height/width, outputs come back in the frame of the (augmented) input tensor,
         # which is the frame of its ground truth.
-        plain = [{k: v for k, v in x.items() if k not in ("height", "width")} for x in batched_inputs]
+        plain = [{k: v for k, v in x.items() if k not in ("height", "width")}
+                 for x in batched_inputs]
         saver_outputs, summary = self.run_saver(plain)
-        target = [per_image_quality(x["instances"], s["instances"]) for x, s in zip(plain, saver_outputs)]
+        target = [per_image_quality(x["instances"], s["instances"])
+                  for x, s in zip(plain, saver_outputs)]
         if self.evaluator.target == "ap_gain":
             base_outputs = self.run_base(plain)
-            target = [per_image_quality(x["instances"], b["instances"]) - t for x, b, t in zip(plain, base_outputs, target)]
+            target = [per_image_quality(x["instances"], b["instances"]) - t
+                      for x, b, t in zip(plain, base_outputs, target)]
         return summary, torch.tensor(target, device=self.device, dtype=torch.float32)
 
 
