@@ -134,3 +134,35 @@ def test_the_ddp_wrapper_works_for_a_cpu_model(tmp_path):
     assert result["type"] == "DistributedDataParallel" and not result["device_ids"]
     # Gradients are averaged over the two processes: inputs 1 and 2 give 1.5 for every weight.
     assert result["grad"] == [[1.5, 1.5, 1.5]]
+
+
+@pytest.mark.parametrize("target", ["saver_ap", "ap_gain"])
+def test_the_held_out_cache_runs_the_base_only_for_targets_that_need_it(tmp_path, target,
+                                                                       trained_detectors):
+    from tinysaver_det.config import load_config
+    from tinysaver_det.engine.hooks import RankCorrelationHook
+    from tinysaver_det.engine.output_cache import OutputCache
+    from tinysaver_det.engine.trainer import Trainer
+
+    d = trained_detectors
+    held_out = f"{d.prefix}_val"  # not the calibration split, whose cache needs the base anyway
+    cfg = load_config(d.configs["tinysaver"], [
+        "MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", d.weights["saver"],
+        "MODEL.TINYSAVER.BASE.WEIGHTS", d.weights["base"],
+        "MODEL.TINYSAVER.CACHE.DIR", str(tmp_path / "cache"),
+        "MODEL.TINYSAVER.EVALUATOR.TARGET", target,
+        "MODEL.TINYSAVER.CALIBRATION.DATASET", f"{d.prefix}_calib",
+        "MODEL.TINYSAVER.CALIBRATION.HELD_OUT_DATASET", held_out,
+        "DATASETS.TRAIN", f"('{d.prefix}_train',)", "OUTPUT_DIR", str(tmp_path / "train"),
+    ])
+    trainer = Trainer(cfg)
+    (hook,) = [h for h in trainer._hooks if isinstance(h, RankCorrelationHook)]
+    needs_base = target != "saver_ap"
+    built = {p.name for p in (tmp_path / "cache").iterdir()}
+    assert (f"{held_out}_1views_base" in built) is needs_base
+    assert (f"{held_out}_1views" in built) is not needs_base
+    arrays = OutputCache(cfg, held_out, views=1, with_base=needs_base).load_arrays()
+    # saver_ap: the saver's per-image AP; ap_gain: minus the base's gain over it (higher = exit).
+    expected = arrays["saver_ap"] - (arrays["base_ap"] if needs_base else 0.0)
+    assert len(hook._truth) == len(arrays["saver_ap"]) > 0
+    assert hook._truth.tolist() == pytest.approx(expected.tolist())

@@ -367,10 +367,13 @@ def marginal_rows(cache: "OutputCache") -> np.ndarray:
 
 
 def true_quality(cache: "OutputCache", target: str) -> np.ndarray:
-    """The true routing quality of every row of a cache built with the base (higher = exit)."""
-    a = cache.load_arrays(["saver_ap", "base_ap"])
+    """
+    The true routing quality of every row of a cache (higher = exit). Targets that compare the
+    detectors (ap_gain, marginal_ap) need a cache built with the base; saver_ap does not.
+    """
+    a = cache.load_arrays(["saver_ap"] + (["base_ap"] if target == "ap_gain" else []))
     marginal = marginal_rows(cache) if target == "marginal_ap" else None
-    return routing_quality(target, a["saver_ap"], a["base_ap"], marginal)
+    return routing_quality(target, a["saver_ap"], a.get("base_ap"), marginal)
 
 
 def examples_from_chunks(read: Callable[[List[str]], Iterator[Dict[str, np.ndarray]]],

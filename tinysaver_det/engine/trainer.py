@@ -220,8 +220,12 @@ class Trainer(DefaultTrainer):
         ret = [h for h in ret if not isinstance(h, hooks.EvalHook)]
         name = held_out_dataset(self.cfg)
         if name:
-            cache = OutputCache(self.cfg, name, views=1, with_base=True)
-            truth = true_quality(cache, self.cfg.MODEL.TINYSAVER.EVALUATOR.TARGET)
+            target = self.cfg.MODEL.TINYSAVER.EVALUATOR.TARGET
+            # The base runs only where it is needed: for a target that compares the detectors, or
+            # on the calibration split, whose cache calibration reuses (and needs the base for).
+            with_base = target != "saver_ap" or name == self.cfg.MODEL.TINYSAVER.CALIBRATION.DATASET
+            cache = OutputCache(self.cfg, name, views=1, with_base=with_base)
+            truth = true_quality(cache, target)
             hook = RankCorrelationHook(self.cfg.TEST.EVAL_PERIOD, cache.load_or_build(), truth,
                                        self.cfg.OUTPUT_DIR)
             ret.insert(len(ret) - 1, hook)  # before the PeriodicWriter, which must stay last
