@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from tinysaver_det.evaluation.coco_fast import per_image_ap_batch
+from tinysaver_det.metrics.coco_fast import per_image_ap_batch
 from tinysaver_det.evaluation.flat import FlatDets, FlatGT
 
 CHUNK = 1000

@@ -67,12 +67,26 @@ def test_sources_are_found():
     assert PACKAGE / "engine" / "trainer.py" in SOURCES and len(SOURCES) > 20
 
 
-@pytest.mark.parametrize("layer", ["data", "modeling", "evaluation"])
+@pytest.mark.parametrize("layer", ["metrics", "data", "modeling", "evaluation"])
 def test_lower_layers_do_not_import_engine(layer):
     offenders = []
     for path in sorted((PACKAGE / layer).rglob("*.py")):
         for module in imported_modules(ast.parse(path.read_text()), path):
             if module.startswith("tinysaver_det.engine"):
+                offenders.append(f"{path.relative_to(REPO)} imports {module}")
+    assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.parametrize("layer,above", [
+    ("metrics", ("data", "modeling", "evaluation", "engine")),
+    ("data", ("modeling", "evaluation")),
+    ("modeling", ("evaluation",)),
+])
+def test_lower_layers_do_not_import_the_layers_above(layer, above):
+    offenders = []
+    for path in sorted((PACKAGE / layer).rglob("*.py")):
+        for module in imported_modules(ast.parse(path.read_text()), path):
+            if any(module.startswith(f"tinysaver_det.{name}") for name in above):
                 offenders.append(f"{path.relative_to(REPO)} imports {module}")
     assert not offenders, "\n".join(offenders)
 

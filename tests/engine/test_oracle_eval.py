@@ -9,13 +9,13 @@ import tinysaver_det  # noqa: F401
 from tinysaver_det.config import load_config
 from tinysaver_det.data.checks import checked_dataset_dicts
 from tinysaver_det.engine.trainer import Trainer
-from tinysaver_det.evaluation.coco_fast import per_image_ap
 from tinysaver_det.evaluation.detections import (
     contiguous_to_dataset_id,
     detections_record,
     record_dets,
 )
 from tinysaver_det.evaluation.ground_truth import dataset_ground_truth
+from tinysaver_det.metrics.coco_fast import per_image_ap
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic",
                       "tinysaver_R18_cascade_R18.yaml")

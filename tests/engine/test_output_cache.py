@@ -237,9 +237,9 @@ def test_marginal_targets_are_each_images_effect_on_the_split(tmp_path, trained_
 
     from tinysaver_det.data.checks import checked_dataset_dicts
     from tinysaver_det.engine.output_cache import cached_examples
-    from tinysaver_det.evaluation.coco_fast import MatchTable
     from tinysaver_det.evaluation.detections import record_dets
     from tinysaver_det.evaluation.ground_truth import dataset_ground_truth
+    from tinysaver_det.metrics.coco_fast import MatchTable
 
     td = trained_detectors
     name = f"{td.prefix}_calib"

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from tinysaver_det.evaluation.bootstrap import bootstrap_routing
-from tinysaver_det.evaluation.coco_fast import ImageDets, ImageGT, MatchTable
 from tinysaver_det.flops import compute_saved
+from tinysaver_det.metrics.coco_fast import ImageDets, ImageGT, MatchTable
 
 COSTS = {"saver_gflops": 1.0, "evaluator_gflops": 0.0, "base_gflops": 4.0, "c_s": 0.25, "c_e": 0.0}
 

@@ -13,8 +13,8 @@ from tinysaver_det.evaluation.calibration import (
     router_scores,
     sweep,
 )
-from tinysaver_det.evaluation.coco_fast import ImageDets, ImageGT, MatchTable
 from tinysaver_det.flops import compute_saved, routed_gflops
+from tinysaver_det.metrics.coco_fast import ImageDets, ImageGT, MatchTable
 
 COSTS = {"saver_gflops": 1.0, "evaluator_gflops": 0.01, "base_gflops": 10.0}
 

@@ -19,13 +19,13 @@ from tinysaver_det.data.checks import checked_dataset_dicts
 from tinysaver_det.data.datasets import register_halves
 from tinysaver_det.evaluation.calibration import METRICS
 from tinysaver_det.evaluation.coco_evaluator import CheckedCOCOEvaluator
-from tinysaver_det.evaluation.coco_fast import MatchTable
 from tinysaver_det.evaluation.detections import (
     contiguous_to_dataset_id,
     detections_record,
     record_dets,
 )
 from tinysaver_det.evaluation.ground_truth import dataset_ground_truth
+from tinysaver_det.metrics.coco_fast import MatchTable
 
 CATEGORY_IDS = [2, 5, 11]
 H, W = 160, 200

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tinysaver_det.evaluation.coco_fast import (
+from tinysaver_det.metrics.coco_fast import (
     A,
     ImageDets,
     ImageGT,

@@ -6,8 +6,8 @@ import pytest
 from test_coco_fast import KEYS, as_metrics, assert_metrics, cocoeval, merged, random_dataset
 
 from tinysaver_det.evaluation.calibration import sweep
-from tinysaver_det.evaluation.coco_fast import ImageDets, ImageGT, MatchTable
 from tinysaver_det.evaluation.coco_sweep import SweepTable, _State, exit_steps
+from tinysaver_det.metrics.coco_fast import ImageDets, ImageGT, MatchTable
 
 
 def same(got, want):

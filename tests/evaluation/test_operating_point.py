@@ -15,7 +15,7 @@ from tinysaver_det.evaluation.calibration import (
     largest_safe_exit_rate,
     sweep,
 )
-from tinysaver_det.evaluation.coco_fast import ImageDets, ImageGT, MatchTable
+from tinysaver_det.metrics.coco_fast import ImageDets, ImageGT, MatchTable
 
 COSTS = {"saver_gflops": 1.0, "evaluator_gflops": 0.01, "base_gflops": 10.0}
 N = 10

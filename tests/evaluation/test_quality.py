@@ -23,7 +23,7 @@ def test_marginal_targets_are_scaled_one_image_swaps_in_pycocotools(seed):
 def test_exact_saver_costs_nothing_and_a_wrong_one_costs_in_proportion_to_its_boxes():
     """An image whose saver detections equal the base's has marginal 0; swapping in a saver that
     misses everything costs more on an image with more boxes (per-image AP would call both 0)."""
-    from tinysaver_det.evaluation.coco_fast import ImageDets, ImageGT
+    from tinysaver_det.metrics.coco_fast import ImageDets, ImageGT
 
     gts, saver, base = [], [], []
     for i, k in enumerate([1, 1, 4, 4]):

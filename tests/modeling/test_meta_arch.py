@@ -14,7 +14,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from tinysaver_det.checkpoint import load_tinysaver_weights
 from tinysaver_det.config import load_config
-from tinysaver_det.evaluation.quality import per_image_quality
+from tinysaver_det.metrics.per_image import per_image_quality
 from tinysaver_det.modeling.meta_arch import (
     SUMMARY_KEY,
     TARGET_KEY,

@@ -33,15 +33,11 @@ from detectron2.utils import comm
 from ..checkpoint import load_tinysaver_weights
 from ..config import cache_root, load_sub_config
 from ..data.checks import RobustDatasetMapper, checked_dataset_dicts
-from ..evaluation.coco_fast import ImageGT, per_image_ap
 from ..evaluation.detections import contiguous_to_dataset_id, detections_record, record_dets
 from ..evaluation.ground_truth import dataset_ground_truth
-from ..evaluation.quality import (
-    dets_from_predictions,
-    gt_from_instances,
-    marginal_targets,
-    routing_quality,
-)
+from ..evaluation.quality import marginal_targets, routing_quality
+from ..metrics.coco_fast import ImageGT, per_image_ap
+from ..metrics.per_image import dets_from_predictions, gt_from_instances
 from ..modeling.routing import confidence_score
 from ..utils.atomic import atomic_save_json
 from ..utils.rng import numpy_global_seed

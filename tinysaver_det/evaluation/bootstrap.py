@@ -13,7 +13,7 @@ from typing import Dict, Iterator, Sequence, Tuple
 import numpy as np
 
 from ..flops import compute_saved
-from .coco_fast import ImageDets, ImageGT
+from ..metrics.coco_fast import ImageDets, ImageGT
 from .coco_sweep import SweepTable, exit_steps
 
 FIGURES = ("AP_base", "AP_saver", "AP_routed", "AP_drop", "exit_rate", "compute_saved")

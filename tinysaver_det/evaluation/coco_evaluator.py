@@ -16,7 +16,7 @@ import numpy as np
 
 from detectron2.evaluation import COCOEvaluator
 
-from .coco_fast import ImageDets, MatchTable, gt_from_coco
+from ..metrics.coco_fast import ImageDets, MatchTable, gt_from_coco
 from .ground_truth import checked_coco_dict, coco_api
 
 EMPTY = ImageDets(boxes=np.zeros((0, 4)), scores=np.zeros(0), category_ids=np.zeros(0))

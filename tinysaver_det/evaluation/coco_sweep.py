@@ -27,7 +27,7 @@ from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 
-from .coco_fast import (A, REC_THRS, T, ImageDets, ImageGT, MatchTable, _flatten_gt, _match,
+from ..metrics.coco_fast import (A, REC_THRS, T, ImageDets, ImageGT, MatchTable, _flatten_gt, _match,
                         _mean_defined, _metrics_from_precision)
 from .flat import category_ids_of, chunk_of
 

@@ -8,8 +8,8 @@ import numpy as np
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .coco_fast import ImageDets
-from .quality import dets_from_predictions
+from ..metrics.coco_fast import ImageDets
+from ..metrics.per_image import dets_from_predictions
 
 MAX_STORED_DETECTIONS = 100
 

@@ -11,7 +11,7 @@ from typing import List
 
 import numpy as np
 
-from .coco_fast import ImageDets, ImageGT
+from ..metrics.coco_fast import ImageDets, ImageGT
 
 
 def _check_offsets(offsets: np.ndarray, n: int, what: str) -> None:

@@ -14,8 +14,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
 from ..data.checks import clean_annotations, clean_box
+from ..metrics.coco_fast import ImageGT, gt_from_coco
 from ..utils.quiet import quiet
-from .coco_fast import ImageGT, gt_from_coco
 from .detections import contiguous_to_dataset_id
 
 

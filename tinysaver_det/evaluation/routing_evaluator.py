@@ -17,9 +17,9 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from ..flops import compute_saved, routed_gflops
+from ..metrics.coco_fast import MatchTable
 from ..utils.atomic import atomic_save_json
 from .calibration import METRICS
-from .coco_fast import MatchTable
 from .detections import contiguous_to_dataset_id, detections_record, record_dets
 from .ground_truth import dataset_ground_truth
 

@@ -17,7 +17,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from detectron2.utils.events import get_event_storage
 
 from ..config import load_sub_config
-from ..evaluation.quality import per_image_quality
+from ..metrics.per_image import per_image_quality
 from .evaluator_head import build_evaluator_head
 from .routing import (
     check_router,

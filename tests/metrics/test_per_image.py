@@ -1,10 +1,10 @@
-"""Per-image quality: detectron2 Instances as COCO XYWH ground truth and detections; their AP."""
+"""metrics/per_image.py: detectron2 Instances as COCO XYWH ground truth and detections; their AP."""
 import numpy as np
 import pytest
 import torch
 
 from detectron2.structures import Boxes, Instances
-from tinysaver_det.evaluation.quality import (
+from tinysaver_det.metrics.per_image import (
     dets_from_predictions,
     gt_from_instances,
     per_image_quality,
