@@ -38,7 +38,7 @@ from ..evaluation.ground_truth import dataset_ground_truth
 from ..evaluation.quality import marginal_targets, routing_quality
 from ..metrics.coco_fast import ImageGT, per_image_ap
 from ..metrics.per_image import dets_from_predictions, gt_from_instances
-from ..modeling.routing import confidence_score
+from ..modeling.routing import base_gain, confidence_score
 from ..utils.atomic import atomic_save_json
 from ..utils.rng import numpy_global_seed
 from .cache_store import (
@@ -394,7 +394,7 @@ def examples_from_chunks(read: Callable[[List[str]], Iterator[Dict[str, np.ndarr
             if "base_ap" not in targets or np.isnan(targets["base_ap"]).any():
                 raise ValueError("TARGET 'ap_gain' needs a cache built with the base "
                                  "(with_base=True)")
-            value = targets["base_ap"] - targets["saver_ap"]
+            value = base_gain(targets["saver_ap"], targets["base_ap"]).numpy()
         else:
             value = targets["saver_ap"]
     if np.isnan(value).any():

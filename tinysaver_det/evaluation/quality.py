@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ..metrics.coco_fast import ImageDets, ImageGT
+from ..modeling.routing import gain_oracle_scores
 from .coco_sweep import SweepTable
 
 
@@ -49,7 +50,7 @@ def routing_quality(target: str, saver_ap, base_ap=None, marginal=None) -> np.nd
     if target == "saver_ap":
         return np.asarray(saver_ap, np.float64)
     if target == "ap_gain":
-        return -(np.asarray(base_ap, np.float64) - np.asarray(saver_ap, np.float64))
+        return gain_oracle_scores(saver_ap, base_ap).numpy()
     if target == "marginal_ap":
         if marginal is None:
             raise ValueError("the marginal_ap target needs the marginal effects (marginal_targets)")

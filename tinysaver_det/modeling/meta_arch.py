@@ -20,6 +20,7 @@ from ..config import load_sub_config
 from ..metrics.per_image import per_image_quality
 from .evaluator_head import build_evaluator_head
 from .routing import (
+    base_gain,
     check_router,
     check_threshold,
     confidence_score,
@@ -353,8 +354,9 @@ class TinySaverRCNN(nn.Module):
                   for x, s in zip(plain, saver_outputs)]
         if self.evaluator.target == "ap_gain":
             base_outputs = self.run_base(plain)
-            target = [per_image_quality(x["instances"], b["instances"]) - t
-                      for x, b, t in zip(plain, base_outputs, target)]
+            base_ap = [per_image_quality(x["instances"], b["instances"])
+                       for x, b in zip(plain, base_outputs)]
+            target = base_gain(target, base_ap).tolist()
         return summary, torch.tensor(target, device=self.device, dtype=torch.float32)
 
 

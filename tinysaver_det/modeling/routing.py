@@ -106,13 +106,18 @@ def random_scores(keys: Sequence[str], seed: int) -> torch.Tensor:
     return torch.tensor([stable_uniform(str(k), seed) for k in keys], dtype=torch.float64)
 
 
+def base_gain(saver_ap: Sequence[float], base_ap: Sequence[float]) -> torch.Tensor:
+    """The base's per-image AP gain over the saver (float64): the ap_gain target's one formula."""
+    saver = torch.as_tensor(saver_ap, dtype=torch.float64)
+    return torch.as_tensor(base_ap, dtype=torch.float64) - saver
+
+
 def gain_oracle_scores(saver_ap: Sequence[float], base_ap: Sequence[float]) -> torch.Tensor:
     """
     The per-image-gain oracle: minus the base's per-image AP gain over the saver, so the images
     where the base gains least exit first. It needs ground truth: a bound, not a deployable router.
     """
-    saver = torch.as_tensor(saver_ap, dtype=torch.float64)
-    return -(torch.as_tensor(base_ap, dtype=torch.float64) - saver)
+    return -base_gain(saver_ap, base_ap)
 
 
 def split_exits(exited: torch.Tensor) -> Tuple[List[int], List[int]]:
