@@ -5,7 +5,8 @@ A sweep point keeps, for every image, the saver's (source 0) or the base's (sour
 walked in order of growing exit set: an image moves from the base to the saver exactly once, so a
 step flips only the moved images' rows and updates running counts (per item, per block of items
 and ``fv``). A point then evaluates exactly only the blocks of items whose count bounds allow
-them to hold a precision maximum (``SweepTable._precision``), not every kept true positive.
+them to hold a precision maximum (``SweepTable._precision``), not every kept true positive; the
+lower bounds start from the previous point's best true positives, re-evaluated (``_seed``).
 Results are bit-identical to ``MatchTable.coco_metrics`` (same float operations on the same
 integers; ``tests/evaluation/test_coco_sweep.py``, also against pycocotools).
 
