@@ -7,7 +7,7 @@ from test_coco_fast import KEYS, as_metrics, assert_metrics, cocoeval, merged, r
 
 from tinysaver_det.evaluation.calibration import sweep
 from tinysaver_det.evaluation.coco_fast import ImageDets, ImageGT, MatchTable
-from tinysaver_det.evaluation.coco_sweep import R, SweepTable, _State, exit_steps
+from tinysaver_det.evaluation.coco_sweep import SweepTable, _State, exit_steps
 
 
 def same(got, want):
@@ -188,31 +188,6 @@ def test_block_bounds_give_the_full_pass_precision(cls, seed):
         st.swap(moved, to_saver=False)
         choice[moved] = 1
         assert np.array_equal(table._precision(st), mt.precision(choice))
-
-
-def test_seeds_are_the_exact_precision_of_kept_true_positives():
-    """_seed raises the lower bounds with the best TPs of the previous evaluation, evaluated
-    exactly under the current choice (brute force here: counts of kept items up to each seed)."""
-    gts, a, b, _ = random_dataset(411, n_img=60, ncat=3)
-    table = FineBlocks.build(gts, a, b, chunk=17)
-    st = _State(table)
-    table._precision(st)
-    st.swap(np.arange(0, 60, 3), to_saver=True)        # some seeds are no longer kept
-    seeds = st.seeds
-    assert len(seeds) and not st.kept[seeds].all()
-    nseg = len(table.seg_start) - 1
-    st.prefix_counts()
-    q = np.zeros(nseg * R)
-    table._seed(st, nseg, q)
-    want = np.zeros(nseg * R)
-    for x in seeds[st.kept[seeds]]:
-        seg = np.searchsorted(table.seg_start, x, side="right") - 1
-        upto = slice(table.seg_start[seg], x + 1)
-        k = int((st.kept[upto] & table.item_tp[upto]).sum())
-        nv = st.fv[table.item_qr[x]] + int((st.kept[upto] & table.item_part[upto]).sum())
-        cell = seg * R + table.lut[table.seg_lut[seg] + k]
-        want[cell] = max(want[cell], k / (nv + np.spacing(1)))
-    assert np.array_equal(q, want) and q.max() > 0
 
 
 def test_block_sizes_must_nest():

@@ -5,8 +5,7 @@ A sweep point keeps, for every image, the saver's (source 0) or the base's (sour
 walked in order of growing exit set: an image moves from the base to the saver exactly once, so a
 step flips only the moved images' rows and updates running counts (per item, per block of items
 and ``fv``). A point then evaluates exactly only the blocks of items whose count bounds allow
-them to hold a precision maximum (``SweepTable._precision``), not every kept true positive; the
-lower bounds start from the previous point's best true positives, re-evaluated (``_seed``).
+them to hold a precision maximum (``SweepTable._precision``), not every kept true positive.
 Results are bit-identical to ``MatchTable.coco_metrics`` (same float operations on the same
 integers; ``tests/evaluation/test_coco_sweep.py``, also against pycocotools).
 
@@ -398,37 +397,7 @@ class SweepTable:
         if len(flat):
             run = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
             f = flat[run]
-            best = np.maximum.reduceat(pr, run)
-            q[f] = np.maximum(q[f], best)
-            # The best TP of each cell: next point's seeds (see _seed).
-            hit = np.flatnonzero(pr == np.repeat(best, np.diff(np.r_[run, len(pr)])))
-            cell = np.searchsorted(run, hit, side="right")
-            st.seeds = idx[j[hit[np.r_[True, cell[1:] != cell[:-1]]]]]
-
-    def _seed(self, st: "_State", nseg: int, q: np.ndarray) -> None:
-        """Raise ``q[segment * R + bucket]`` to the exact precision of the seeds that are kept TPs
-        (the best TPs of the previous evaluation, from ``_eval_blocks``): a choice that differs
-        by a few images keeps most of them, so the bounds of ``_precision`` prune from the first
-        level on. Same float ops as pycocotools; a seed is a real kept TP, so q stays a lower
-        bound of the true maxima."""
-        x = st.seeds
-        if x is None or not len(x):
-            return
-        x = x[st.kept[x] & (x < self.seg_start[nseg])]
-        lv, size = self.levels[-1], self.LEVELS[-1]
-        seg = np.searchsorted(self.seg_start, x, side="right") - 1
-        blk = lv["seg_blk"][seg] + (x - self.seg_start[seg]) // size
-        start = lv["start"][blk]
-        first = lv["seg_blk"][seg]
-        k = st.cum_tp[blk] - st.cum_tp[first]
-        p = st.cum_pt[blk] - st.cum_pt[first]
-        for o in range(size):   # the block's kept items up to the seed, itself included
-            i = np.minimum(start + o, len(self.item_tp) - 1)
-            on = (start + o <= x) & st.kept[i]
-            k += on & self.item_tp[i]
-            p += on & self.item_part[i]
-        pr = k / (st.fv[self.item_qr[x]] + p + EPS)
-        np.maximum.at(q, seg.astype(np.int64) * R + self.lut[self.seg_lut[seg] + k], pr)
+            q[f] = np.maximum(q[f], np.maximum.reduceat(pr, run))
 
     def _precision(self, st: "_State", areas: int = A) -> np.ndarray:
         """COCOeval precision (T, 101, K, areas) of a choice, evaluating only some blocks exactly.
@@ -457,8 +426,6 @@ class SweepTable:
         if not self._prune:
             return self._precision_full(st.kept, st.fv, areas)
         q = np.zeros(nseg * R)          # lower bounds qL
-        st.prefix_counts()
-        self._seed(st, nseg, q)
         for level, lv in enumerate(self.levels):
             if level:   # children of the blocks left; counts before them within their parent
                 cand, owner, n = _children(self.levels[level - 1]["child"], cand)
@@ -556,14 +523,6 @@ class _State:
         self.fv = t._fv_all_base.copy()
         self.blk_tp = [x.copy() for x in t._blk_base[0]]    # per level
         self.blk_pt = [x.copy() for x in t._blk_base[1]]
-        self.seeds = None      # item indices: the best TPs of the last evaluation
-
-    def prefix_counts(self) -> None:
-        """Kept TPs / partials in the finest blocks before each one (``_seed``)."""
-        for name, c in (("cum_tp", self.blk_tp[-1]), ("cum_pt", self.blk_pt[-1])):
-            out = np.zeros(len(c) + 1, np.int64)
-            np.cumsum(c, out=out[1:])
-            setattr(self, name, out)
 
     def swap(self, images: np.ndarray, to_saver: bool) -> None:
         """Move ``images`` (all currently on the other source) to the saver or the base."""
