@@ -14,8 +14,9 @@ its peak RSS (VmHWM, imports included) is its own:
             above ``--extrapolate-above`` images only ``--max-sweep-steps`` steps per router
             are timed and the rest extrapolated at the measured time per step (marked in the
             table and the JSON; ``--extrapolate-above 200000`` times every step),
-* marginal  SweepTable.marginal_ap for every image (exact; one evaluation per image, so
-            quadratic: ``--max-marginal-images`` are timed, the rest extrapolated),
+* marginal  SweepTable.marginal_ap_bound for every image (near-linear, with an error bound),
+            timed in full; the exact, quadratic method on ``--max-marginal-images`` images
+            (timed, extrapolated, and compared with the approximation),
 * train     one epoch of the DetectionQualityHead over all records' summaries (batches of 256,
             streamed chunk by chunk).
 
@@ -195,33 +196,45 @@ def stage_sweep(folder, key, args):
     per_step = t_steps / max(steps_timed, 1)
     marginal = None
     if args.max_marginal_images:   # on the same table: the build is shared with the sweep
-        todo = min(n, args.max_marginal_images)
-        t = time.perf_counter()
-        table.marginal_ap(np.arange(todo))
-        per_image = (time.perf_counter() - t) / todo
-        marginal = {"build_s": build_s, "images_timed": todo, "per_image_s": per_image,
-                    "marginal_only_s": per_image * n, "extrapolated": todo < n,
-                    "seconds_total": build_s + per_image * n}
+        marginal = dict(time_marginal(table, args), build_s=build_s)
+        marginal["seconds_total"] = build_s + marginal["marginal_only_s"]
     return {"marginal": marginal, "build_s": build_s, "steps": steps_total,
             "steps_timed": steps_timed,
             "per_step_s": per_step, "sweep_only_s": per_step * steps_total,
             "extrapolated": steps_timed < steps_total}
 
 
+def time_marginal(table, args):
+    """The near-linear marginal AP (SweepTable.marginal_ap_bound) of every image, timed in full;
+    then the exact (quadratic) one on ``--max-marginal-images`` images, timed and extrapolated,
+    and compared: mean |exact - approx|, mean |exact| and mean bound on those images."""
+    n = table.num_images
+    t = time.perf_counter()
+    value, bound = table.marginal_ap_bound()
+    fast_s = time.perf_counter() - t
+    todo = min(n, args.max_marginal_images)
+    some = np.random.default_rng(0).permutation(n)[:todo]
+    t = time.perf_counter()
+    exact = table.marginal_ap(some, exact=True)
+    per_image_exact = (time.perf_counter() - t) / max(todo, 1)
+    err = exact - value[some]
+    return {"marginal_only_s": fast_s, "per_image_s": fast_s / max(n, 1), "extrapolated": False,
+            "exact_images_timed": todo, "exact_per_image_s": per_image_exact,
+            "exact_all_s": per_image_exact * n,
+            "mean_abs_error": float(np.abs(err).mean()) if todo else None,
+            "mean_abs_exact": float(np.abs(exact).mean()) if todo else None,
+            "mean_bound": float(bound[some].mean()) if todo else None,
+            "bound_holds": bool(((err >= -1e-9) & (err <= bound[some] + 1e-9)).all())}
+
+
 def stage_marginal(folder, key, args):
-    """SweepTable.marginal_ap: exact, one pass per image (quadratic); the first
-    ``--max-marginal-images`` images are timed and the rest extrapolated."""
+    """SweepTable.marginal_ap_bound for every image (and the exact method on a sample)."""
     t0 = time.perf_counter()
     table = sweep_table(folder, key)
     build_s = time.perf_counter() - t0
-    n = table.num_images
-    todo = min(n, args.max_marginal_images)
-    t = time.perf_counter()
-    table.marginal_ap(np.arange(todo))
-    per_image = (time.perf_counter() - t) / max(todo, 1)
-    return {"build_s": build_s, "images_timed": todo, "per_image_s": per_image,
-            "marginal_only_s": per_image * n, "extrapolated": todo < n,
-            "seconds_total": build_s + per_image * n}
+    info = dict(time_marginal(table, args), build_s=build_s)
+    info["seconds_total"] = build_s + info["marginal_only_s"]
+    return info
 
 
 def stage_train(folder, key, args):
@@ -320,7 +333,8 @@ def main():
     ap.add_argument("--extrapolate-above", type=int, default=50000,
                     help="--max-sweep-steps applies only above this many images")
     ap.add_argument("--max-marginal-images", type=int, default=30,
-                    help="time marginal_ap on this many images, extrapolate to all")
+                    help="time the exact marginal_ap on this many images (0: no marginal "
+                         "stage inside sweep)")
     ap.add_argument("--stages", nargs="+", default=list(DEFAULT_STAGES), choices=STAGES)
     ap.add_argument("--pycoco-images", type=int, default=1000)
     ap.add_argument("--scores", choices=("random", "informative"), default="random",
@@ -387,9 +401,12 @@ def main():
     for r in rows:
         if "marginal" in r:
             m = r["marginal"]
-            print(f"marginal at {r['images']}: build {m['build_s']:.1f}s + "
-                  f"{m['per_image_s']:.4f}s/image x {r['images']} = {m['seconds_total']:.0f}s "
-                  f"(timed {m['images_timed']} images)")
+            print(f"marginal at {r['images']}: build {m['build_s']:.1f}s + all images "
+                  f"{m['marginal_only_s']:.1f}s ({1000 * m['per_image_s']:.2f} ms/image); "
+                  f"exact {m['exact_per_image_s']:.3f}s/image (~{m['exact_all_s']:.0f}s for all, "
+                  f"timed {m['exact_images_timed']}); on those: mean |error| "
+                  f"{m['mean_abs_error']:.2e}, mean |exact| {m['mean_abs_exact']:.2e}, "
+                  f"mean bound {m['mean_bound']:.2e}, bound holds: {m['bound_holds']}")
     print("* = partly extrapolated from timed steps/images; RSS = peak of the stage's process")
     out = dict(machine=info, rows=rows, growth_exponent=exps, views=args.views, scores=args.scores,
                routers=args.routers, thresholds=args.thresholds)

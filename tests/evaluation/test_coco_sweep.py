@@ -84,22 +84,56 @@ def test_exit_steps_follow_exit_mask():
 def test_marginal_ap_equals_one_image_swaps_in_pycocotools(seed):
     gts, a, b, cats = random_dataset(300 + seed, n_img=12)
     table = SweepTable.build(gts, a, b)
-    marginal = table.marginal_ap()
+    marginal = table.marginal_ap()                       # small: exact by default
+    assert (marginal == table.marginal_ap(exact=True)).all()
+    fast, bound = table.marginal_ap_bound()
     base_ap = as_metrics(cocoeval(gts, b, cats))["AP"]
     for i in range(len(gts)):
         choice = np.ones(len(gts), int)
         choice[i] = 0
         swapped = as_metrics(cocoeval(gts, merged(choice, [a, b]), cats))["AP"]
         assert marginal[i] == pytest.approx(swapped - base_ap, abs=1e-9), i
+        assert fast[i] - 1e-9 <= swapped - base_ap <= fast[i] + bound[i] + 1e-9, i
     # The same differences as full recomputations, and state is restored between images.
     mt = MatchTable.build(gts, {"saver": a, "base": b})
     ref = mt.coco_metrics(np.ones(len(gts), int))["AP"]
     some = [3, 0, 3]
-    for i, got in zip(some, table.marginal_ap(some)):
+    for i, got in zip(some, table.marginal_ap(some, exact=True)):
         choice = np.ones(len(gts), int)
         choice[i] = 0
         assert got == mt.coco_metrics(choice)["AP"] - ref
     assert np.abs(marginal).max() > 0   # a swap does move the AP in these cases
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_fast_marginal_ap_is_within_its_bound_of_the_exact_one(seed):
+    """The near-linear marginal AP (coco_marginal) is a lower bound of the exact one, above it by
+    at most the stated bound, on random cases (ties, crowd, partial IoU validity, empty images,
+    categories without ground truth) of growing size; its error shrinks with the images."""
+    gts, a, b, _ = random_dataset(400 + seed, n_img=15 + 10 * seed)
+    table = SweepTable.build(gts, a, b, chunk=9)
+    exact = table.marginal_ap(exact=True)
+    some = np.random.default_rng(seed).permutation(len(gts))[:12]
+    fast, bound = table.marginal_ap_bound(some)
+    assert (bound >= 0).all()
+    err = exact[some] - fast
+    assert (err >= -1e-9).all() and (err <= bound + 1e-9).all(), (err, bound)
+    assert (fast == table.marginal_ap(some, exact=False)).all()
+    if seed == 9:   # 105 images: the approximation is already close on average
+        assert np.abs(err).mean() <= 0.25 * np.abs(exact[some]).mean()
+
+
+def test_fast_marginal_ap_is_exact_where_a_swap_moves_nothing():
+    """Images whose saver detections equal the base's: value 0 and bound 0 (no offsets); an image
+    whose saver only removes a true positive late in the order: inside its bound."""
+    gts, a, b, _ = random_dataset(77, n_img=30)
+    same_dets = [ImageDets(d.boxes, d.scores, d.category_ids) for d in b]
+    table = SweepTable.build(gts, same_dets, b)
+    fast, bound = table.marginal_ap_bound()
+    assert (fast == 0).all() and (bound == 0).all()
+    exact = SweepTable.build(gts, a, b).marginal_ap(exact=True)
+    fast, bound = SweepTable.build(gts, a, b).marginal_ap_bound()
+    assert (fast <= exact + 1e-9).all() and (exact <= fast + bound + 1e-9).all()
 
 
 def test_source_metrics_of_a_sweep_table():
@@ -116,6 +150,7 @@ def test_no_images():
     table = SweepTable.build([], [], [])
     m = table.coco_metrics(np.zeros(0, int))
     assert all(math.isnan(m[k]) for k in KEYS) and len(table.marginal_ap()) == 0
+    assert [len(x) for x in table.marginal_ap_bound()] == [0, 0]
 
 
 class FineBlocks(SweepTable):

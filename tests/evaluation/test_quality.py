@@ -10,6 +10,8 @@ from tinysaver_det.evaluation.quality import marginal_targets, routing_quality
 def test_marginal_targets_are_scaled_one_image_swaps_in_pycocotools(seed):
     gts, saver, base, cats = random_dataset(700 + seed, n_img=10)
     got = marginal_targets(gts, saver, base)
+    assert (got == marginal_targets(gts, saver, base, exact=True)).all()   # small: exact
+    fast = marginal_targets(gts, saver, base, exact=False)
     base_ap = as_metrics(cocoeval(gts, base, cats))["AP"]
     for i in range(len(gts)):
         choice = np.ones(len(gts), int)
@@ -17,6 +19,7 @@ def test_marginal_targets_are_scaled_one_image_swaps_in_pycocotools(seed):
         swapped = as_metrics(cocoeval(gts, merged(choice, [saver, base]), cats))["AP"]
         # N x (AP points / 100): the scale of one image's own AP in [0, 1].
         assert got[i] == pytest.approx(len(gts) * (swapped - base_ap) / 100, abs=1e-9), i
+        assert fast[i] <= got[i] + 1e-9   # the approximation never overstates an exit's effect
     assert np.abs(got).max() > 0
 
 
