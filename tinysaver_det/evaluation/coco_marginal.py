@@ -42,7 +42,7 @@ from typing import Tuple
 
 import numpy as np
 
-from .coco_fast import REC_THRS, T
+from ..metrics.coco_fast import REC_THRS, T
 
 R = len(REC_THRS)
 EPS = np.spacing(1)

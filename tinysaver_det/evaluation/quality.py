@@ -17,7 +17,7 @@ bound (`coco_sweep.SweepTable.marginal_ap`, `coco_marginal`).
 Higher means better to exit for saver_ap and marginal_ap; for ap_gain lower is
 (see routing_quality).
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
