@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LINT_STAMP := $(VENV)/.lint-installed
 
-.PHONY: venv demo demo-quick demo-bccd demo-bccd-quick test lint bench clean
+.PHONY: venv demo demo-quick demo-bccd demo-bccd-quick test lint format bench clean
 
 venv: $(STAMP)
 
@@ -42,7 +42,12 @@ $(LINT_STAMP): requirements-dev.txt
 	touch $(LINT_STAMP)
 
 lint: $(LINT_STAMP)
+	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
+
+format: $(LINT_STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 # The benchmarks use the models `make demo` trained.
 DEMO_WEIGHTS := MODEL.WEIGHTS output/demo/tinysaver/model_final.pth \

@@ -9,6 +9,7 @@ table and writes JSON. On a CUDA machine it also runs at COCO-like sizes (about 
         MODEL.WEIGHTS output/demo/tinysaver/model_final.pth \
         MODEL.TINYSAVER.CALIBRATION_FILE output/demo/calibration/calibration.json
 """
+
 import argparse
 import json
 import os
@@ -84,14 +85,21 @@ def measure(model, inputs, batch_size: int, repeats: int) -> dict:
 def coco_like_inputs(n: int, seed: int = 0):
     """Random 800x1333-ish images (the COCO test size) for the GPU run."""
     g = torch.Generator().manual_seed(seed)
-    return [{"image": torch.randint(0, 256, (3, 800, 1333 - 64 * (i % 3)), generator=g,
-                                    dtype=torch.uint8),
-             "image_id": i} for i in range(n)]
+    return [
+        {
+            "image": torch.randint(
+                0, 256, (3, 800, 1333 - 64 * (i % 3)), generator=g, dtype=torch.uint8
+            ),
+            "image_id": i,
+        }
+        for i in range(n)
+    ]
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", default="configs/Synthetic/tinysaver_R18_cascade_R18.yaml")
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -104,18 +112,45 @@ def main():
     load_weights(model, cfg)
     model.eval()
     inputs = first_test_inputs(cfg, cfg.DATASETS.TEST[0], args.num_images)
-    runs = [{"inputs": f"{cfg.DATASETS.TEST[0]} ({args.num_images} images)",
-             "device": str(model.device), **measure(model, inputs, bs, args.repeats)}
-            for bs in (1, 8)]
+    runs = [
+        {
+            "inputs": f"{cfg.DATASETS.TEST[0]} ({args.num_images} images)",
+            "device": str(model.device),
+            **measure(model, inputs, bs, args.repeats),
+        }
+        for bs in (1, 8)
+    ]
     if torch.cuda.is_available() and model.device.type == "cuda":
         big = coco_like_inputs(args.num_images)
-        runs += [{"inputs": "random 800x1333", "device": torch.cuda.get_device_name(),
-                  **measure(model, big, bs, args.repeats)} for bs in (1, 8)]
-    machine = {"platform": platform.platform(), "processor": platform.processor(),
-               "cpus": os.cpu_count(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "threshold": model.threshold}
-    keys = ["inputs", "device", "batch_size", "exit_rate", "t_saver_ms", "t_eval_ms", "t_base_ms",
-            "t_ideal_ms", "t_routed_ms", "overhead", "speedup_vs_base"]
+        runs += [
+            {
+                "inputs": "random 800x1333",
+                "device": torch.cuda.get_device_name(),
+                **measure(model, big, bs, args.repeats),
+            }
+            for bs in (1, 8)
+        ]
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "threshold": model.threshold,
+    }
+    keys = [
+        "inputs",
+        "device",
+        "batch_size",
+        "exit_rate",
+        "t_saver_ms",
+        "t_eval_ms",
+        "t_base_ms",
+        "t_ideal_ms",
+        "t_routed_ms",
+        "overhead",
+        "speedup_vs_base",
+    ]
     table = [[round(r[k], 3) if isinstance(r[k], float) else r[k] for k in keys] for r in runs]
     print(tabulate(table, headers=keys, tablefmt="github"))
     print("machine:", machine)

@@ -7,6 +7,7 @@ Generate the synthetic detection splits under the dataset root:
 Writes <root>/synthetic/<split>/*.jpg and <root>/synthetic/annotations/instances_<split>.json;
 splits already generated with the same spec are reused.
 """
+
 import argparse
 import json
 import os
@@ -17,12 +18,24 @@ from tinysaver_det.data.synthetic import SYNTHETIC_SPLITS, prepare_all
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", "datasets"),
-                        help="dataset root (default: $DETECTRON2_DATASETS or ./datasets)")
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="multiply every split's image count (e.g. 0.05 for a quick run)")
-    parser.add_argument("--splits", nargs="+", choices=list(SYNTHETIC_SPLITS), default=None,
-                        help="splits to generate (default: all)")
+    parser.add_argument(
+        "--root",
+        default=os.getenv("DETECTRON2_DATASETS", "datasets"),
+        help="dataset root (default: $DETECTRON2_DATASETS or ./datasets)",
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply every split's image count (e.g. 0.05 for a quick run)",
+    )
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        choices=list(SYNTHETIC_SPLITS),
+        default=None,
+        help="splits to generate (default: all)",
+    )
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -33,8 +46,10 @@ def main(argv=None):
         with open(json_file) as f:
             data = json.load(f)
         total += len(data["images"])
-        print(f"synthetic_{split}: {len(data['images'])} images, {len(data['annotations'])} boxes"
-              f" -> {json_file}")
+        print(
+            f"synthetic_{split}: {len(data['images'])} images, {len(data['annotations'])} boxes"
+            f" -> {json_file}"
+        )
     print(f"{total} images under {os.path.join(args.root, 'synthetic')} in {elapsed:.1f}s")
 
 

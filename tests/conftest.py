@@ -1,4 +1,5 @@
 """Shared test settings, and the trained saver and base that the pipeline tests share."""
+
 import importlib.util
 import os
 import uuid
@@ -15,8 +16,10 @@ import torch
 torch.set_num_threads(1)
 
 SYNTHETIC_CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "Synthetic")
-INSTANT = {part: os.path.abspath(os.path.join(SYNTHETIC_CONFIGS, f"{part}_instant_test.yaml"))
-           for part in ("saver", "base", "tinysaver")}
+INSTANT = {
+    part: os.path.abspath(os.path.join(SYNTHETIC_CONFIGS, f"{part}_instant_test.yaml"))
+    for part in ("saver", "base", "tinysaver")
+}
 # The demo's quick variant generates its data at this scale; the fixture generates the same splits,
 # so the demo reuses them.
 QUICK_SCALE = 0.02
@@ -60,10 +63,19 @@ def trained_detectors(tmp_path_factory) -> TrainedDetectors:
     out = tmp_path_factory.mktemp("detectors")
     weights = {}
     for part in ("saver", "base"):
-        cfg = load_config(INSTANT[part], [
-            "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out / part), "DATASETS.TEST", "()",
-            "DATASETS.TRAIN", str(tuple(f"{prefix}_{s}" for s in ("train", "calib", "val"))),
-        ])
+        cfg = load_config(
+            INSTANT[part],
+            [
+                "MODEL.DEVICE",
+                "cpu",
+                "OUTPUT_DIR",
+                str(out / part),
+                "DATASETS.TEST",
+                "()",
+                "DATASETS.TRAIN",
+                str(tuple(f"{prefix}_{s}" for s in ("train", "calib", "val"))),
+            ],
+        )
         torch.manual_seed(0)
         np.random.seed(0)  # the sampler's order and the augmentations
         trainer = Trainer(cfg)
@@ -85,8 +97,9 @@ def synthetic_split(tmp_path_factory):
 
     def make(split: str, num_images: int, prefix: str) -> str:
         root = str(tmp_path_factory.mktemp("data"))
-        generate_split(root, split, split_spec(split, scale=0.01), num_images=num_images,
-                       progress=False)
+        generate_split(
+            root, split, split_spec(split, scale=0.01), num_images=num_images, progress=False
+        )
         prefix = f"{prefix}{uuid.uuid4().hex[:6]}"
         register_synthetic(root, prefix=prefix)
         return f"{prefix}_{split}"

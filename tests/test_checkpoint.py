@@ -1,4 +1,5 @@
 """checkpoint.py: a missing checkpoint is named together with the config key it came from."""
+
 from pathlib import Path
 
 import pytest
@@ -31,11 +32,19 @@ def test_missing_file_names_what_it_was_for(tmp_path):
 
 @pytest.mark.parametrize("part", ["SAVER", "BASE"])
 def test_missing_sub_model_weights_name_their_key(tmp_path, part):
-    cfg = load_config(str(TINYSAVER_YAML), [
-        "MODEL.DEVICE", "cpu",
-        "MODEL.TINYSAVER.SAVER.WEIGHTS", "", "MODEL.TINYSAVER.BASE.WEIGHTS", "",
-        f"MODEL.TINYSAVER.{part}.WEIGHTS", str(tmp_path / "gone.pth"),
-    ])
+    cfg = load_config(
+        str(TINYSAVER_YAML),
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.TINYSAVER.SAVER.WEIGHTS",
+            "",
+            "MODEL.TINYSAVER.BASE.WEIGHTS",
+            "",
+            f"MODEL.TINYSAVER.{part}.WEIGHTS",
+            str(tmp_path / "gone.pth"),
+        ],
+    )
     with pytest.raises(FileNotFoundError, match=rf"gone\.pth.*MODEL\.TINYSAVER\.{part}\.WEIGHTS"):
         load_tinysaver_weights(TwoParts(), cfg)
 

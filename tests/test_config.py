@@ -1,4 +1,5 @@
 """tinysaver_det.config: paths made absolute, where THRESHOLD comes from, values refused by name."""
+
 import logging
 import math
 import os
@@ -31,8 +32,16 @@ def value_of(cfg, key: str):
     return cfg
 
 
-@pytest.mark.parametrize("text, value", [("-inf", -math.inf), ("inf", math.inf), ("+inf", math.inf),
-                                         ("-Infinity", -math.inf), ("0.25", 0.25)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("-inf", -math.inf),
+        ("inf", math.inf),
+        ("+inf", math.inf),
+        ("-Infinity", -math.inf),
+        ("0.25", 0.25),
+    ],
+)
 def test_infinite_thresholds_are_accepted_on_the_command_line(text, value):
     # yacs reads "inf" as a string and refused it as a type mismatch for the float key.
     cfg = load_config(str(TINYSAVER_YAML), CPU + [THRESHOLD, text])
@@ -69,8 +78,10 @@ def test_an_explicit_threshold_wins_over_the_calibration_file_and_the_model(tmp_
 def test_a_threshold_in_the_file_does_not_win_over_the_calibration_file(tmp_path):
     calibration = write_calibration(tmp_path / "calibration.json", -math.inf)
     config = tmp_path / "deployed.yaml"
-    config.write_text(f'_BASE_: "{TINYSAVER_YAML}"\nMODEL:\n  TINYSAVER:\n    THRESHOLD: 0.9\n'
-                      f'    CALIBRATION_FILE: "{calibration}"\n')
+    config.write_text(
+        f'_BASE_: "{TINYSAVER_YAML}"\nMODEL:\n  TINYSAVER:\n    THRESHOLD: 0.9\n'
+        f'    CALIBRATION_FILE: "{calibration}"\n'
+    )
     assert load_config(str(config), CPU).MODEL.TINYSAVER.THRESHOLD == -math.inf
 
 
@@ -90,10 +101,18 @@ def test_flops_images_zero_is_refused_by_name():
 def test_every_path_is_absolute_after_loading(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     opts = CPU + [
-        "OUTPUT_DIR", "out/run", "MODEL.WEIGHTS", "w/model.pth", "MODEL.TINYSAVER.CACHE.DIR", "c",
-        "MODEL.TINYSAVER.SAVER.WEIGHTS", "w/saver.pth",
-        "MODEL.TINYSAVER.BASE.WEIGHTS", "detectron2://Misc/model_final.pkl",  # a URL stays a URL
-        CALIBRATION_FILE, write_calibration(Path("calibration.json"), 0.5),
+        "OUTPUT_DIR",
+        "out/run",
+        "MODEL.WEIGHTS",
+        "w/model.pth",
+        "MODEL.TINYSAVER.CACHE.DIR",
+        "c",
+        "MODEL.TINYSAVER.SAVER.WEIGHTS",
+        "w/saver.pth",
+        "MODEL.TINYSAVER.BASE.WEIGHTS",
+        "detectron2://Misc/model_final.pkl",  # a URL stays a URL
+        CALIBRATION_FILE,
+        write_calibration(Path("calibration.json"), 0.5),
     ]
     cfg = load_config(os.path.relpath(TINYSAVER_YAML, tmp_path), opts)
     for key in PATH_KEYS:
@@ -110,8 +129,10 @@ def test_runs_in_one_output_folder_share_the_default_cache(tmp_path, monkeypatch
     # The README's evaluator training and calibration runs (output/coco/tinysaver and
     # output/coco/calibration) build the calibration split's cache once, not once per OUTPUT_DIR.
     monkeypatch.delenv("TINYSAVER_CACHE", raising=False)
-    train, calib = (load_config(str(TINYSAVER_YAML), CPU + ["OUTPUT_DIR", str(out)])
-                    for out in (tmp_path / "coco" / "tinysaver", tmp_path / "coco" / "calibration"))
+    train, calib = (
+        load_config(str(TINYSAVER_YAML), CPU + ["OUTPUT_DIR", str(out)])
+        for out in (tmp_path / "coco" / "tinysaver", tmp_path / "coco" / "calibration")
+    )
 
     def folder(cfg):
         return os.path.dirname(cache_dir_for(cfg, "synthetic_calib", 1, True))

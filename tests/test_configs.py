@@ -1,4 +1,5 @@
 """Every config under configs/ parses; every detector config builds, trains one step and infers."""
+
 import math
 import os
 from pathlib import Path
@@ -17,16 +18,25 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
 ALL_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 # Shared fragments that only exist to be inherited (not a detector of their own).
-FRAGMENTS = {CONFIG_DIR / "Synthetic" / "Base-Synthetic.yaml",
-             CONFIG_DIR / "BCCD" / "Base-BCCD.yaml"}
+FRAGMENTS = {
+    CONFIG_DIR / "Synthetic" / "Base-Synthetic.yaml",
+    CONFIG_DIR / "BCCD" / "Base-BCCD.yaml",
+}
 # The BCCD configs register their splits from the shared data folder when loaded as they are.
 BCCD_ABSENT = not os.path.isdir(os.path.join(default_shared_root(), "bccd"))
 NO_DATASETS = ["MODEL.TINYSAVER.DATA.COCO_DATASETS", "[]"]
 # Keep the COCO-sized configs cheap: the architecture stays, the images shrink.
 SMALL = NO_DATASETS + [
-    "MODEL.DEVICE", "cpu",
-    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
-    "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96",
+    "MODEL.DEVICE",
+    "cpu",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "96",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "INPUT.MAX_SIZE_TEST",
+    "96",
 ]
 
 
@@ -44,8 +54,10 @@ TINYSAVER_CONFIGS = [p for p in ALL_CONFIGS if _is_tinysaver(p)]
 
 def test_the_expected_configs_are_found():
     names = {_rel(p) for p in DETECTOR_CONFIGS}
-    assert {"Synthetic/saver_retinanet_R_18_FPN.yaml",
-            "Synthetic/base_cascade_rcnn_R_18_FPN.yaml"} <= names
+    assert {
+        "Synthetic/saver_retinanet_R_18_FPN.yaml",
+        "Synthetic/base_cascade_rcnn_R_18_FPN.yaml",
+    } <= names
     assert {"Base-RCNN-FPN.yaml", "Base-RetinaNet.yaml"} <= names  # the COCO (model zoo) configs
     assert "Synthetic/tinysaver_R18_cascade_R18.yaml" in {_rel(p) for p in TINYSAVER_CONFIGS}
 
@@ -79,10 +91,14 @@ def test_sub_config_paths_are_relative_to_the_file_that_names_them(tmp_path, mon
     # The sub-configs live in one folder; the TinySaver config in a sibling folder inherits a
     # config from a third folder, which is the one naming the saver: its own folder is the anchor.
     synthetic = CONFIG_DIR / "Synthetic"
-    saver = _write(tmp_path / "detectors" / "saver.yaml",
-                   f'_BASE_: "{synthetic}/saver_retinanet_R_18_FPN.yaml"\n')
-    base = _write(tmp_path / "detectors" / "base.yaml",
-                  f'_BASE_: "{synthetic}/base_cascade_rcnn_R_18_FPN.yaml"\n')
+    saver = _write(
+        tmp_path / "detectors" / "saver.yaml",
+        f'_BASE_: "{synthetic}/saver_retinanet_R_18_FPN.yaml"\n',
+    )
+    base = _write(
+        tmp_path / "detectors" / "base.yaml",
+        f'_BASE_: "{synthetic}/base_cascade_rcnn_R_18_FPN.yaml"\n',
+    )
     _write(
         tmp_path / "shared" / "parent.yaml",
         'MODEL:\n  META_ARCHITECTURE: "TinySaverRCNN"\n  TINYSAVER:\n    SAVER:\n'
@@ -106,8 +122,9 @@ def test_sub_config_paths_are_relative_to_the_file_that_names_them(tmp_path, mon
 
 def test_the_shipped_tinysaver_config_loads_from_another_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = load_config(str(CONFIG_DIR / "Synthetic" / "tinysaver_R18_cascade_R18.yaml"),
-                      ["MODEL.DEVICE", "cpu"])
+    cfg = load_config(
+        str(CONFIG_DIR / "Synthetic" / "tinysaver_R18_cascade_R18.yaml"), ["MODEL.DEVICE", "cpu"]
+    )
     for part in ("SAVER", "BASE"):
         assert os.path.isfile(cfg.MODEL.TINYSAVER[part].CONFIG_FILE)
 
@@ -151,8 +168,11 @@ def test_detector_config_builds_trains_and_infers(path):
     torch.manual_seed(0)
     # Keep every candidate box, so that an untrained detector (a RetinaNet starts from the
     # focal-loss prior, scores ~0.01) still returns detections whose bounds can be checked.
-    cfg = load_config(str(path), SMALL + ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
-                                          "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    cfg = load_config(
+        str(path),
+        SMALL
+        + ["MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"],
+    )
     model = build_model(cfg)
 
     model.train()
@@ -168,8 +188,11 @@ def test_detector_config_builds_trains_and_infers(path):
     # Two odd sizes, outputs requested at another resolution than the input tensor.
     requests = [((67, 93), (134, 186)), ((80, 64), (40, 32))]
     inputs = [
-        {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g),
-         "height": oh, "width": ow}
+        {
+            "image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g),
+            "height": oh,
+            "width": ow,
+        }
         for (h, w), (oh, ow) in requests
     ]
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Per-sub-model cost: the values, on the instant-test TinySaver model and hand-sized inputs."""
+
 import math
 import os
 
@@ -12,8 +13,9 @@ from detectron2.modeling import build_model
 from tinysaver_det.config import load_config
 from tinysaver_det.flops import detector_gflops, evaluator_gflops, tinysaver_costs
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "Synthetic",
-                      "tinysaver_instant_test.yaml")
+CONFIG = os.path.join(
+    os.path.dirname(__file__), "..", "configs", "Synthetic", "tinysaver_instant_test.yaml"
+)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 The package's structure: dependencies run one way (data, modeling -> evaluation -> engine -> tools)
 and nothing patches detectron2 (no assignment to an attribute of an imported detectron2 name).
 """
+
 import ast
 from pathlib import Path
 
@@ -10,8 +11,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "tinysaver_det"
 SETTERS = ("setattr", "delattr")
-SOURCES = sorted(p for folder in ("tinysaver_det", "tools", "bench", "datasets")
-                 for p in (REPO / folder).rglob("*.py"))
+SOURCES = sorted(
+    p
+    for folder in ("tinysaver_det", "tools", "bench", "datasets")
+    for p in (REPO / folder).rglob("*.py")
+)
 
 
 def imported_modules(tree: ast.AST, path: Path):
@@ -77,11 +81,14 @@ def test_lower_layers_do_not_import_engine(layer):
     assert not offenders, "\n".join(offenders)
 
 
-@pytest.mark.parametrize("layer,above", [
-    ("metrics", ("data", "modeling", "evaluation", "engine")),
-    ("data", ("modeling", "evaluation")),
-    ("modeling", ("evaluation",)),
-])
+@pytest.mark.parametrize(
+    "layer,above",
+    [
+        ("metrics", ("data", "modeling", "evaluation", "engine")),
+        ("data", ("modeling", "evaluation")),
+        ("modeling", ("evaluation",)),
+    ],
+)
 def test_lower_layers_do_not_import_the_layers_above(layer, above):
     offenders = []
     for path in sorted((PACKAGE / layer).rglob("*.py")):
@@ -94,7 +101,8 @@ def test_lower_layers_do_not_import_the_layers_above(layer, above):
 def test_nothing_assigns_to_detectron2_attributes():
     found = [
         f"{path.relative_to(REPO)}:{line}: {what}"
-        for path in SOURCES for line, what in patches(ast.parse(path.read_text()))
+        for path in SOURCES
+        for line, what in patches(ast.parse(path.read_text()))
     ]
     assert not found, "detectron2 is patched:\n" + "\n".join(found)
 

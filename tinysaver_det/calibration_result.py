@@ -3,6 +3,7 @@ CalibrationResult owns calibration.json: tools/calibrate.py saves it, and config
 (CALIBRATION_FILE -> THRESHOLD), evaluation (the sub-models' GFLOPs), the demo and the benchmarks
 load it. It depends on nothing else in the package, so config.py can read it.
 """
+
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict
@@ -67,5 +68,10 @@ def _from_format_1(raw: dict) -> dict:
     if "chosen" in split:
         split["chosen_by_router"] = split.pop("chosen")
     kept = {k: raw[k] for k in ("target", "calibration_dataset", "costs", "reports") if k in raw}
-    return {"format": FORMAT, "router": raw.get("router", "evaluator"),
-            "deployed_point": raw["chosen"], "calibration_split": split, **kept}
+    return {
+        "format": FORMAT,
+        "router": raw.get("router", "evaluator"),
+        "deployed_point": raw["chosen"],
+        "calibration_split": split,
+        **kept,
+    }

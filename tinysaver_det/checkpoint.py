@@ -2,6 +2,7 @@
 Checkpoint loading with clear refusals, and the one helper that loads separately trained saver and
 base checkpoints into a TinySaver model's `saver.` and `base.` parts.
 """
+
 import logging
 import os
 from typing import Optional, Sequence
@@ -34,8 +35,9 @@ class CheckedCheckpointer(DetectionCheckpointer):
         what: how errors name the model, e.g. "the saver (MODEL.TINYSAVER.SAVER.WEIGHTS)".
     """
 
-    def __init__(self, model, save_dir: str = "", *, what: str = "the model (MODEL.WEIGHTS)",
-                 **kwargs):
+    def __init__(
+        self, model, save_dir: str = "", *, what: str = "the model (MODEL.WEIGHTS)", **kwargs
+    ):
         super().__init__(model, save_dir, **kwargs)
         self.what = what
         self._current_file: Optional[str] = None
@@ -124,8 +126,9 @@ class CheckedCheckpointer(DetectionCheckpointer):
         )
 
 
-def load_tinysaver_weights(model, cfg, whole_model: bool = True,
-                           parts: Sequence[str] = ("SAVER", "BASE")) -> None:
+def load_tinysaver_weights(
+    model, cfg, whole_model: bool = True, parts: Sequence[str] = ("SAVER", "BASE")
+) -> None:
     """
     Load MODEL.TINYSAVER.SAVER.WEIGHTS and .BASE.WEIGHTS (those of `parts`) into the model's `saver`
     and `base`, then (if `whole_model`) MODEL.WEIGHTS, a whole TinySaver checkpoint, over all three.

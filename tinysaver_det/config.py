@@ -8,6 +8,7 @@ working directory. A relative SAVER/BASE.CONFIG_FILE in a file resolves against 
 file that names it (like _BASE_); every other relative path, and any path given on the command
 line, resolves against the working directory (as in detectron2). URLs (detectron2://...) are kept.
 """
+
 import logging
 import math
 import os
@@ -37,8 +38,14 @@ PATH_KEYS = (
 )
 THRESHOLD_KEY = "MODEL.TINYSAVER.THRESHOLD"
 # Spellings of infinity accepted on the command line for float keys (yacs reads them as strings).
-INFINITIES = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf,
-              "infinity": math.inf, "+infinity": math.inf, "-infinity": -math.inf}
+INFINITIES = {
+    "inf": math.inf,
+    "+inf": math.inf,
+    "-inf": -math.inf,
+    "infinity": math.inf,
+    "+infinity": math.inf,
+    "-infinity": -math.inf,
+}
 
 logger = logging.getLogger(__name__)
 
@@ -320,8 +327,9 @@ def check_sub_configs(cfg: CN) -> None:
             _sub_config_file(cfg, part)
 
 
-def load_config(config_file: str, opts: Sequence[str] = (), device_fallback: bool = True,
-                resolve: bool = True) -> CN:
+def load_config(
+    config_file: str, opts: Sequence[str] = (), device_fallback: bool = True, resolve: bool = True
+) -> CN:
     """
     Read a config file (with detectron2's _BASE_ inheritance) plus command-line style overrides into
     a fresh config with the TinySaver keys. With `resolve` (what a run needs): the datasets of
@@ -378,7 +386,8 @@ def load_sub_config(cfg: CN, part: str) -> CN:
     sub = load_config(path, device_fallback=False, resolve=False)  # the parent's device is used
     if sub.MODEL.META_ARCHITECTURE == "TinySaverRCNN":
         raise ValueError(
-            f"{key} = {path!r} is itself a TinySaver config; name a plain detector's config")
+            f"{key} = {path!r} is itself a TinySaver config; name a plain detector's config"
+        )
     # The parent decides device; weights are loaded by the checkpointer, never by build_model.
     sub.MODEL.DEVICE = cfg.MODEL.DEVICE
     sub.MODEL.WEIGHTS = ""

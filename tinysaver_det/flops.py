@@ -3,6 +3,7 @@ Cost of each sub-model, measured with detectron2's FlopCountAnalysis on real inp
 follows the branch taken, so saver, evaluator and base are counted separately and combined by the
 routing formula: GFLOPs(r) = F_saver + F_evaluator + (1 - r) * F_base.
 """
+
 import logging
 import math
 from typing import Dict, Sequence

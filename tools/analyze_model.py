@@ -14,6 +14,7 @@ no weights is flagged in the log and in the table.
     python tools/analyze_model.py --num-inputs 16 \
         --config-file configs/Synthetic/tinysaver_R18_cascade_R18.yaml
 """
+
 import argparse
 import json
 import logging
@@ -37,15 +38,20 @@ def untrained_parts(cfg) -> List[str]:
     """The parts no configured weights file covers: they are counted as randomly initialised."""
     if not is_tinysaver(cfg):
         return [] if cfg.MODEL.WEIGHTS else ["model"]
-    parts = [p.lower() for p in ("SAVER", "BASE")
-             if not (cfg.MODEL.TINYSAVER[p].WEIGHTS or cfg.MODEL.WEIGHTS)]
+    parts = [
+        p.lower()
+        for p in ("SAVER", "BASE")
+        if not (cfg.MODEL.TINYSAVER[p].WEIGHTS or cfg.MODEL.WEIGHTS)
+    ]
     return parts + ([] if cfg.MODEL.WEIGHTS else ["evaluator"])
 
 
 def analyze(config_file: str, num_inputs: int, opts) -> dict:
     if num_inputs < 1:
-        raise ValueError(f"--num-inputs must be at least 1 (got {num_inputs}): GFLOPs are averaged "
-                         "over that many images of DATASETS.TEST[0]")
+        raise ValueError(
+            f"--num-inputs must be at least 1 (got {num_inputs}): GFLOPs are averaged "
+            "over that many images of DATASETS.TEST[0]"
+        )
     cfg = load_config(config_file, opts)
     model = build_model(cfg).eval()
     load_weights(model, cfg)
@@ -69,27 +75,40 @@ def analyze(config_file: str, num_inputs: int, opts) -> dict:
             base_params_m=count_params(model.base),
         )
         return {**costs, **flag}
-    return {"gflops": detector_gflops(model, inputs), "params_m": count_params(model),
-            "num_images": len(inputs), **flag}
+    return {
+        "gflops": detector_gflops(model, inputs),
+        "params_m": count_params(model),
+        "num_images": len(inputs),
+        **flag,
+    }
 
 
 def format_result(result: dict) -> str:
-    lines = [tabulate([[k, f"{v:.6g}" if isinstance(v, float) else v] for k, v in result.items()],
-                      headers=["quantity", "value"], tablefmt="github")]
+    lines = [
+        tabulate(
+            [[k, f"{v:.6g}" if isinstance(v, float) else v] for k, v in result.items()],
+            headers=["quantity", "value"],
+            tablefmt="github",
+        )
+    ]
     if "c_e" in result:
         lines.append(f"evaluator cost: {100 * result['c_e']:.4f}% of the base's GFLOPs per image")
     if result.get("untrained", "none") != "none":
-        lines.append(f"UNTRAINED: {result['untrained']} counted with random weights; "
-                     "the trained model's GFLOPs may differ")
+        lines.append(
+            f"UNTRAINED: {result['untrained']} counted with random weights; "
+            "the trained model's GFLOPs may differ"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--num-inputs", type=int, default=8,
-                        help="images of DATASETS.TEST[0] to average over")
+    parser.add_argument(
+        "--num-inputs", type=int, default=8, help="images of DATASETS.TEST[0] to average over"
+    )
     parser.add_argument("--json", default="", help="also write the figures to this json file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE ...")
     args = parser.parse_args(argv)

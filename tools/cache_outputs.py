@@ -12,6 +12,7 @@ base is still training; for ap_gain they run the base too.
     # what tools/calibrate.py reads (saver and base, plain images):
     python tools/cache_outputs.py --config-file ... --dataset coco_2017_val_calib --with-base
 """
+
 import logging
 
 from detectron2.engine import default_argument_parser, launch
@@ -24,8 +25,10 @@ logger = logging.getLogger("tinysaver_det")
 def main(args):
     cfg = setup_cfg(args)
     if args.with_base and not cfg.MODEL.TINYSAVER.BASE.WEIGHTS:
-        logger.warning("--with-base but MODEL.TINYSAVER.BASE.WEIGHTS is empty: caching a randomly "
-                       "initialised base")
+        logger.warning(
+            "--with-base but MODEL.TINYSAVER.BASE.WEIGHTS is empty: caching a randomly "
+            "initialised base"
+        )
     counts = build_caches(cfg, args.dataset, views=args.views, with_base=args.with_base)
     for name, n in counts.items():
         logger.info(f"Cache of {name}: {n} records, complete")
@@ -34,17 +37,30 @@ def main(args):
 
 def invoke_main() -> None:
     parser = default_argument_parser()
-    parser.add_argument("--dataset", action="append", default=[],
-                        help="a registered dataset to cache (repeatable); "
-                             "default: the training caches")
-    parser.add_argument("--views", type=int, default=None,
-                        help="views per image (default: CACHE.TRAIN_VIEWS for the training caches, "
-                             "else 1)")
-    parser.add_argument("--with-base", action="store_true",
-                        help="also run the base (calibration needs it)")
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        help="a registered dataset to cache (repeatable); default: the training caches",
+    )
+    parser.add_argument(
+        "--views",
+        type=int,
+        default=None,
+        help="views per image (default: CACHE.TRAIN_VIEWS for the training caches, else 1)",
+    )
+    parser.add_argument(
+        "--with-base", action="store_true", help="also run the base (calibration needs it)"
+    )
     args = parser.parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
 
 
 if __name__ == "__main__":

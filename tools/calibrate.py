@@ -12,6 +12,7 @@ plots.
     # a compute budget instead of the default AP drop of at most 0.5 points:
     ... MODEL.TINYSAVER.CALIBRATION.GFLOPS_BUDGET 2.0
 """
+
 from detectron2.engine import default_argument_parser, launch
 from tinysaver_det.engine.calibrate import calibrate, format_results
 from tinysaver_det.engine.setup import setup_cfg
@@ -26,19 +27,32 @@ def main(args):
     model.eval()
     cal = cfg.MODEL.TINYSAVER.CALIBRATION
     if not cal.DATASET:
-        raise ValueError("MODEL.TINYSAVER.CALIBRATION.DATASET is empty: name the split to choose "
-                         "thresholds on")
+        raise ValueError(
+            "MODEL.TINYSAVER.CALIBRATION.DATASET is empty: name the split to choose thresholds on"
+        )
     reports = [d for d in cfg.DATASETS.TEST if d != cal.DATASET]
-    result = calibrate(cfg, model, dataset=cal.DATASET, report_datasets=reports,
-                       max_ap_drop=cal.MAX_AP_DROP, gflops_budget=cal.GFLOPS_BUDGET)
+    result = calibrate(
+        cfg,
+        model,
+        dataset=cal.DATASET,
+        report_datasets=reports,
+        max_ap_drop=cal.MAX_AP_DROP,
+        gflops_budget=cal.GFLOPS_BUDGET,
+    )
     print(format_results(result))
     return result
 
 
 def invoke_main() -> None:
     args = default_argument_parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ detectors use a second thread poorly (on 2 cores the saver trains as fast on one
 so two processes on one thread each finish well before the same two one after the other. The
 evaluations that measure images per second run alone, on every thread.
 """
+
 import argparse
 import json
 import logging
@@ -61,23 +62,35 @@ class Track:
 
 
 TRACKS = {
-    "synthetic": Track("Synthetic", {
-        "saver": "saver_cascade_rcnn_R_18_FPN.yaml",
-        "base": "base_cascade_rcnn_R_18_FPN.yaml",
-        "tinysaver": "tinysaver_R18_cascade_R18.yaml"}, generated=True),
+    "synthetic": Track(
+        "Synthetic",
+        {
+            "saver": "saver_cascade_rcnn_R_18_FPN.yaml",
+            "base": "base_cascade_rcnn_R_18_FPN.yaml",
+            "tinysaver": "tinysaver_R18_cascade_R18.yaml",
+        },
+        generated=True,
+    ),
     # Real microscope images (../shared/data/bccd), registered from configs/BCCD/Base-BCCD.yaml.
-    "bccd": Track("BCCD", {
-        "saver": "saver_faster_rcnn_RegNetX_200MF_FPN.yaml",
-        "base": "base_cascade_rcnn_R_18_FPN.yaml",
-        "tinysaver": "tinysaver_R18_cascade_R18.yaml"}, generated=False),
+    "bccd": Track(
+        "BCCD",
+        {
+            "saver": "saver_faster_rcnn_RegNetX_200MF_FPN.yaml",
+            "base": "base_cascade_rcnn_R_18_FPN.yaml",
+            "tinysaver": "tinysaver_R18_cascade_R18.yaml",
+        },
+        generated=False,
+    ),
 }
 # The quick synthetic variant generates this share of the full splits; the quick BCCD variant
 # takes the first QUICK_IMAGES images of each split.
 QUICK_SCALE = 0.02
 QUICK_IMAGES = 8
 # Lines of the tools' logs echoed to the console as progress.
-PROGRESS = re.compile(r"eta: |copypaste: |Caching outputs|Held-out rank correlation|GFLOPs/image"
-                      r"|Total inference time")
+PROGRESS = re.compile(
+    r"eta: |copypaste: |Caching outputs|Held-out rank correlation|GFLOPs/image"
+    r"|Total inference time"
+)
 
 
 def bccd_quick_opts(folder: str, num_images: int = QUICK_IMAGES) -> List[str]:
@@ -91,20 +104,30 @@ def bccd_quick_opts(folder: str, num_images: int = QUICK_IMAGES) -> List[str]:
     for split in ("train", "val", "test"):
         source = os.path.join(root, "annotations", f"instances_{split}.json")
         if not os.path.isfile(source):
-            raise FileNotFoundError(f"BCCD annotations {source!r} not found: set "
-                                    "TINYSAVER_SHARED_DATA to the folder that holds bccd/")
+            raise FileNotFoundError(
+                f"BCCD annotations {source!r} not found: set "
+                "TINYSAVER_SHARED_DATA to the folder that holds bccd/"
+            )
         with open(source) as f:
             coco = json.load(f)
         images = sorted(coco["images"], key=lambda im: im["id"])[:num_images]
         ids = {im["id"] for im in images}
-        coco.update(images=images,
-                    annotations=[a for a in coco["annotations"] if a["image_id"] in ids])
+        coco.update(
+            images=images, annotations=[a for a in coco["annotations"] if a["image_id"] in ids]
+        )
         json_file = os.path.join(folder, f"instances_{split}.json")
         atomic_save_json(coco, json_file)
         entries.append([f"bccd_quick_{split}", json_file, image_root])
-    return ["MODEL.TINYSAVER.DATA.COCO_DATASETS", repr(entries),
-            "DATASETS.TRAIN", "('bccd_quick_train',)", "DATASETS.TEST", "('bccd_quick_test',)",
-            "MODEL.TINYSAVER.CALIBRATION.DATASET", "bccd_quick_val"]
+    return [
+        "MODEL.TINYSAVER.DATA.COCO_DATASETS",
+        repr(entries),
+        "DATASETS.TRAIN",
+        "('bccd_quick_train',)",
+        "DATASETS.TEST",
+        "('bccd_quick_test',)",
+        "MODEL.TINYSAVER.CALIBRATION.DATASET",
+        "bccd_quick_val",
+    ]
 
 
 def describe_detector(config_file: str) -> str:
@@ -120,8 +143,14 @@ def describe_detector(config_file: str) -> str:
 
 
 class Demo:
-    def __init__(self, output_dir: str, quick: bool = False, data_root: Optional[str] = None,
-                 jobs: int = 2, track: str = "synthetic"):
+    def __init__(
+        self,
+        output_dir: str,
+        quick: bool = False,
+        data_root: Optional[str] = None,
+        jobs: int = 2,
+        track: str = "synthetic",
+    ):
         if track not in TRACKS:
             raise ValueError(f"Unknown demo track {track!r}; choose one of {sorted(TRACKS)}")
         self.track = TRACKS[track]
@@ -130,8 +159,11 @@ class Demo:
         self.jobs = max(1, jobs)
         if not data_root:
             # The quick variant keeps its tiny dataset apart from the real default's.
-            data_root = self.path("datasets") if quick else os.getenv(
-                "DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))
+            data_root = (
+                self.path("datasets")
+                if quick
+                else os.getenv("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))
+            )
         self.data_root = os.path.abspath(data_root)
         self.configs = {part: self.track.config(part, quick) for part in self.track.configs}
         # Options every stage gets: the quick BCCD variant's small splits (see prepare_data).
@@ -164,8 +196,9 @@ class Demo:
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         start = time.perf_counter()
         with open(log_path, "a") as log:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(
+                cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
             with self._lock:
                 self._running[name] = proc
                 if self._stop.is_set():  # another lane failed while this stage was starting
@@ -237,16 +270,29 @@ class Demo:
     def cache(self, name: str, done: bool, args: Sequence[str], weights: List[str]) -> None:
         """Build caches with tools/cache_outputs.py ahead of the stage that reads them."""
         self.stage(
-            name, done,
-            self.tool("cache_outputs.py", self.configs["tinysaver"], args,
-                      ["OUTPUT_DIR", self.path("logs", name)] + weights),
+            name,
+            done,
+            self.tool(
+                "cache_outputs.py",
+                self.configs["tinysaver"],
+                args,
+                ["OUTPUT_DIR", self.path("logs", name)] + weights,
+            ),
         )
 
-    def tool(self, script: str, config: str, flags: Sequence[str],
-             opts: Sequence[str]) -> List[str]:
+    def tool(
+        self, script: str, config: str, flags: Sequence[str], opts: Sequence[str]
+    ) -> List[str]:
         """The command line of one of tools/: the track's data options, then the stage's own."""
-        return [sys.executable, os.path.join("tools", script), "--config-file", config, *flags,
-                *self.data_opts, *opts]
+        return [
+            sys.executable,
+            os.path.join("tools", script),
+            "--config-file",
+            config,
+            *flags,
+            *self.data_opts,
+            *opts,
+        ]
 
     def prepare_data(self) -> None:
         """The track's data: the synthetic splits are generated; BCCD is registered by its configs,
@@ -256,8 +302,14 @@ class Demo:
             self.stage(
                 "data",
                 False,  # cheap, and prepare_synthetic itself reuses complete splits
-                [sys.executable, "datasets/prepare_synthetic.py", "--root", self.data_root,
-                 "--scale", str(scale)],
+                [
+                    sys.executable,
+                    "datasets/prepare_synthetic.py",
+                    "--root",
+                    self.data_root,
+                    "--scale",
+                    str(scale),
+                ],
             )
         elif self.quick:
             self.data_opts = bccd_quick_opts(self.path("datasets", "bccd_quick"))
@@ -266,12 +318,19 @@ class Demo:
     def run(self) -> dict:
         total = time.perf_counter()
         self.prepare_data()
-        weights = {"saver": self.path("saver", "model_final.pth"),
-                   "base": self.path("base", "model_final.pth")}
+        weights = {
+            "saver": self.path("saver", "model_final.pth"),
+            "base": self.path("base", "model_final.pth"),
+        }
         # What every TinySaver stage gets: the trained saver and base, and one cache folder.
-        sub_weights = ["MODEL.TINYSAVER.SAVER.WEIGHTS", weights["saver"],
-                       "MODEL.TINYSAVER.BASE.WEIGHTS", weights["base"],
-                       "MODEL.TINYSAVER.CACHE.DIR", self.path("cache")]
+        sub_weights = [
+            "MODEL.TINYSAVER.SAVER.WEIGHTS",
+            weights["saver"],
+            "MODEL.TINYSAVER.BASE.WEIGHTS",
+            weights["base"],
+            "MODEL.TINYSAVER.CACHE.DIR",
+            self.path("cache"),
+        ]
         cfg = load_config(self.configs["tinysaver"], self.data_opts + sub_weights)
         test_set = cfg.DATASETS.TEST[0]
         self.train_detectors(cfg)
@@ -281,27 +340,44 @@ class Demo:
         # One after the other, on every thread: these measure images per second. All three on the
         # TinySaver config's test split (a detector's own config may name another).
         on_test = ["DATASETS.TEST", f"('{test_set}',)"]
-        results = {part: self.evaluate(part, self.configs[part],
-                                       ["MODEL.WEIGHTS", weights[part]] + on_test)
-                   for part in ("saver", "base")}
+        results = {
+            part: self.evaluate(
+                part, self.configs[part], ["MODEL.WEIGHTS", weights[part]] + on_test
+            )
+            for part in ("saver", "base")
+        }
         results["tinysaver"] = self.evaluate(
-            "tinysaver", self.configs["tinysaver"],
-            ["MODEL.WEIGHTS", weights["tinysaver"], "MODEL.TINYSAVER.CALIBRATION_FILE",
-             calibration_file] + sub_weights,
+            "tinysaver",
+            self.configs["tinysaver"],
+            [
+                "MODEL.WEIGHTS",
+                weights["tinysaver"],
+                "MODEL.TINYSAVER.CALIBRATION_FILE",
+                calibration_file,
+            ]
+            + sub_weights,
         )
-        summary = self.summarize(calibration, results["saver"], results["base"],
-                                 results["tinysaver"],
-                                 {p: describe_detector(self.configs[p]) for p in ("saver", "base")})
+        summary = self.summarize(
+            calibration,
+            results["saver"],
+            results["base"],
+            results["tinysaver"],
+            {p: describe_detector(self.configs[p]) for p in ("saver", "base")},
+        )
         summary["wall_time_s"] = time.perf_counter() - total
         summary["stage_times_s"] = self.times
         summary["jobs"] = self.jobs
         atomic_save_json(summary, self.path("summary.json"))
         print(summary["table"])
-        print(f"\nPlots: {os.path.dirname(calibration_file)}/accuracy_vs_gflops.png, "
-              "score_distribution.png, examples.png")
+        print(
+            f"\nPlots: {os.path.dirname(calibration_file)}/accuracy_vs_gflops.png, "
+            "score_distribution.png, examples.png"
+        )
         stages = ", ".join(f"{k} {v:.0f}s" for k, v in self.times.items())
-        print(f"Wall time of this run: {summary['wall_time_s'] / 60:.1f} min, {self.jobs} stages "
-              f"at a time (stages: {stages})")
+        print(
+            f"Wall time of this run: {summary['wall_time_s'] / 60:.1f} min, {self.jobs} stages "
+            f"at a time (stages: {stages})"
+        )
         return summary
 
     def train_detectors(self, cfg) -> None:
@@ -317,15 +393,26 @@ class Demo:
             self.train("saver", self.configs["saver"], no_final_eval)
             if train_with_base:
                 return  # the evaluator's stage caches saver and base, once the base is trained
-            done = all(cache_is_complete(cfg, name, train_views, False)
-                       for name in cfg.DATASETS.TRAIN)
-            self.cache("cache_train", done, [],
-                       ["MODEL.TINYSAVER.SAVER.WEIGHTS", cfg.MODEL.TINYSAVER.SAVER.WEIGHTS,
-                        "MODEL.TINYSAVER.BASE.WEIGHTS", "",
-                        "MODEL.TINYSAVER.CACHE.DIR", cfg.MODEL.TINYSAVER.CACHE.DIR])
+            done = all(
+                cache_is_complete(cfg, name, train_views, False) for name in cfg.DATASETS.TRAIN
+            )
+            self.cache(
+                "cache_train",
+                done,
+                [],
+                [
+                    "MODEL.TINYSAVER.SAVER.WEIGHTS",
+                    cfg.MODEL.TINYSAVER.SAVER.WEIGHTS,
+                    "MODEL.TINYSAVER.BASE.WEIGHTS",
+                    "",
+                    "MODEL.TINYSAVER.CACHE.DIR",
+                    cfg.MODEL.TINYSAVER.CACHE.DIR,
+                ],
+            )
 
-        self.side_by_side(saver_lane,
-                          lambda: self.train("base", self.configs["base"], no_final_eval))
+        self.side_by_side(
+            saver_lane, lambda: self.train("base", self.configs["base"], no_final_eval)
+        )
 
     def train_evaluator(self, cfg, sub_weights: List[str]) -> str:
         """
@@ -336,10 +423,12 @@ class Demo:
         report_sets = [cfg.MODEL.TINYSAVER.CALIBRATION.DATASET, cfg.DATASETS.TEST[0]]
         evaluator_w, _ = self.side_by_side(
             lambda: self.train("tinysaver", self.configs["tinysaver"], sub_weights),
-            lambda: self.cache("cache_calib_test",
-                               all(cache_is_complete(cfg, d, 1, True) for d in report_sets),
-                               [a for d in report_sets for a in ("--dataset", d)] + ["--with-base"],
-                               sub_weights),
+            lambda: self.cache(
+                "cache_calib_test",
+                all(cache_is_complete(cfg, d, 1, True) for d in report_sets),
+                [a for d in report_sets for a in ("--dataset", d)] + ["--with-base"],
+                sub_weights,
+            ),
         )
         return evaluator_w
 
@@ -350,14 +439,23 @@ class Demo:
         self.stage(
             "calibrate",
             os.path.isfile(calibration_file),
-            self.tool("calibrate.py", self.configs["tinysaver"], [],
-                      ["OUTPUT_DIR", calib_dir, "MODEL.WEIGHTS", evaluator_w] + sub_weights),
+            self.tool(
+                "calibrate.py",
+                self.configs["tinysaver"],
+                [],
+                ["OUTPUT_DIR", calib_dir, "MODEL.WEIGHTS", evaluator_w] + sub_weights,
+            ),
         )
         return calibration_file
 
     @staticmethod
-    def summarize(calibration: CalibrationResult, res_saver: dict, res_base: dict, res_ts: dict,
-                  labels: Optional[Dict[str, str]] = None) -> dict:
+    def summarize(
+        calibration: CalibrationResult,
+        res_saver: dict,
+        res_base: dict,
+        res_ts: dict,
+        labels: Optional[Dict[str, str]] = None,
+    ) -> dict:
         """
         One row each for base, saver and TinySaver at the chosen threshold, on the test split.
         labels: what each detector is ("saver", "base"; see describe_detector), for the table.
@@ -369,25 +467,43 @@ class Demo:
 
         def row(name, res, gflops, saved, exit_rate):
             bbox = res[dataset]["bbox"]
-            return [name, round(bbox["AP"], 2), round(bbox["AP50"], 2), round(gflops, 3),
-                    f"{100 * saved:.1f}%", f"{100 * exit_rate:.1f}%",
-                    round(res[dataset]["speed"]["images_per_second"], 2)]
+            return [
+                name,
+                round(bbox["AP"], 2),
+                round(bbox["AP50"], 2),
+                round(gflops, 3),
+                f"{100 * saved:.1f}%",
+                f"{100 * exit_rate:.1f}%",
+                round(res[dataset]["speed"]["images_per_second"], 2),
+            ]
 
         rows = [
             row(f"base ({labels['base']})", res_base, costs["base_gflops"], 0.0, 0.0),
-            row(f"saver ({labels['saver']})", res_saver, costs["saver_gflops"], 1 - costs["c_s"],
-                1.0),
-            row(f"TinySaver (t={calibration.threshold:.3g})", res_ts, routing["gflops_per_image"],
-                routing["compute_saved"], routing["exit_rate"]),
+            row(
+                f"saver ({labels['saver']})",
+                res_saver,
+                costs["saver_gflops"],
+                1 - costs["c_s"],
+                1.0,
+            ),
+            row(
+                f"TinySaver (t={calibration.threshold:.3g})",
+                res_ts,
+                routing["gflops_per_image"],
+                routing["compute_saved"],
+                routing["exit_rate"],
+            ),
         ]
         headers = ["model", "AP", "AP50", "GFLOPs/img", "compute saved", "exit rate", "images/s"]
         table = f"\nResults on {dataset}:\n" + tabulate(rows, headers=headers, tablefmt="github")
         intervals = calibration.reports.get(dataset, {}).get("intervals")
         if intervals:
             # From the cached predictions of the same images (tools/calibrate.py's report).
-            table += ("\n95% bootstrap intervals over the images (calibration report on the same "
-                      "split): "
-                      + ", ".join(f"{k} [{lo:.3g}, {hi:.3g}]" for k, (lo, hi) in intervals.items()))
+            table += (
+                "\n95% bootstrap intervals over the images (calibration report on the same "
+                "split): "
+                + ", ".join(f"{k} [{lo:.3g}, {hi:.3g}]" for k, (lo, hi) in intervals.items())
+            )
         return {
             "dataset": dataset,
             "rows": [dict(zip(headers, r)) for r in rows],
@@ -398,22 +514,37 @@ class Demo:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output-dir", default="output/demo")
-    parser.add_argument("--quick", action="store_true",
-                        help="a few images and iterations: a smoke run")
-    parser.add_argument("--data-root", default="",
-                        help="dataset root (default: $DETECTRON2_DATASETS or ./datasets)")
-    parser.add_argument("--jobs", type=int, default=2,
-                        help="independent stages run at once, each on its share of the CPU "
-                             "threads (1: one at a time)")
-    parser.add_argument("--track", default="synthetic", choices=sorted(TRACKS),
-                        help="the embedded default: generated shapes, or BCCD's real images "
-                             "(shared data)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a few images and iterations: a smoke run"
+    )
+    parser.add_argument(
+        "--data-root", default="", help="dataset root (default: $DETECTRON2_DATASETS or ./datasets)"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="independent stages run at once, each on its share of the CPU "
+        "threads (1: one at a time)",
+    )
+    parser.add_argument(
+        "--track",
+        default="synthetic",
+        choices=sorted(TRACKS),
+        help="the embedded default: generated shapes, or BCCD's real images (shared data)",
+    )
     args = parser.parse_args()
-    Demo(args.output_dir, quick=args.quick, data_root=args.data_root or None, jobs=args.jobs,
-         track=args.track).run()
+    Demo(
+        args.output_dir,
+        quick=args.quick,
+        data_root=args.data_root or None,
+        jobs=args.jobs,
+        track=args.track,
+    ).run()
 
 
 if __name__ == "__main__":

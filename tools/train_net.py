@@ -7,6 +7,7 @@ the evaluator head with saver and base frozen). All logic lives in tinysaver_det
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS path/to/model_final.pth
     python tools/train_net.py --config-file ... --num-gpus 8
 """
+
 from detectron2.engine import default_argument_parser, launch
 from tinysaver_det.engine.setup import setup_cfg
 from tinysaver_det.engine.trainer import Trainer, evaluate_only

@@ -1,4 +1,5 @@
 """Bad input: unreadable images listed or skipped, odd pixel formats read right, boxes cleaned."""
+
 import json
 import uuid
 
@@ -62,14 +63,18 @@ def test_image_problem_names_each_kind_of_bad_file(tmp_path):
 
 
 def test_clean_annotations_clips_and_drops():
-    record = {"height": 50, "width": 60, "annotations": [
-        # fine; crossing the border; zero width; wholly outside; degenerate (x1 < x0)
-        {"bbox": [10, 10, 20, 20], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},
-        {"bbox": [50, 40, 20, 20], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1},
-        {"bbox": [5, 5, 0, 10], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},
-        {"bbox": [100, 100, 10, 10], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},
-        {"bbox": [30, 30, 20, 20], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0},
-    ]}
+    record = {
+        "height": 50,
+        "width": 60,
+        "annotations": [
+            # fine; crossing the border; zero width; wholly outside; degenerate (x1 < x0)
+            {"bbox": [10, 10, 20, 20], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},
+            {"bbox": [50, 40, 20, 20], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 1},
+            {"bbox": [5, 5, 0, 10], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},
+            {"bbox": [100, 100, 10, 10], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},
+            {"bbox": [30, 30, 20, 20], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0},
+        ],
+    }
     cleaned, clipped, dropped = clean_annotations(record)
     assert (clipped, dropped) == (2, 3)
     assert [a["bbox"] for a in cleaned["annotations"]] == [[10, 10, 30, 30], [50, 40, 60.0, 50.0]]
@@ -78,13 +83,31 @@ def test_clean_annotations_clips_and_drops():
 
 def write_coco(tmp_path, files, annotations=None, categories=None):
     images = [{"id": i + 1, "file_name": f, "height": 64, "width": 64} for i, f in enumerate(files)]
-    anns = annotations if annotations is not None else [
-        {"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [4, 4, 20, 20], "area": 400,
-         "iscrowd": 0}
-        for i in range(len(files))]
+    anns = (
+        annotations
+        if annotations is not None
+        else [
+            {
+                "id": i + 1,
+                "image_id": i + 1,
+                "category_id": 1,
+                "bbox": [4, 4, 20, 20],
+                "area": 400,
+                "iscrowd": 0,
+            }
+            for i in range(len(files))
+        ]
+    )
     path = tmp_path / "instances.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns,
-                                "categories": categories or [{"id": 1, "name": "thing"}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": categories or [{"id": 1, "name": "thing"}],
+            }
+        )
+    )
     return str(path)
 
 
@@ -113,15 +136,22 @@ def test_images_without_annotations_are_kept_for_evaluation(tmp_path):
     name = register(tmp_path, ["a.jpg"], annotations=[])
     (record,) = checked_dataset_dicts([name])
     assert record["annotations"] == []
-    mapped = RobustDatasetMapper(
-        is_train=False, augmentations=[], image_format="BGR")(record)
+    mapped = RobustDatasetMapper(is_train=False, augmentations=[], image_format="BGR")(record)
     assert tuple(mapped["image"].shape) == (3, 64, 64)
 
 
 def test_unknown_category_id_is_named(tmp_path):
     Image.fromarray(np.dstack([gradient(64, 64)] * 3)).save(tmp_path / "a.jpg")
-    anns = [{"id": 1, "image_id": 1, "category_id": 99, "bbox": [4, 4, 20, 20], "area": 400,
-             "iscrowd": 0}]
+    anns = [
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 99,
+            "bbox": [4, 4, 20, 20],
+            "area": 400,
+            "iscrowd": 0,
+        }
+    ]
     json_file = write_coco(tmp_path, ["a.jpg"], annotations=anns)
     with pytest.raises(KeyError, match="category_id=99"):
         load_coco_json(json_file, str(tmp_path), f"unknown_{uuid.uuid4().hex[:6]}")

@@ -1,4 +1,5 @@
 """Tests of dataset registration: synthetic splits and the shared real-COCO subsets."""
+
 import os
 import uuid
 
@@ -34,8 +35,9 @@ def test_import_registers_synthetic_without_files():
         meta = MetadataCatalog.get(name)
         assert meta.thing_classes == list(CATEGORIES)
         assert meta.evaluator_type == "coco"
-        assert meta.json_file.endswith(os.path.join("synthetic", "annotations",
-                                                    f"instances_{split}.json"))
+        assert meta.json_file.endswith(
+            os.path.join("synthetic", "annotations", f"instances_{split}.json")
+        )
         assert meta.image_root.endswith(os.path.join("synthetic", split))
 
 
@@ -69,8 +71,9 @@ def test_shared_root_env_and_absent_folder(tmp_path, monkeypatch):
     assert register_shared_coco(str(tmp_path / "missing")) == []
 
 
-@pytest.mark.parametrize("name,num_images", [("coco_2017_val_subset158", 158),
-                                             ("coco128_train2017", 128)])
+@pytest.mark.parametrize(
+    "name,num_images", [("coco_2017_val_subset158", 158), ("coco128_train2017", 128)]
+)
 def test_shared_coco_sets_load(name, num_images):
     folder = os.path.join(default_shared_root(), SHARED_COCO_SETS[name][0])
     if not os.path.isdir(folder):

@@ -1,4 +1,5 @@
 """Tests of the procedural synthetic detection dataset."""
+
 import dataclasses
 import json
 import os

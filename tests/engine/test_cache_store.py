@@ -1,4 +1,5 @@
 """The cache's array format: round trip, streaming, unreadable chunks and manifests, old formats."""
+
 import json
 import logging
 import os
@@ -21,23 +22,32 @@ from tinysaver_det.engine.cache_store import (
 )
 from tinysaver_det.engine.output_cache import OutputCache, cache_is_complete
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic",
-                      "tinysaver_R18_cascade_R18.yaml")
+CONFIG = os.path.join(
+    os.path.dirname(__file__), "..", "..", "configs", "Synthetic", "tinysaver_R18_cascade_R18.yaml"
+)
 
 
 def fake_records(n, with_base, rng):
     out = []
     for i in range(n):
-        r = {"image_id": 100 + i, "index": i, "view": i % 2, "saver_ap": rng.random(),
-             "confidence": rng.random(), "summary": torch.randn(5)}
+        r = {
+            "image_id": 100 + i,
+            "index": i,
+            "view": i % 2,
+            "saver_ap": rng.random(),
+            "confidence": rng.random(),
+            "summary": torch.randn(5),
+        }
         if with_base:
             r["base_ap"] = rng.random()
         for src in ("saver", "base") if with_base else ("saver",):
             if r["view"] == 0:
                 d = rng.integers(0, 4)
-                r[src] = {"boxes": rng.random((d, 4)).astype(np.float32),
-                          "scores": rng.random(d).astype(np.float32),
-                          "category_ids": rng.integers(1, 9, d)}
+                r[src] = {
+                    "boxes": rng.random((d, 4)).astype(np.float32),
+                    "scores": rng.random(d).astype(np.float32),
+                    "category_ids": rng.integers(1, 9, d),
+                }
         out.append(r)
     return out
 
@@ -62,8 +72,9 @@ def test_chunk_round_trip_and_concatenation(tmp_path, with_base):
                 for k in ("boxes", "scores", "category_ids"):
                     np.testing.assert_array_equal(b[src][k], w[src][k])
     dets = flat_dets(concat_chunks(chunks), "saver")
-    assert len(dets) == 8 and dets.chunk(0, 8)[2].scores.tolist() == \
-        pytest.approx(want[2]["saver"]["scores"].tolist())
+    assert len(dets) == 8 and dets.chunk(0, 8)[2].scores.tolist() == pytest.approx(
+        want[2]["saver"]["scores"].tolist()
+    )
     only = read_chunk(str(tmp_path / "c0.npz"), key, ["saver_ap"])
     assert list(only) == ["saver_ap"]
     with pytest.raises(ValueError, match="c0.npz.*another key"):
@@ -93,10 +104,21 @@ def model():
 
 @pytest.fixture
 def cfg(tmp_path):
-    return load_config(CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", "",
-                                "MODEL.TINYSAVER.BASE.WEIGHTS", "",
-                                "MODEL.TINYSAVER.CACHE.CHUNK_SIZE", "2",
-                                "MODEL.TINYSAVER.CACHE.DIR", str(tmp_path / "cache")])
+    return load_config(
+        CONFIG,
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.TINYSAVER.SAVER.WEIGHTS",
+            "",
+            "MODEL.TINYSAVER.BASE.WEIGHTS",
+            "",
+            "MODEL.TINYSAVER.CACHE.CHUNK_SIZE",
+            "2",
+            "MODEL.TINYSAVER.CACHE.DIR",
+            str(tmp_path / "cache"),
+        ],
+    )
 
 
 def test_unreadable_chunk_and_manifest_are_repaired(cfg, model, dataset, caplog):
@@ -104,7 +126,7 @@ def test_unreadable_chunk_and_manifest_are_repaired(cfg, model, dataset, caplog)
     first = cache.load_arrays()
     chunk = os.path.join(cache.dir, "chunk_00001.npz")
     data = open(chunk, "rb").read()
-    open(chunk, "wb").write(data[:100])                      # a killed copy
+    open(chunk, "wb").write(data[:100])  # a killed copy
     manifest = os.path.join(cache.dir, "manifest.json")
     open(manifest, "w").write('{"key": {"format": 2, "datas')  # a broken manifest
     assert not cache_is_complete(cfg, dataset, 1, True)
@@ -115,11 +137,14 @@ def test_unreadable_chunk_and_manifest_are_repaired(cfg, model, dataset, caplog)
     assert set(again) == set(first)
     for k in first:
         np.testing.assert_array_equal(again[k], first[k])
-    assert cache_is_complete(cfg, dataset, 1, True)           # the manifest was rewritten
+    assert cache_is_complete(cfg, dataset, 1, True)  # the manifest was rewritten
     assert json.load(open(manifest))["complete"] is True
     # Streaming and column selection: only what a reader needs.
-    cols = list(OutputCache(cfg, dataset, views=1, with_base=True, model=model)
-                .iter_chunks(["summary", "saver_ap"]))
+    cols = list(
+        OutputCache(cfg, dataset, views=1, with_base=True, model=model).iter_chunks(
+            ["summary", "saver_ap"]
+        )
+    )
     assert len(cols) == 3 and all(set(c) == {"summary", "saver_ap"} for c in cols)
     dets = flat_dets(again, "base")
     assert len(dets) == 5 and len(dets.scores) == again["base_offsets"][-1]

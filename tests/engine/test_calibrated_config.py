@@ -1,4 +1,5 @@
 """The calibrated config that calibrate writes is the deployable one, from any working directory."""
+
 import os
 import shutil
 from pathlib import Path
@@ -19,8 +20,14 @@ RECORD = "the calibration run's own record\n"
 
 def images(n=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [{"image": torch.randint(0, 256, (3, 150 + 20 * i, 170), dtype=torch.uint8, generator=g),
-             "height": 150 + 20 * i, "width": 170} for i in range(n)]
+    return [
+        {
+            "image": torch.randint(0, 256, (3, 150 + 20 * i, 170), dtype=torch.uint8, generator=g),
+            "height": 150 + 20 * i,
+            "width": 170,
+        }
+        for i in range(n)
+    ]
 
 
 def test_calibrated_config_loads_and_evaluates_from_another_directory(tmp_path, monkeypatch):
@@ -29,11 +36,18 @@ def test_calibrated_config_loads_and_evaluates_from_another_directory(tmp_path, 
     work = tmp_path / "work"
     shutil.copytree(REPO / "configs", work / "configs")
     monkeypatch.chdir(work)
-    weights = ["MODEL.TINYSAVER.SAVER.WEIGHTS", "weights/saver.pth",
-               "MODEL.TINYSAVER.BASE.WEIGHTS", "weights/base.pth",
-               "MODEL.WEIGHTS", "weights/model.pth"]
-    cfg = load_config("configs/Synthetic/tinysaver_R18_cascade_R18.yaml",
-                      ["MODEL.DEVICE", "cpu", "OUTPUT_DIR", "out/cal"] + weights)
+    weights = [
+        "MODEL.TINYSAVER.SAVER.WEIGHTS",
+        "weights/saver.pth",
+        "MODEL.TINYSAVER.BASE.WEIGHTS",
+        "weights/base.pth",
+        "MODEL.WEIGHTS",
+        "weights/model.pth",
+    ]
+    cfg = load_config(
+        "configs/Synthetic/tinysaver_R18_cascade_R18.yaml",
+        ["MODEL.DEVICE", "cpu", "OUTPUT_DIR", "out/cal"] + weights,
+    )
     torch.manual_seed(0)
     trained = build_model(cfg).eval()
     with torch.no_grad():
@@ -45,7 +59,8 @@ def test_calibrated_config_loads_and_evaluates_from_another_directory(tmp_path, 
     cal.mkdir(parents=True)
     (cal / "config.yaml").write_text(RECORD)
     CalibrationResult(router="evaluator", deployed_point={"threshold": 0.1234}).save(
-        str(cal / "calibration.json"))
+        str(cal / "calibration.json")
+    )
     write_calibrated_config(cfg, "out/cal/calibration.json", "out/cal/config_calibrated.yaml")
 
     elsewhere = tmp_path / "elsewhere"

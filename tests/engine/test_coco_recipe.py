@@ -7,6 +7,7 @@ line (device, tiny inputs and iterations, fewer proposals, no unavailable pretra
 TinySaver config's saver and base sub-configs get the same tiny sizes through two small wrapper
 configs that inherit the repo's ones. Skipped where the shared COCO folders are absent.
 """
+
 import json
 import math
 import os
@@ -30,45 +31,97 @@ pytestmark = pytest.mark.skipif(
 TRAIN = "coco128_train2017"
 CALIB = "coco_2017_val_subset158_calib"
 EVAL = "coco_2017_val_subset158_eval"
-TINY_INPUT = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",
-              "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"]
-TINY_SOLVER = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "()",
-               "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0"]
+TINY_INPUT = [
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "96",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "INPUT.MAX_SIZE_TEST",
+    "96",
+]
+TINY_SOLVER = [
+    "SOLVER.MAX_ITER",
+    "2",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.STEPS",
+    "()",
+    "SOLVER.WARMUP_ITERS",
+    "1",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+]
 # Detector training (steps 1 and 2): coco128, no evaluation, no ImageNet weights (not available).
-DETECTOR = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATASETS.TRAIN", f"('{TRAIN}',)",
-            "DATASETS.TEST", "()", *TINY_INPUT, *TINY_SOLVER]
-FEW_PROPOSALS = ["MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "100",
-                 "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64"]
+DETECTOR = [
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.WEIGHTS",
+    "",
+    "DATASETS.TRAIN",
+    f"('{TRAIN}',)",
+    "DATASETS.TEST",
+    "()",
+    *TINY_INPUT,
+    *TINY_SOLVER,
+]
+FEW_PROPOSALS = [
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
+    "200",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "100",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "64",
+]
 # The sub-configs the TinySaver model builds: the repo's, at the tiny test size.
 WRAPPERS = {
     "saver": ("saver_retinanet_R_18_FPN_1x.yaml", {"RETINANET": {"TOPK_CANDIDATES_TEST": 100}}),
-    "base": ("base_cascade_rcnn_R_50_FPN_3x.yaml",
-             {"RPN": {"PRE_NMS_TOPK_TEST": 100, "POST_NMS_TOPK_TEST": 50}}),
+    "base": (
+        "base_cascade_rcnn_R_50_FPN_3x.yaml",
+        {"RPN": {"PRE_NMS_TOPK_TEST": 100, "POST_NMS_TOPK_TEST": 50}},
+    ),
 }
 
 
 def wrapper_yaml(config: str, model: dict) -> str:
-    return json.dumps({  # JSON is YAML
-        "_BASE_": os.path.join(COCO_CONFIGS, config),
-        "MODEL": model,
-        "INPUT": {"MIN_SIZE_TEST": 64, "MAX_SIZE_TEST": 96},
-    }, indent=1)
+    return json.dumps(
+        {  # JSON is YAML
+            "_BASE_": os.path.join(COCO_CONFIGS, config),
+            "MODEL": model,
+            "INPUT": {"MIN_SIZE_TEST": 64, "MAX_SIZE_TEST": 96},
+        },
+        indent=1,
+    )
 
 
 def tinysaver_opts() -> list:
     """What every TinySaver step (3-4) overrides: the shared splits, tiny sizes, few iterations."""
     return [
-        "MODEL.DEVICE", "cpu", "DATASETS.TRAIN", f"('{TRAIN}',)", "DATASETS.TEST", f"('{EVAL}',)",
-        "MODEL.TINYSAVER.CALIBRATION.DATASET", CALIB,
-        "MODEL.TINYSAVER.SAVER.CONFIG_FILE", "tiny/saver.yaml",
-        "MODEL.TINYSAVER.BASE.CONFIG_FILE", "tiny/base.yaml",
+        "MODEL.DEVICE",
+        "cpu",
+        "DATASETS.TRAIN",
+        f"('{TRAIN}',)",
+        "DATASETS.TEST",
+        f"('{EVAL}',)",
+        "MODEL.TINYSAVER.CALIBRATION.DATASET",
+        CALIB,
+        "MODEL.TINYSAVER.SAVER.CONFIG_FILE",
+        "tiny/saver.yaml",
+        "MODEL.TINYSAVER.BASE.CONFIG_FILE",
+        "tiny/base.yaml",
         # Step 1's "or train it" branch: the trained base replaces the config's model-zoo URL, which
         # cannot be downloaded here (the evaluator's held-out cache and calibration run the base).
-        "MODEL.TINYSAVER.BASE.WEIGHTS", "output/coco/base/model_final.pth",
-        "MODEL.TINYSAVER.CACHE.TRAIN_VIEWS", "1",
-        "MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES", "1",
-        "MODEL.TINYSAVER.CALIBRATION.BOOTSTRAP_SAMPLES", "5",
-        *TINY_INPUT, *TINY_SOLVER,
+        "MODEL.TINYSAVER.BASE.WEIGHTS",
+        "output/coco/base/model_final.pth",
+        "MODEL.TINYSAVER.CACHE.TRAIN_VIEWS",
+        "1",
+        "MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES",
+        "1",
+        "MODEL.TINYSAVER.CALIBRATION.BOOTSTRAP_SAMPLES",
+        "5",
+        *TINY_INPUT,
+        *TINY_SOLVER,
     ]
 
 
@@ -99,27 +152,71 @@ def recipe(tmp_path_factory):
     tinysaver = os.path.join(COCO_CONFIGS, "tinysaver_R18_cascade_R50.yaml")
     # 1. The base. 2. The saver. Randomly initialised: a small step guards against
     # non-finite losses.
-    run_step(cwd, env, "train_net.py", os.path.join(COCO_CONFIGS, WRAPPERS["base"][0]),
-             *DETECTOR, *FEW_PROPOSALS, "SOLVER.BASE_LR", "0.001", "OUTPUT_DIR", "output/coco/base")
-    run_step(cwd, env, "train_net.py", os.path.join(COCO_CONFIGS, WRAPPERS["saver"][0]),
-             *DETECTOR, "SOLVER.BASE_LR", "0.001", "OUTPUT_DIR", "output/coco/saver")
+    run_step(
+        cwd,
+        env,
+        "train_net.py",
+        os.path.join(COCO_CONFIGS, WRAPPERS["base"][0]),
+        *DETECTOR,
+        *FEW_PROPOSALS,
+        "SOLVER.BASE_LR",
+        "0.001",
+        "OUTPUT_DIR",
+        "output/coco/base",
+    )
+    run_step(
+        cwd,
+        env,
+        "train_net.py",
+        os.path.join(COCO_CONFIGS, WRAPPERS["saver"][0]),
+        *DETECTOR,
+        "SOLVER.BASE_LR",
+        "0.001",
+        "OUTPUT_DIR",
+        "output/coco/saver",
+    )
     # 3. The evaluator: the training cache, then the head.
-    run_step(cwd, env, "cache_outputs.py", tinysaver, *tinysaver_opts(),
-             "MODEL.TINYSAVER.SAVER.WEIGHTS", "output/coco/saver/model_final.pth",
-             "OUTPUT_DIR", "output/coco/tinysaver")
-    run_step(cwd, env, "train_net.py", tinysaver, *tinysaver_opts(),
-             "MODEL.TINYSAVER.SAVER.WEIGHTS", "output/coco/saver/model_final.pth",
-             "OUTPUT_DIR", "output/coco/tinysaver")
+    run_step(
+        cwd,
+        env,
+        "cache_outputs.py",
+        tinysaver,
+        *tinysaver_opts(),
+        "MODEL.TINYSAVER.SAVER.WEIGHTS",
+        "output/coco/saver/model_final.pth",
+        "OUTPUT_DIR",
+        "output/coco/tinysaver",
+    )
+    run_step(
+        cwd,
+        env,
+        "train_net.py",
+        tinysaver,
+        *tinysaver_opts(),
+        "MODEL.TINYSAVER.SAVER.WEIGHTS",
+        "output/coco/saver/model_final.pth",
+        "OUTPUT_DIR",
+        "output/coco/tinysaver",
+    )
     calib_cache = cwd / "output/coco/cache" / f"{CALIB}_1views_base"
     built = cache_state(calib_cache)
     # 4. The threshold.
-    run_step(cwd, env, "calibrate.py", tinysaver, *tinysaver_opts(),
-             "MODEL.WEIGHTS", "output/coco/tinysaver/model_final.pth",
-             "OUTPUT_DIR", "output/coco/calibration")
+    run_step(
+        cwd,
+        env,
+        "calibrate.py",
+        tinysaver,
+        *tinysaver_opts(),
+        "MODEL.WEIGHTS",
+        "output/coco/tinysaver/model_final.pth",
+        "OUTPUT_DIR",
+        "output/coco/calibration",
+    )
     reused = cache_state(calib_cache)
     # 5. The routed model, from the config calibrate.py wrote (given relative to the cwd).
-    run_step(cwd, env, "train_net.py", "output/coco/calibration/config_calibrated.yaml",
-             "--eval-only")
+    run_step(
+        cwd, env, "train_net.py", "output/coco/calibration/config_calibrated.yaml", "--eval-only"
+    )
     return {"cwd": cwd, "calib_cache_after_step3": built, "calib_cache_after_step4": reused}
 
 
@@ -172,7 +269,8 @@ def test_the_routed_eval_ran_on_the_eval_half_with_the_calibrated_threshold(reci
     assert {"bbox", "routing"} <= set(results[EVAL])
     assert "AP" in results[EVAL]["bbox"]
     subset = read_json(
-        os.path.join(SHARED, "coco_val2017_subset", "annotations", "instances_val2017.json"))
+        os.path.join(SHARED, "coco_val2017_subset", "annotations", "instances_val2017.json")
+    )
     odd_ids = sorted(im["id"] for im in subset["images"] if im["id"] % 2 == 1)
     images = read_json(eval_dir / EVAL / "routing.json")["images"]
     assert sorted(im["image_id"] for im in images) == odd_ids

@@ -5,6 +5,7 @@ AP on each path; and evaluator training runs under DDP with frozen saver and bas
 base are the session's trained detectors (tests/conftest.py), so targets and scores are not all
 zero and the chosen threshold sends some images to each path.
 """
+
 import json
 import math
 import os
@@ -51,19 +52,45 @@ def run_stages(detectors, out_dir: str, result_file: str) -> None:
     prefix = detectors.prefix
     register_synthetic(detectors.root, prefix=prefix)
     calib = f"{prefix}_calib"
-    cfg = load_config(detectors.configs["tinysaver"], [
-        "MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", detectors.weights["saver"],
-        "MODEL.TINYSAVER.BASE.WEIGHTS", detectors.weights["base"],
-        "MODEL.TINYSAVER.CACHE.DIR", os.path.join(out_dir, "cache"),
-        "MODEL.TINYSAVER.CACHE.CHUNK_SIZE", "2",
-        "MODEL.TINYSAVER.CALIBRATION.DATASET", calib,
-        # Evaluated on the calibration split: the routed model's COCO AP and exit rate must then
-        # be what the calibration predicted from the cache at the chosen threshold.
-        "DATASETS.TRAIN", f"('{prefix}_train',)", "DATASETS.TEST", f"('{calib}',)",
-        "SOLVER.MAX_ITER", "6", "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "1",
-        "SOLVER.STEPS", "()", "SOLVER.BASE_LR", "0.05", "TEST.EVAL_PERIOD", "3",
-        "OUTPUT_DIR", os.path.join(out_dir, "train"), "SEED", "3",
-    ])
+    cfg = load_config(
+        detectors.configs["tinysaver"],
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.TINYSAVER.SAVER.WEIGHTS",
+            detectors.weights["saver"],
+            "MODEL.TINYSAVER.BASE.WEIGHTS",
+            detectors.weights["base"],
+            "MODEL.TINYSAVER.CACHE.DIR",
+            os.path.join(out_dir, "cache"),
+            "MODEL.TINYSAVER.CACHE.CHUNK_SIZE",
+            "2",
+            "MODEL.TINYSAVER.CALIBRATION.DATASET",
+            calib,
+            # Evaluated on the calibration split: the routed model's COCO AP and exit rate must then
+            # be what the calibration predicted from the cache at the chosen threshold.
+            "DATASETS.TRAIN",
+            f"('{prefix}_train',)",
+            "DATASETS.TEST",
+            f"('{calib}',)",
+            "SOLVER.MAX_ITER",
+            "6",
+            "SOLVER.IMS_PER_BATCH",
+            "4",
+            "SOLVER.WARMUP_ITERS",
+            "1",
+            "SOLVER.STEPS",
+            "()",
+            "SOLVER.BASE_LR",
+            "0.05",
+            "TEST.EVAL_PERIOD",
+            "3",
+            "OUTPUT_DIR",
+            os.path.join(out_dir, "train"),
+            "SEED",
+            "3",
+        ],
+    )
     torch.manual_seed(0)  # the evaluator head's initialisation: the same in every process and run
     model = build_model(cfg).eval()
     load_weights(model, cfg)
@@ -80,8 +107,13 @@ def run_stages(detectors, out_dir: str, result_file: str) -> None:
     # the base's cost forces an operating point with images on both paths.
     flops_inputs = first_test_inputs(cfg, calib, cfg.MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES)
     costs = tinysaver_costs(model, flops_inputs)
-    result = calibrate(cfg, model, dataset=calib, gflops_budget=routed_gflops(costs, 0.5),
-                       output_dir=os.path.join(out_dir, "calib"))
+    result = calibrate(
+        cfg,
+        model,
+        dataset=calib,
+        gflops_budget=routed_gflops(costs, 0.5),
+        output_dir=os.path.join(out_dir, "calib"),
+    )
     cfg.defrost()
     cfg.MODEL.TINYSAVER.CALIBRATION_FILE = os.path.join(out_dir, "calib", "calibration.json")
     comm.synchronize()  # the main process writes calibration.json
@@ -94,19 +126,24 @@ def run_stages(detectors, out_dir: str, result_file: str) -> None:
         with open(os.path.join(cfg.OUTPUT_DIR, "inference", calib, "routing.json")) as f:
             per_image = json.load(f)["images"]
         with open(result_file, "w") as f:
-            json.dump({
-                "targets": [[r["image_id"], r["view"], r["saver_ap"]] for r in records],
-                "summaries": [r["summary"].tolist() for r in records],
-                "evaluation": evaluation,
-                "per_image_routing": per_image,
-                "chosen": result.deployed_point,
-                "model_threshold": evaluated.threshold,
-                "evaluator_changed": not same_state(state(trained.evaluator), before["evaluator"]),
-                "saver_unchanged": same_state(state(trained.saver), before["saver"])
-                and same_state(state(trained.saver), state(model.saver)),
-                "base_unchanged": same_state(state(trained.base), before["base"])
-                and same_state(state(trained.base), state(model.base)),
-            }, f)
+            json.dump(
+                {
+                    "targets": [[r["image_id"], r["view"], r["saver_ap"]] for r in records],
+                    "summaries": [r["summary"].tolist() for r in records],
+                    "evaluation": evaluation,
+                    "per_image_routing": per_image,
+                    "chosen": result.deployed_point,
+                    "model_threshold": evaluated.threshold,
+                    "evaluator_changed": not same_state(
+                        state(trained.evaluator), before["evaluator"]
+                    ),
+                    "saver_unchanged": same_state(state(trained.saver), before["saver"])
+                    and same_state(state(trained.saver), state(model.saver)),
+                    "base_unchanged": same_state(state(trained.base), before["base"])
+                    and same_state(state(trained.base), state(model.base)),
+                },
+                f,
+            )
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +152,12 @@ def runs(tmp_path_factory, trained_detectors):
     for world in (1, 2):
         folder = str(tmp_path_factory.mktemp(f"world{world}"))
         result_file = os.path.join(folder, "result.json")
-        launch(run_stages, world, dist_url=f"tcp://127.0.0.1:{free_port()}",
-               args=(trained_detectors, folder, result_file))
+        launch(
+            run_stages,
+            world,
+            dist_url=f"tcp://127.0.0.1:{free_port()}",
+            args=(trained_detectors, folder, result_file),
+        )
         with open(result_file) as f:
             out[world] = json.load(f)
     return out

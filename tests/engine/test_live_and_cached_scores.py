@@ -2,6 +2,7 @@
 Every router scores an image the same live (TinySaverRCNN.inference) and from the output cache
 (CachedSplit, what calibration chooses thresholds on): one score function per router, routing.py.
 """
+
 import numpy as np
 import torch
 
@@ -15,12 +16,25 @@ from tinysaver_det.modeling.routing import ROUTERS, exit_mask
 def test_live_and_cached_scores_agree_for_every_router(tmp_path, trained_detectors):
     td = trained_detectors
     dataset = f"{td.prefix}_val"
-    cfg = load_config(td.configs["tinysaver"], [
-        "MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", td.weights["saver"],
-        "MODEL.TINYSAVER.BASE.WEIGHTS", td.weights["base"], "MODEL.TINYSAVER.RANDOM_SEED", "3",
-        "MODEL.TINYSAVER.CACHE.DIR", str(tmp_path / "cache"), "OUTPUT_DIR", str(tmp_path / "out"),
-        "MODEL.TINYSAVER.ROUTER", "oracle",  # the test loader then keeps the ground truth
-    ])
+    cfg = load_config(
+        td.configs["tinysaver"],
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.TINYSAVER.SAVER.WEIGHTS",
+            td.weights["saver"],
+            "MODEL.TINYSAVER.BASE.WEIGHTS",
+            td.weights["base"],
+            "MODEL.TINYSAVER.RANDOM_SEED",
+            "3",
+            "MODEL.TINYSAVER.CACHE.DIR",
+            str(tmp_path / "cache"),
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+            "MODEL.TINYSAVER.ROUTER",
+            "oracle",  # the test loader then keeps the ground truth
+        ],
+    )
     torch.manual_seed(0)
     model = Trainer.build_model(cfg)
     load_weights(model, cfg)
@@ -42,6 +56,8 @@ def test_live_and_cached_scores_agree_for_every_router(tmp_path, trained_detecto
         assert np.ptp(cached) > 0, router  # scores that tell images apart
         # At a threshold chosen among the cached scores, every image takes the same path live.
         for t in cached:
-            np.testing.assert_array_equal(exit_mask(torch.from_numpy(live), t).numpy(),
-                                          exit_mask(torch.from_numpy(cached), t).numpy(),
-                                          err_msg=f"{router} at {t}")
+            np.testing.assert_array_equal(
+                exit_mask(torch.from_numpy(live), t).numpy(),
+                exit_mask(torch.from_numpy(cached), t).numpy(),
+                err_msg=f"{router} at {t}",
+            )

@@ -1,4 +1,5 @@
 """ROUTER oracle in evaluation (--eval-only): the test loader keeps each image's ground truth."""
+
 import json
 import os
 
@@ -17,8 +18,9 @@ from tinysaver_det.evaluation.detections import (
 from tinysaver_det.evaluation.ground_truth import dataset_ground_truth
 from tinysaver_det.metrics.coco_fast import per_image_ap
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic",
-                      "tinysaver_R18_cascade_R18.yaml")
+CONFIG = os.path.join(
+    os.path.dirname(__file__), "..", "..", "configs", "Synthetic", "tinysaver_R18_cascade_R18.yaml"
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +29,29 @@ def dataset(synthetic_split):
 
 
 def oracle_cfg(dataset, out, router="oracle"):
-    return load_config(CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", "",
-                                "MODEL.TINYSAVER.BASE.WEIGHTS", "",
-                                "MODEL.TINYSAVER.ROUTER", router,
-                                "MODEL.TINYSAVER.THRESHOLD", "0.0", "OUTPUT_DIR", str(out),
-                                "DATASETS.TEST", f"('{dataset}',)", "DATALOADER.NUM_WORKERS", "0",
-                                "MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES", "1"])
+    return load_config(
+        CONFIG,
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.TINYSAVER.SAVER.WEIGHTS",
+            "",
+            "MODEL.TINYSAVER.BASE.WEIGHTS",
+            "",
+            "MODEL.TINYSAVER.ROUTER",
+            router,
+            "MODEL.TINYSAVER.THRESHOLD",
+            "0.0",
+            "OUTPUT_DIR",
+            str(out),
+            "DATASETS.TEST",
+            f"('{dataset}',)",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES",
+            "1",
+        ],
+    )
 
 
 def test_test_loader_keeps_ground_truth_only_for_the_oracle(dataset, tmp_path):
@@ -64,6 +83,7 @@ def test_eval_only_with_the_oracle_routes_by_true_gain(dataset, tmp_path):
     for d, gt, x in zip(dicts, gts, plain):
         saver = model.run_saver([x])[0][0]["instances"]
         base = model.run_base([x])[0]["instances"]
-        gain = (per_image_ap(gt, record_dets(detections_record(base, to_id)))
-                - per_image_ap(gt, record_dets(detections_record(saver, to_id))))
+        gain = per_image_ap(gt, record_dets(detections_record(base, to_id))) - per_image_ap(
+            gt, record_dets(detections_record(saver, to_id))
+        )
         assert scores[d["image_id"]] == pytest.approx(-gain, abs=1e-4)

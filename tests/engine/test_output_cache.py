@@ -1,4 +1,5 @@
 """The output cache: built once, keyed, refused when stale, resumable, atomic."""
+
 import os
 import uuid
 
@@ -20,8 +21,9 @@ from tinysaver_det.engine.output_cache import (
 )
 from tinysaver_det.modeling.meta_arch import SUMMARY_KEY, TARGET_KEY
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "Synthetic",
-                      "tinysaver_R18_cascade_R18.yaml")
+CONFIG = os.path.join(
+    os.path.dirname(__file__), "..", "..", "configs", "Synthetic", "tinysaver_R18_cascade_R18.yaml"
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +39,21 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture
 def cfg(tmp_path):
-    cfg = load_config(CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", "",
-                               "MODEL.TINYSAVER.BASE.WEIGHTS", "",
-                               "MODEL.TINYSAVER.CACHE.CHUNK_SIZE", "4",
-                               "MODEL.TINYSAVER.CACHE.DIR", str(tmp_path / "cache")])
+    cfg = load_config(
+        CONFIG,
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.TINYSAVER.SAVER.WEIGHTS",
+            "",
+            "MODEL.TINYSAVER.BASE.WEIGHTS",
+            "",
+            "MODEL.TINYSAVER.CACHE.CHUNK_SIZE",
+            "4",
+            "MODEL.TINYSAVER.CACHE.DIR",
+            str(tmp_path / "cache"),
+        ],
+    )
     return cfg
 
 
@@ -81,8 +94,9 @@ def rng_state():
     return keys.copy(), pos
 
 
-def test_augmented_views_are_reproducible_and_leave_numpys_global_rng_alone(cfg, model, dataset,
-                                                                             tmp_path):
+def test_augmented_views_are_reproducible_and_leave_numpys_global_rng_alone(
+    cfg, model, dataset, tmp_path
+):
     # The training sampler draws its seed from np.random after the cache is built: building must
     # leave that stream as it found it, or a run that builds its cache trains on another order
     # than a rerun that reads it.
@@ -96,7 +110,8 @@ def test_augmented_views_are_reproducible_and_leave_numpys_global_rng_alone(cfg,
     other.MODEL.TINYSAVER.CACHE.DIR = str(tmp_path / "other")
     second = OutputCache(other, dataset, views=3, model=model).load_or_build()
     assert [(r["view"], r["saver_ap"]) for r in second] == [
-        (r["view"], r["saver_ap"]) for r in first]
+        (r["view"], r["saver_ap"]) for r in first
+    ]
     assert all(torch.equal(a["summary"], b["summary"]) for a, b in zip(first, second))
 
 
@@ -115,8 +130,9 @@ def test_cache_is_reused_and_resumes_missing_chunks(cfg, model, dataset):
     assert os.path.getmtime(paths[0]) == mtimes[0]  # the finished chunk was kept
     assert os.path.isfile(paths[1])
     assert [r["saver_ap"] for r in resumed] == [r["saver_ap"] for r in first]
-    assert torch.equal(torch.stack([r["summary"] for r in resumed]),
-                       torch.stack([r["summary"] for r in first]))
+    assert torch.equal(
+        torch.stack([r["summary"] for r in resumed]), torch.stack([r["summary"] for r in first])
+    )
 
 
 def test_interrupted_build_keeps_finished_chunks(cfg, model, dataset, monkeypatch):
@@ -180,7 +196,8 @@ def test_training_caches_built_ahead_are_what_training_reads(cfg, model, dataset
 
 def test_caches_need_a_tinysaver_config(dataset):
     saver_cfg = load_config(
-        os.path.join(os.path.dirname(CONFIG), "saver_cascade_rcnn_R_18_FPN.yaml"))
+        os.path.join(os.path.dirname(CONFIG), "saver_cascade_rcnn_R_18_FPN.yaml")
+    )
     with pytest.raises(ValueError, match="META_ARCHITECTURE"):
         build_caches(saver_cfg, [dataset])
 
@@ -211,12 +228,23 @@ def test_targets_of_trained_detectors_on_plain_and_augmented_views(tmp_path, tra
     ground truth left in the original frame would score a resized view's detections near 0.
     """
     td = trained_detectors
-    cfg = load_config(td.configs["tinysaver"], [
-        "MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", td.weights["saver"],
-        "MODEL.TINYSAVER.BASE.WEIGHTS", td.weights["base"],
-        "MODEL.TINYSAVER.CACHE.DIR", str(tmp_path / "cache"),
-        "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "144",  # views resized by ~0.5x
-    ])
+    cfg = load_config(
+        td.configs["tinysaver"],
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.TINYSAVER.SAVER.WEIGHTS",
+            td.weights["saver"],
+            "MODEL.TINYSAVER.BASE.WEIGHTS",
+            td.weights["base"],
+            "MODEL.TINYSAVER.CACHE.DIR",
+            str(tmp_path / "cache"),
+            "INPUT.MIN_SIZE_TRAIN",
+            "(96,)",
+            "INPUT.MAX_SIZE_TRAIN",
+            "144",  # views resized by ~0.5x
+        ],
+    )
     records = OutputCache(cfg, f"{td.prefix}_calib", views=2, with_base=True).load_or_build()
     for part in ("saver_ap", "base_ap"):
         plain = [r[part] for r in records if r["view"] == 0]
@@ -243,12 +271,21 @@ def test_marginal_targets_are_each_images_effect_on_the_split(tmp_path, trained_
 
     td = trained_detectors
     name = f"{td.prefix}_calib"
-    cfg = load_config(td.configs["tinysaver"], [
-        "MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", td.weights["saver"],
-        "MODEL.TINYSAVER.BASE.WEIGHTS", td.weights["base"],
-        "MODEL.TINYSAVER.CACHE.DIR", str(tmp_path / "cache"),
-        "MODEL.TINYSAVER.EVALUATOR.TARGET", "marginal_ap",
-    ])
+    cfg = load_config(
+        td.configs["tinysaver"],
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.TINYSAVER.SAVER.WEIGHTS",
+            td.weights["saver"],
+            "MODEL.TINYSAVER.BASE.WEIGHTS",
+            td.weights["base"],
+            "MODEL.TINYSAVER.CACHE.DIR",
+            str(tmp_path / "cache"),
+            "MODEL.TINYSAVER.EVALUATOR.TARGET",
+            "marginal_ap",
+        ],
+    )
     cache = OutputCache(cfg, name, views=2, with_base=True)
     examples = cached_examples([cache], "marginal_ap")
     records = cache.load_or_build()
@@ -260,8 +297,10 @@ def test_marginal_targets_are_each_images_effect_on_the_split(tmp_path, trained_
 
     plain = sorted((r for r in records if r["view"] == 0), key=lambda r: r["image_id"])
     gts = dataset_ground_truth(name, checked_dataset_dicts([name]))
-    table = MatchTable.build([gts[r["index"]] for r in plain],
-                             {s: [record_dets(r[s]) for r in plain] for s in ("saver", "base")})
+    table = MatchTable.build(
+        [gts[r["index"]] for r in plain],
+        {s: [record_dets(r[s]) for r in plain] for s in ("saver", "base")},
+    )
     n = len(plain)
     base_ap = table.coco_metrics(np.ones(n, int))["AP"]
     for k, r in enumerate(plain):

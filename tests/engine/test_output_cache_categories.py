@@ -1,4 +1,5 @@
 """The output cache stores real COCO category ids, even when opened before the dataset loads."""
+
 import json
 import os
 import uuid
@@ -40,17 +41,33 @@ def few_coco_images(folder, n: int) -> str:
 def coco80_cfg(folder):
     """The synthetic RetinaNet saver and Cascade R-CNN base, with COCO's 80 classes."""
     saver, base = folder / "saver.yaml", folder / "base.yaml"
-    saver.write_text(f'_BASE_: "{os.path.abspath(SYNTHETIC)}/saver_retinanet_R_18_FPN.yaml"\n'
-                     "MODEL:\n  RETINANET:\n    NUM_CLASSES: 80\n")
-    base.write_text(f'_BASE_: "{os.path.abspath(SYNTHETIC)}/base_cascade_rcnn_R_18_FPN.yaml"\n'
-                    "MODEL:\n  ROI_HEADS:\n    NUM_CLASSES: 80\n")
+    saver.write_text(
+        f'_BASE_: "{os.path.abspath(SYNTHETIC)}/saver_retinanet_R_18_FPN.yaml"\n'
+        "MODEL:\n  RETINANET:\n    NUM_CLASSES: 80\n"
+    )
+    base.write_text(
+        f'_BASE_: "{os.path.abspath(SYNTHETIC)}/base_cascade_rcnn_R_18_FPN.yaml"\n'
+        "MODEL:\n  ROI_HEADS:\n    NUM_CLASSES: 80\n"
+    )
     top = folder / "tinysaver.yaml"
-    top.write_text('MODEL:\n  META_ARCHITECTURE: "TinySaverRCNN"\n  TINYSAVER:\n'
-                   f'    SAVER:\n      CONFIG_FILE: "{saver}"\n'
-                   f'    BASE:\n      CONFIG_FILE: "{base}"\n')
-    return load_config(str(top), ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "192",
-                                  "INPUT.MAX_SIZE_TEST", "320",
-                                  "MODEL.TINYSAVER.CACHE.DIR", str(folder / "cache")])
+    top.write_text(
+        'MODEL:\n  META_ARCHITECTURE: "TinySaverRCNN"\n  TINYSAVER:\n'
+        f'    SAVER:\n      CONFIG_FILE: "{saver}"\n'
+        f'    BASE:\n      CONFIG_FILE: "{base}"\n'
+    )
+    return load_config(
+        str(top),
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "INPUT.MIN_SIZE_TEST",
+            "192",
+            "INPUT.MAX_SIZE_TEST",
+            "320",
+            "MODEL.TINYSAVER.CACHE.DIR",
+            str(folder / "cache"),
+        ],
+    )
 
 
 def test_cached_detections_carry_the_dataset_category_ids(tmp_path):

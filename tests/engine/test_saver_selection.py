@@ -4,6 +4,7 @@ trained saver, and the trained base offered as a saver of its own. That second c
 answers: it costs what the base costs (c_s = 1) and its outputs are the base's, so routing never
 loses AP (r* = 1) and ΔC = 0.
 """
+
 import os
 
 import pytest
@@ -14,9 +15,18 @@ from tinysaver_det.engine.saver_selection import format_ranking, rank_savers
 def test_rank_savers_orders_by_delta_c(tmp_path, trained_detectors):
     td = trained_detectors
     calib = f"{td.prefix}_calib"
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.BASE.WEIGHTS", td.weights["base"],
-            "OUTPUT_DIR", str(tmp_path / "out"),
-            "MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES", "1", "DATASETS.TEST", f"('{calib}',)"]
+    opts = [
+        "MODEL.DEVICE",
+        "cpu",
+        "MODEL.TINYSAVER.BASE.WEIGHTS",
+        td.weights["base"],
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        "MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES",
+        "1",
+        "DATASETS.TEST",
+        f"('{calib}',)",
+    ]
     candidates = [(td.configs[p], td.weights[p]) for p in ("saver", "base")]
     rows = rank_savers(td.configs["tinysaver"], candidates, calib, opts)
     assert len(rows) == 2

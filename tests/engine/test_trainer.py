@@ -1,4 +1,5 @@
 """engine/trainer.py: refusals, no stale results, checked checkpoints and resume, DDP on the CPU."""
+
 import json
 import socket
 from pathlib import Path
@@ -17,8 +18,17 @@ SAVER_INSTANT_YAML = REPO / "configs" / "Synthetic" / "saver_instant_test.yaml"
 
 def args_for(out: Path, *opts, eval_only=True):
     argv = ["--config-file", str(TINYSAVER_YAML)] + (["--eval-only"] if eval_only else [])
-    argv += ["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out), "MODEL.TINYSAVER.SAVER.WEIGHTS", "",
-             "MODEL.TINYSAVER.BASE.WEIGHTS", "", *map(str, opts)]
+    argv += [
+        "MODEL.DEVICE",
+        "cpu",
+        "OUTPUT_DIR",
+        str(out),
+        "MODEL.TINYSAVER.SAVER.WEIGHTS",
+        "",
+        "MODEL.TINYSAVER.BASE.WEIGHTS",
+        "",
+        *map(str, opts),
+    ]
     return default_argument_parser().parse_args(argv)
 
 
@@ -39,8 +49,9 @@ def test_eval_only_without_the_trained_evaluator_is_refused(tmp_path):
 
 def test_calibration_without_the_trained_evaluator_is_refused(tmp_path):
     with pytest.raises(ValueError, match="MODEL.WEIGHTS is empty"):
-        load_tool("calibrate").main(args_for(tmp_path / "out", "MODEL.WEIGHTS", "",
-                                             eval_only=False))
+        load_tool("calibrate").main(
+            args_for(tmp_path / "out", "MODEL.WEIGHTS", "", eval_only=False)
+        )
 
 
 def test_a_missing_checkpoint_names_the_key_and_the_path_and_leaves_no_stale_results(tmp_path):
@@ -51,21 +62,37 @@ def test_a_missing_checkpoint_names_the_key_and_the_path_and_leaves_no_stale_res
     assert not results.exists()
 
 
-
 def saver_trainer(dataset: str, out: Path, max_iter: int):
     from tinysaver_det.config import load_config
     from tinysaver_det.engine.trainer import Trainer
 
-    cfg = load_config(str(SAVER_INSTANT_YAML), [
-        "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out), "DATASETS.TRAIN", f"('{dataset}',)",
-        "DATASETS.TEST", "()", "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "2",
-        "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
-    ])
+    cfg = load_config(
+        str(SAVER_INSTANT_YAML),
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "OUTPUT_DIR",
+            str(out),
+            "DATASETS.TRAIN",
+            f"('{dataset}',)",
+            "DATASETS.TEST",
+            "()",
+            "SOLVER.MAX_ITER",
+            str(max_iter),
+            "SOLVER.CHECKPOINT_PERIOD",
+            "2",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.WARMUP_ITERS",
+            "1",
+        ],
+    )
     return Trainer(cfg)
 
 
-def test_training_checkpoints_through_the_checked_checkpointer_and_resumes(tmp_path,
-                                                                           synthetic_split):
+def test_training_checkpoints_through_the_checked_checkpointer_and_resumes(
+    tmp_path, synthetic_split
+):
     from detectron2.engine import hooks
     from tinysaver_det.checkpoint import CheckedCheckpointer
 
@@ -112,10 +139,15 @@ def wrap_on_cpu(result_file: str) -> None:
     rank = comm.get_rank()
     model(torch.full((1, 3), float(rank + 1))).sum().backward()
     if comm.is_main_process():
-        Path(result_file).write_text(json.dumps({
-            "type": type(model).__name__, "device_ids": model.device_ids,
-            "grad": model.module.weight.grad.tolist(),
-        }))
+        Path(result_file).write_text(
+            json.dumps(
+                {
+                    "type": type(model).__name__,
+                    "device_ids": model.device_ids,
+                    "grad": model.module.weight.grad.tolist(),
+                }
+            )
+        )
 
 
 def test_the_ddp_wrapper_works_for_a_cpu_model(tmp_path):
@@ -137,8 +169,9 @@ def test_the_ddp_wrapper_works_for_a_cpu_model(tmp_path):
 
 
 @pytest.mark.parametrize("target", ["saver_ap", "ap_gain"])
-def test_the_held_out_cache_runs_the_base_only_for_targets_that_need_it(tmp_path, target,
-                                                                       trained_detectors):
+def test_the_held_out_cache_runs_the_base_only_for_targets_that_need_it(
+    tmp_path, target, trained_detectors
+):
     from tinysaver_det.config import load_config
     from tinysaver_det.engine.hooks import RankCorrelationHook
     from tinysaver_det.engine.output_cache import OutputCache
@@ -146,15 +179,29 @@ def test_the_held_out_cache_runs_the_base_only_for_targets_that_need_it(tmp_path
 
     d = trained_detectors
     held_out = f"{d.prefix}_val"  # not the calibration split, whose cache needs the base anyway
-    cfg = load_config(d.configs["tinysaver"], [
-        "MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.SAVER.WEIGHTS", d.weights["saver"],
-        "MODEL.TINYSAVER.BASE.WEIGHTS", d.weights["base"],
-        "MODEL.TINYSAVER.CACHE.DIR", str(tmp_path / "cache"),
-        "MODEL.TINYSAVER.EVALUATOR.TARGET", target,
-        "MODEL.TINYSAVER.CALIBRATION.DATASET", f"{d.prefix}_calib",
-        "MODEL.TINYSAVER.CALIBRATION.HELD_OUT_DATASET", held_out,
-        "DATASETS.TRAIN", f"('{d.prefix}_train',)", "OUTPUT_DIR", str(tmp_path / "train"),
-    ])
+    cfg = load_config(
+        d.configs["tinysaver"],
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.TINYSAVER.SAVER.WEIGHTS",
+            d.weights["saver"],
+            "MODEL.TINYSAVER.BASE.WEIGHTS",
+            d.weights["base"],
+            "MODEL.TINYSAVER.CACHE.DIR",
+            str(tmp_path / "cache"),
+            "MODEL.TINYSAVER.EVALUATOR.TARGET",
+            target,
+            "MODEL.TINYSAVER.CALIBRATION.DATASET",
+            f"{d.prefix}_calib",
+            "MODEL.TINYSAVER.CALIBRATION.HELD_OUT_DATASET",
+            held_out,
+            "DATASETS.TRAIN",
+            f"('{d.prefix}_train',)",
+            "OUTPUT_DIR",
+            str(tmp_path / "train"),
+        ],
+    )
     trainer = Trainer(cfg)
     (hook,) = [h for h in trainer._hooks if isinstance(h, RankCorrelationHook)]
     needs_base = target != "saver_ap"

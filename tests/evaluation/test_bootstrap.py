@@ -1,4 +1,5 @@
 """Bootstrap intervals of a routed model's figures, on outputs built from ground truth."""
+
 import numpy as np
 import pytest
 
@@ -31,9 +32,14 @@ def routing_figures(table: MatchTable, exited: np.ndarray, costs) -> dict:
     routed = table.coco_metrics(np.where(exited, saver, base))["AP"]
     ap_base = table.source_metrics("base")["AP"]
     exit_rate = float(np.mean(exited)) if len(exited) else 0.0
-    return {"AP_base": ap_base, "AP_saver": table.source_metrics("saver")["AP"],
-            "AP_routed": routed, "AP_drop": ap_base - routed, "exit_rate": exit_rate,
-            "compute_saved": compute_saved(costs, exit_rate)}
+    return {
+        "AP_base": ap_base,
+        "AP_saver": table.source_metrics("saver")["AP"],
+        "AP_routed": routed,
+        "AP_drop": ap_base - routed,
+        "exit_rate": exit_rate,
+        "compute_saved": compute_saved(costs, exit_rate),
+    }
 
 
 def test_exits_where_the_saver_is_exact_lose_nothing_in_every_resample():

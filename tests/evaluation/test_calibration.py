@@ -1,4 +1,5 @@
 """Calibration: threshold sweeps, operating-point choice, calibration files."""
+
 import json
 import math
 
@@ -28,8 +29,9 @@ def make_table(n=12, seed=0):
         gts.append(ImageGT(boxes=box, category_ids=[1 + i % 2]))
         base.append(ImageDets(boxes=box, scores=[0.9], category_ids=[1 + i % 2]))
         shifted = box + (0 if i % 2 == 0 else [[30, 0, 0, 0]])
-        saver.append(ImageDets(boxes=shifted, scores=[rng.uniform(0.3, 0.9)],
-                               category_ids=[1 + i % 2]))
+        saver.append(
+            ImageDets(boxes=shifted, scores=[rng.uniform(0.3, 0.9)], category_ids=[1 + i % 2])
+        )
     return MatchTable.build(gts, {"saver": saver, "base": base})
 
 
@@ -103,15 +105,20 @@ def test_choose_point_for_a_budget_takes_the_most_accurate_within_it():
 
 
 def test_largest_safe_exit_rate():
-    points = [{"exit_rate": 0.0, "AP": 50.0}, {"exit_rate": 0.4, "AP": 50.1},
-              {"exit_rate": 0.7, "AP": 49.0}]
+    points = [
+        {"exit_rate": 0.0, "AP": 50.0},
+        {"exit_rate": 0.4, "AP": 50.1},
+        {"exit_rate": 0.7, "AP": 49.0},
+    ]
     assert largest_safe_exit_rate(points, 50.0) == 0.4
     assert largest_safe_exit_rate(points, 51.0) == 0.0
 
 
 def test_router_scores():
-    records = [{"image_id": i, "confidence": 0.1 * i, "saver_ap": 0.5, "base_ap": 0.5 + 0.1 * i}
-               for i in range(4)]
+    records = [
+        {"image_id": i, "confidence": 0.1 * i, "saver_ap": 0.5, "base_ap": 0.5 + 0.1 * i}
+        for i in range(4)
+    ]
     scores = router_scores(records, np.array([3.0, 2.0, 1.0, 0.0]), seed=1)
     assert list(scores) == ["evaluator", "confidence", "random", "oracle"]
     np.testing.assert_allclose(scores["oracle"], [-0.0, -0.1, -0.2, -0.3], atol=1e-12)

@@ -3,6 +3,7 @@ One ground truth: COCO evaluation, the caches, calibration and the routing evalu
 the boxes the input checks keep (a degenerate box dropped, an overhanging one clipped), on the
 dataset's own images.
 """
+
 import json
 import uuid
 
@@ -41,17 +42,44 @@ def make_json(path, num_images=8, seed=0, bad=True) -> dict:
         for _ in range(rng.integers(2, 5)):
             w, h = rng.uniform(34, 80, 2)  # none small: APs is undefined
             x, y = rng.uniform(0, W - w), rng.uniform(0, H - h)
-            anns.append({"id": len(anns) + 1, "image_id": 10 + i, "bbox": [x, y, w, h],
-                         "area": w * h, "iscrowd": 0, "category_id": int(rng.choice(CATEGORY_IDS))})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": 10 + i,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                    "category_id": int(rng.choice(CATEGORY_IDS)),
+                }
+            )
     if bad:
-        anns.append({"id": DEGENERATE, "image_id": 11, "bbox": [50.0, 40.0, 0.0, 30.0], "area": 0.0,
-                     "iscrowd": 0, "category_id": 5})
-        anns.append({"id": OVERHANGING, "image_id": 12, "bbox": [150.0, 100.0, 80.0, 40.0],
-                     "area": 3200.0, "iscrowd": 0, "category_id": 2})
+        anns.append(
+            {
+                "id": DEGENERATE,
+                "image_id": 11,
+                "bbox": [50.0, 40.0, 0.0, 30.0],
+                "area": 0.0,
+                "iscrowd": 0,
+                "category_id": 5,
+            }
+        )
+        anns.append(
+            {
+                "id": OVERHANGING,
+                "image_id": 12,
+                "bbox": [150.0, 100.0, 80.0, 40.0],
+                "area": 3200.0,
+                "iscrowd": 0,
+                "category_id": 2,
+            }
+        )
     for im in images:  # the input checks read every image
         Image.new("RGB", (W, H)).save(path.parent / im["file_name"])
-    coco = {"images": images, "annotations": anns,
-            "categories": [{"id": c, "name": f"c{c}"} for c in CATEGORY_IDS]}
+    coco = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": c, "name": f"c{c}"} for c in CATEGORY_IDS],
+    }
     path.write_text(json.dumps(coco))
     return coco
 
@@ -87,8 +115,9 @@ def predictions(name, wrong=True, empty=False):
         keep = slice(0, 0) if empty else slice(None)
         inst.pred_boxes = Boxes(boxes[keep])
         inst.scores = torch.from_numpy(rng.uniform(0.1, 1, len(boxes)).astype(np.float32))[keep]
-        inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"]],
-                                         dtype=torch.int64)[keep]
+        inst.pred_classes = torch.tensor(
+            [a["category_id"] for a in d["annotations"]], dtype=torch.int64
+        )[keep]
         out.append(({"image_id": d["image_id"]}, {"instances": inst}))
     return out
 

@@ -1,4 +1,5 @@
 """coco_fast against pycocotools COCOeval (bbox): per-image matching, per-image AP, merged AP."""
+
 import contextlib
 import io
 from types import SimpleNamespace
@@ -31,21 +32,34 @@ def coco_gt(gts, cat_ids):
     anns, aid = [], 1
     for i, g in enumerate(gts):
         for b, c, cr, ar in zip(g.boxes, g.category_ids, g.iscrowd, g.area):
-            anns.append(dict(id=aid, image_id=i + 1, category_id=int(c), bbox=[float(v) for v in b],
-                             iscrowd=int(cr), area=float(ar)))
+            anns.append(
+                dict(
+                    id=aid,
+                    image_id=i + 1,
+                    category_id=int(c),
+                    bbox=[float(v) for v in b],
+                    iscrowd=int(cr),
+                    area=float(ar),
+                )
+            )
             aid += 1
     coco = COCO()
-    coco.dataset = dict(images=[dict(id=i + 1, width=640, height=480) for i in range(len(gts))],
-                        categories=[dict(id=int(c), name=str(c)) for c in cat_ids],
-                        annotations=anns)
+    coco.dataset = dict(
+        images=[dict(id=i + 1, width=640, height=480) for i in range(len(gts))],
+        categories=[dict(id=int(c), name=str(c)) for c in cat_ids],
+        annotations=anns,
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
 
 
 def results(dets_list):
-    return [dict(image_id=i + 1, category_id=int(c), bbox=[float(v) for v in b], score=float(s))
-            for i, d in enumerate(dets_list) for b, s, c in zip(d.boxes, d.scores, d.category_ids)]
+    return [
+        dict(image_id=i + 1, category_id=int(c), bbox=[float(v) for v in b], score=float(s))
+        for i, d in enumerate(dets_list)
+        for b, s, c in zip(d.boxes, d.scores, d.category_ids)
+    ]
 
 
 def cocoeval(gts, dets_list, cat_ids):
@@ -57,8 +71,9 @@ def cocoeval(gts, dets_list, cat_ids):
             dt = gt.loadRes(res)
         else:  # loadRes cannot take an empty list
             dt = COCO()
-            dt.dataset = dict(images=gt.dataset["images"], categories=gt.dataset["categories"],
-                              annotations=[])
+            dt.dataset = dict(
+                images=gt.dataset["images"], categories=gt.dataset["categories"], annotations=[]
+            )
             dt.createIndex()
         ev = COCOeval(gt, dt, iouType="bbox")
         ev.evaluate()
@@ -95,8 +110,11 @@ def random_image(rng, ncat=4, n_gt=None, n_fp=None, tie_scores=True):
     # detections: jittered copies of gt (some with the wrong class) plus random false positives
     reps = rng.integers(0, 4, n_gt)
     src = np.repeat(np.arange(n_gt), reps)
-    jit = (rng.normal(0, 1, (len(src), 4)) * rng.choice([0.02, 0.06, 0.15], (len(src), 1))
-           * np.repeat(wh, reps, 0)[:, [0, 1, 0, 1]])
+    jit = (
+        rng.normal(0, 1, (len(src), 4))
+        * rng.choice([0.02, 0.06, 0.15], (len(src), 1))
+        * np.repeat(wh, reps, 0)[:, [0, 1, 0, 1]]
+    )
     dboxes = gboxes[src] + jit
     dboxes[:, 2:] = np.abs(dboxes[:, 2:]) + 1
     dcat = np.where(rng.random(len(src)) < 0.9, gcat[src], rng.integers(1, ncat + 1, len(src)))
@@ -117,9 +135,11 @@ def random_dataset(seed, n_img=30, ncat=4):
         g, d1 = random_image(rng, ncat)
         _, d2 = random_image(rng, ncat)
         # second source: re-detect the same gt (different jitter) so both sources are plausible
-        d2 = ImageDets(np.concatenate([d1.boxes + rng.normal(0, 2, d1.boxes.shape), d2.boxes[:3]]),
-                       np.concatenate([np.round(rng.random(len(d1.scores)), 1), d2.scores[:3]]),
-                       np.concatenate([d1.category_ids, d2.category_ids[:3]]))
+        d2 = ImageDets(
+            np.concatenate([d1.boxes + rng.normal(0, 2, d1.boxes.shape), d2.boxes[:3]]),
+            np.concatenate([np.round(rng.random(len(d1.scores)), 1), d2.scores[:3]]),
+            np.concatenate([d1.category_ids, d2.category_ids[:3]]),
+        )
         gts.append(g)
         a.append(d1)
         b.append(d2)
@@ -133,18 +153,32 @@ def merged(choice, sources):
 # ---------------------------------------------------------------- dataset-level metrics
 def test_one_image_one_category():
     gt = ImageGT([[10, 10, 50, 50], [100, 100, 20, 30]], [1, 1], [0, 0], [2500, 600])
-    d = ImageDets([[12, 11, 50, 48], [100, 102, 20, 28], [300, 300, 40, 40]], [0.9, 0.8, 0.95],
-                  [1, 1, 1])
+    d = ImageDets(
+        [[12, 11, 50, 48], [100, 102, 20, 28], [300, 300, 40, 40]], [0.9, 0.8, 0.95], [1, 1, 1]
+    )
     table = MatchTable.build([gt], {"saver": [d]})
     assert_metrics(table.coco_metrics([0]), as_metrics(cocoeval([gt], [d], [1])))
 
 
 def test_several_categories_and_crowd():
-    gt = ImageGT([[10, 10, 50, 50], [0, 0, 300, 300], [200, 200, 120, 100], [40, 40, 10, 10]],
-                 [1, 1, 2, 3], [0, 1, 0, 0], [2400, 80000, 11000, 90])
-    d = ImageDets([[12, 11, 50, 48], [50, 50, 60, 60], [60, 60, 40, 40], [205, 198, 118, 100],
-                   [41, 40, 10, 11], [400, 10, 30, 30]],
-                  [0.9, 0.85, 0.85, 0.7, 0.6, 0.99], [1, 1, 1, 2, 3, 3])
+    gt = ImageGT(
+        [[10, 10, 50, 50], [0, 0, 300, 300], [200, 200, 120, 100], [40, 40, 10, 10]],
+        [1, 1, 2, 3],
+        [0, 1, 0, 0],
+        [2400, 80000, 11000, 90],
+    )
+    d = ImageDets(
+        [
+            [12, 11, 50, 48],
+            [50, 50, 60, 60],
+            [60, 60, 40, 40],
+            [205, 198, 118, 100],
+            [41, 40, 10, 11],
+            [400, 10, 30, 30],
+        ],
+        [0.9, 0.85, 0.85, 0.7, 0.6, 0.99],
+        [1, 1, 1, 2, 3, 3],
+    )
     table = MatchTable.build([gt], {"saver": [d]})
     assert_metrics(table.coco_metrics([0]), as_metrics(cocoeval([gt], [d], [1, 2, 3])))
 
@@ -162,8 +196,11 @@ def test_random_merged_selection_matches_pycocotools(seed):
 def test_max_dets_cut_per_category():
     rng = np.random.default_rng(7)
     g, _ = random_image(rng, ncat=2, n_gt=8)
-    d = ImageDets(np.repeat(g.boxes, 30, 0) + rng.normal(0, 3, (240, 4)),
-                  np.round(rng.random(240), 2), np.repeat(g.category_ids, 30))
+    d = ImageDets(
+        np.repeat(g.boxes, 30, 0) + rng.normal(0, 3, (240, 4)),
+        np.round(rng.random(240), 2),
+        np.repeat(g.category_ids, 30),
+    )
     d.boxes[:, 2:] = np.abs(d.boxes[:, 2:]) + 1
     table = MatchTable.build([g, g], {"s": [d, d]})
     assert_metrics(table.coco_metrics([0, 0]), as_metrics(cocoeval([g, g], [d, d], [1, 2])))
@@ -222,9 +259,10 @@ def test_per_image_ap_ignores_categories_absent_from_image():
 
 def test_per_image_ap_crowd_matches_are_ignored():
     gt = ImageGT([[0, 0, 50, 50], [100, 100, 200, 200]], [1, 1], [0, 1], [2500, 40000])
-    inside_crowd = ImageDets([[0, 0, 50, 50], [120, 120, 30, 30], [150, 150, 30, 30]],
-                             [0.9, 0.95, 0.99], [1, 1, 1])
-    assert per_image_ap(gt, inside_crowd) == pytest.approx(1.0)   # not false positives
+    inside_crowd = ImageDets(
+        [[0, 0, 50, 50], [120, 120, 30, 30], [150, 150, 30, 30]], [0.9, 0.95, 0.99], [1, 1, 1]
+    )
+    assert per_image_ap(gt, inside_crowd) == pytest.approx(1.0)  # not false positives
     assert cocoeval([gt], [inside_crowd], [1])[0] == pytest.approx(1.0)
 
 
@@ -247,8 +285,14 @@ def match_image(gt: ImageGT, dets: ImageDets, max_dets: int = 100):
     m = _match(fg, [dets], cat_ids, max_dets)
     num_gt = np.zeros((len(cat_ids), A), np.int64)
     np.add.at(num_gt, fg.cat, fg.notig.astype(np.int64))
-    return SimpleNamespace(scores=m.score, category_ids=cat_ids[m.cat], tp=m.tp, ignore=m.ig,
-                           categories=cat_ids, num_gt=num_gt)
+    return SimpleNamespace(
+        scores=m.score,
+        category_ids=cat_ids[m.cat],
+        tp=m.tp,
+        ignore=m.ig,
+        categories=cat_ids,
+        num_gt=num_gt,
+    )
 
 
 def test_matching_against_evaluate_img():
@@ -294,9 +338,12 @@ def test_property_choice_and_order_invariance(seed, n_img):
     assert_metrics(table.coco_metrics(saver_everywhere), saver_only.coco_metrics(saver_everywhere))
     # Listing order within an image only matters for exact score ties: use distinct scores.
     rng = np.random.default_rng(seed)
-    a_u = [ImageDets(d.boxes, rng.permutation(len(d.scores)) / (len(d.scores) + 1.0) + 0.01,
-                     d.category_ids)
-           for d in a]
+    a_u = [
+        ImageDets(
+            d.boxes, rng.permutation(len(d.scores)) / (len(d.scores) + 1.0) + 0.01, d.category_ids
+        )
+        for d in a
+    ]
     perm = [rng.permutation(len(d.scores)) for d in a_u]
     a_p = [ImageDets(d.boxes[p], d.scores[p], d.category_ids[p]) for d, p in zip(a_u, perm)]
     m0 = MatchTable.build(gts, {"s": a_u}).coco_metrics(np.zeros(n_img, int))

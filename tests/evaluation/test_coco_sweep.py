@@ -1,4 +1,5 @@
 """coco_sweep: the incremental threshold sweep equals MatchTable.coco_metrics and pycocotools."""
+
 import math
 
 import numpy as np
@@ -26,8 +27,8 @@ def test_sweep_equals_full_recomputation_on_random_cases(seed):
     gts, a, b, _ = random_dataset(seed, n_img=25 + 5 * seed)
     table = MatchTable.build(gts, {"saver": a, "base": b})
     rng = np.random.default_rng(seed)
-    scores = np.round(rng.random(len(gts)), 1)          # ties: several images move in one step
-    scores[rng.random(len(gts)) < 0.1] = np.nan         # never exit
+    scores = np.round(rng.random(len(gts)), 1)  # ties: several images move in one step
+    scores[rng.random(len(gts)) < 0.1] = np.nan  # never exit
     thr = thresholds_for(scores, rng)
     step, order = exit_steps(scores, thr)
     got = SweepTable.from_match_table(table).sweep_metrics(step, len(thr))
@@ -40,7 +41,7 @@ def test_sweep_equals_full_recomputation_on_random_cases(seed):
 def test_chunked_build_equals_match_table(seed):
     gts, a, b, _ = random_dataset(50 + seed, n_img=40)
     table = MatchTable.build(gts, {"saver": a, "base": b})
-    built = SweepTable.build(gts, a, b, chunk=7)        # chunks split images across the sort
+    built = SweepTable.build(gts, a, b, chunk=7)  # chunks split images across the sort
     choice = np.random.default_rng(seed).integers(0, 2, len(gts))
     for c in (choice, np.zeros(len(gts), int), np.ones(len(gts), int)):
         same(built.coco_metrics(c), table.coco_metrics(c))
@@ -84,7 +85,7 @@ def test_exit_steps_follow_exit_mask():
 def test_marginal_ap_equals_one_image_swaps_in_pycocotools(seed):
     gts, a, b, cats = random_dataset(300 + seed, n_img=12)
     table = SweepTable.build(gts, a, b)
-    marginal = table.marginal_ap()                       # small: exact by default
+    marginal = table.marginal_ap()  # small: exact by default
     assert (marginal == table.marginal_ap(exact=True)).all()
     fast, bound = table.marginal_ap_bound()
     base_ap = as_metrics(cocoeval(gts, b, cats))["AP"]
@@ -102,7 +103,7 @@ def test_marginal_ap_equals_one_image_swaps_in_pycocotools(seed):
         choice = np.ones(len(gts), int)
         choice[i] = 0
         assert got == mt.coco_metrics(choice)["AP"] - ref
-    assert np.abs(marginal).max() > 0   # a swap does move the AP in these cases
+    assert np.abs(marginal).max() > 0  # a swap does move the AP in these cases
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -119,7 +120,7 @@ def test_fast_marginal_ap_is_within_its_bound_of_the_exact_one(seed):
     err = exact[some] - fast
     assert (err >= -1e-9).all() and (err <= bound + 1e-9).all(), (err, bound)
     assert (fast == table.marginal_ap(some, exact=False)).all()
-    if seed == 9:   # 105 images: the approximation is already close on average
+    if seed == 9:  # 105 images: the approximation is already close on average
         assert np.abs(err).mean() <= 0.25 * np.abs(exact[some]).mean()
 
 
@@ -155,6 +156,7 @@ def test_no_images():
 
 class FineBlocks(SweepTable):
     """Blocks of a few items, so that small cases have many blocks and the bounds prune some."""
+
     LEVELS = (4, 2, 1)
     PRUNE_ITEMS_PER_POINT = 0
 
@@ -171,7 +173,7 @@ def test_block_bounds_give_the_full_pass_precision(cls, seed):
     kept true positive and MatchTable.precision, bit for bit, along a random sweep. (SweepTable
     itself takes the full pass on cases this small.)"""
     assert cls is SweepTable or cls.build(*random_dataset(1, n_img=5)[:3])._prune
-    gts, a, b, _ = random_dataset(400 + seed, n_img=60, ncat=3)   # many items per segment
+    gts, a, b, _ = random_dataset(400 + seed, n_img=60, ncat=3)  # many items per segment
     mt = MatchTable.build(gts, {"saver": a, "base": b})
     table = cls.build(gts, a, b, chunk=17)
     st = _State(table)
@@ -184,7 +186,7 @@ def test_block_bounds_give_the_full_pass_precision(cls, seed):
         assert np.array_equal(got, table._precision_full(st.kept, st.fv))
         assert np.array_equal(got, mt.precision(choice))
         assert np.array_equal(table._precision(st, areas=1), got[..., :1])
-    for moved in np.array_split(rng.permutation(len(gts)), 3):    # and back to the base
+    for moved in np.array_split(rng.permutation(len(gts)), 3):  # and back to the base
         st.swap(moved, to_saver=False)
         choice[moved] = 1
         assert np.array_equal(table._precision(st), mt.precision(choice))
@@ -193,6 +195,7 @@ def test_block_bounds_give_the_full_pass_precision(cls, seed):
 def test_block_sizes_must_nest():
     class Bad(SweepTable):
         LEVELS = (6, 4)
+
     gts, a, b, _ = random_dataset(1, n_img=5)
     with pytest.raises(ValueError, match="LEVELS"):
         Bad.build(gts, a, b)
@@ -200,6 +203,7 @@ def test_block_sizes_must_nest():
 
 def test_group_parts_is_a_stable_sort_by_key():
     from tinysaver_det.evaluation.coco_sweep import _group_parts
+
     rng = np.random.default_rng(0)
     keys = [rng.integers(0, 7, n).astype(np.int32) for n in (0, 5, 40, 13)]
     vals = [rng.random(len(k)) for k in keys]

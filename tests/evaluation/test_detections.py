@@ -1,4 +1,5 @@
 """Stored detections: category ids mapped back to the dataset's, whenever the map is asked for."""
+
 import json
 import uuid
 
@@ -20,12 +21,24 @@ CATEGORY_IDS = [3, 7, 90]  # not contiguous, as in COCO
 
 def register_json(tmp_path) -> str:
     path = tmp_path / "tiny.json"
-    path.write_text(json.dumps({
-        "images": [{"id": 5, "file_name": "a.jpg", "height": 40, "width": 50}],
-        "annotations": [{"id": 1, "image_id": 5, "bbox": [1, 2, 10, 12], "area": 120, "iscrowd": 0,
-                         "category_id": 90}],
-        "categories": [{"id": c, "name": f"c{c}"} for c in CATEGORY_IDS],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 5, "file_name": "a.jpg", "height": 40, "width": 50}],
+                "annotations": [
+                    {
+                        "id": 1,
+                        "image_id": 5,
+                        "bbox": [1, 2, 10, 12],
+                        "area": 120,
+                        "iscrowd": 0,
+                        "category_id": 90,
+                    }
+                ],
+                "categories": [{"id": c, "name": f"c{c}"} for c in CATEGORY_IDS],
+            }
+        )
+    )
     name = f"dets_{uuid.uuid4().hex[:8]}"
     register_coco_instances(name, {}, str(path), str(tmp_path))
     return name

@@ -3,6 +3,7 @@ Calibration end to end on cached outputs whose answers are known in advance: gro
 that is exact on every image and a saver that is exact on some images and wrong on the others. The
 sweep, the chosen threshold, the exit rate, the AP of every point and r* / ΔC are computed by hand.
 """
+
 import math
 
 import numpy as np
@@ -177,10 +178,20 @@ def lucky_split():
     for i, kind in enumerate(kinds):
         box = np.array([[10.0 + i, 20.0, 40.0, 30.0]])
         gts.append(ImageGT(boxes=box, category_ids=[1]))
-        base.append(ImageDets(boxes=miss if kind == "base_wrong" else box,
-                              scores=[0.3 if kind == "base_wrong" else 0.9], category_ids=[1]))
-        saver.append(ImageDets(boxes=miss if kind == "saver_wrong" else box,
-                               scores=[0.3 if kind == "saver_wrong" else 0.8], category_ids=[1]))
+        base.append(
+            ImageDets(
+                boxes=miss if kind == "base_wrong" else box,
+                scores=[0.3 if kind == "base_wrong" else 0.9],
+                category_ids=[1],
+            )
+        )
+        saver.append(
+            ImageDets(
+                boxes=miss if kind == "saver_wrong" else box,
+                scores=[0.3 if kind == "saver_wrong" else 0.8],
+                category_ids=[1],
+            )
+        )
         scores.append(score_of[kind] if i < 30 else 0.1)
     return gts, saver, base, np.array(scores)
 

@@ -1,4 +1,5 @@
 """Quality targets: the marginal effect of one image on the split's AP, against pycocotools."""
+
 import numpy as np
 import pytest
 from test_coco_fast import as_metrics, cocoeval, merged, random_dataset
@@ -10,7 +11,7 @@ from tinysaver_det.evaluation.quality import marginal_targets, routing_quality
 def test_marginal_targets_are_scaled_one_image_swaps_in_pycocotools(seed):
     gts, saver, base, cats = random_dataset(700 + seed, n_img=10)
     got = marginal_targets(gts, saver, base)
-    assert (got == marginal_targets(gts, saver, base, exact=True)).all()   # small: exact
+    assert (got == marginal_targets(gts, saver, base, exact=True)).all()  # small: exact
     fast = marginal_targets(gts, saver, base, exact=False)
     base_ap = as_metrics(cocoeval(gts, base, cats))["AP"]
     for i in range(len(gts)):
@@ -19,7 +20,7 @@ def test_marginal_targets_are_scaled_one_image_swaps_in_pycocotools(seed):
         swapped = as_metrics(cocoeval(gts, merged(choice, [saver, base]), cats))["AP"]
         # N x (AP points / 100): the scale of one image's own AP in [0, 1].
         assert got[i] == pytest.approx(len(gts) * (swapped - base_ap) / 100, abs=1e-9), i
-        assert fast[i] <= got[i] + 1e-9   # the approximation never overstates an exit's effect
+        assert fast[i] <= got[i] + 1e-9  # the approximation never overstates an exit's effect
     assert np.abs(got).max() > 0
 
 
@@ -34,8 +35,13 @@ def test_exact_saver_costs_nothing_and_a_wrong_one_costs_in_proportion_to_its_bo
         gts.append(ImageGT(boxes=boxes, category_ids=[1] * k))
         base.append(ImageDets(boxes=boxes, scores=np.linspace(0.9, 0.6, k), category_ids=[1] * k))
         wrong = i in (1, 3)
-        saver.append(ImageDets(boxes=boxes + (300.0 if wrong else 0.0),
-                               scores=np.linspace(0.9, 0.6, k), category_ids=[1] * k))
+        saver.append(
+            ImageDets(
+                boxes=boxes + (300.0 if wrong else 0.0),
+                scores=np.linspace(0.9, 0.6, k),
+                category_ids=[1] * k,
+            )
+        )
     m = marginal_targets(gts, saver, base)
     assert m[0] == 0.0 and m[2] == 0.0
     assert m[3] < m[1] < 0

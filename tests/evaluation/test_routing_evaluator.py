@@ -2,6 +2,7 @@
 RoutingEvaluator's AP per path equals detectron2's COCOEvaluator on the same images, on real COCO
 (non-contiguous category ids), even when the evaluator is built before the dataset is loaded.
 """
+
 import os
 import uuid
 
@@ -54,8 +55,10 @@ def run_both(name: str, tmp_path, wrong_every: int):
     """Yield (path, RoutingEvaluator's metrics, COCOEvaluator's on that path's images)."""
     routing = RoutingEvaluator(name)  # built before anything loaded the dataset, as in --eval-only
     # One COCOEvaluator per path: it rewrites its stored predictions' ids when it evaluates.
-    coco = {p: COCOEvaluator(name, tasks=("bbox",), distributed=False, output_dir=str(tmp_path / p))
-            for p in ("saver", "base")}
+    coco = {
+        p: COCOEvaluator(name, tasks=("bbox",), distributed=False, output_dir=str(tmp_path / p))
+        for p in ("saver", "base")
+    }
     for e in [routing, *coco.values()]:
         e.reset()
     rng = np.random.default_rng(0)
@@ -63,8 +66,12 @@ def run_both(name: str, tmp_path, wrong_every: int):
     for i, record in enumerate(DatasetCatalog.get(name)[:NUM_IMAGES]):
         wrong = wrong_every > 0 and i % wrong_every == 1
         inputs = [{k: record[k] for k in ("image_id", "height", "width")}]
-        outputs = [{"instances": detections_of(record, rng, wrong),
-                    "tinysaver": {"score": float(i), "exited": i % 3 == 0}}]
+        outputs = [
+            {
+                "instances": detections_of(record, rng, wrong),
+                "tinysaver": {"score": float(i), "exited": i % 3 == 0},
+            }
+        ]
         routing.process(inputs, outputs)
         path = "saver" if i % 3 == 0 else "base"
         coco[path].process(inputs, outputs)

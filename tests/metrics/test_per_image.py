@@ -1,4 +1,5 @@
 """metrics/per_image.py: detectron2 Instances as COCO XYWH ground truth and detections; their AP."""
+
 import numpy as np
 import pytest
 import torch
@@ -30,8 +31,10 @@ def test_xywh_boxes_from_boxes_tensors_and_arrays():
         np.testing.assert_allclose(got, want, rtol=1e-6)
     # float32 corners are widened before subtracting, as coco_fast computes areas in float64.
     corners = np.array(xyxy, dtype=np.float32)
-    np.testing.assert_array_equal(xywh_boxes(torch.from_numpy(corners))[:, 2],
-                                  corners[:, 2].astype(np.float64) - corners[:, 0])
+    np.testing.assert_array_equal(
+        xywh_boxes(torch.from_numpy(corners))[:, 2],
+        corners[:, 2].astype(np.float64) - corners[:, 0],
+    )
     assert xywh_boxes(Boxes(torch.zeros(0, 4))).shape == (0, 4)
 
 

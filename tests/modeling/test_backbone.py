@@ -1,4 +1,5 @@
 """The registered RegNet-FPN backbone: builds from a yacs config, trains, infers, and is light."""
+
 import os
 
 import torch
@@ -11,8 +12,16 @@ from detectron2.utils.events import EventStorage
 from tinysaver_det.config import load_config
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "BCCD")
-SMALL = ["MODEL.DEVICE", "cpu", "MODEL.TINYSAVER.DATA.COCO_DATASETS", "[]",
-         "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
+SMALL = [
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.TINYSAVER.DATA.COCO_DATASETS",
+    "[]",
+    "DATASETS.TRAIN",
+    "()",
+    "DATASETS.TEST",
+    "()",
+]
 
 
 def config(name, opts=()):
@@ -35,11 +44,16 @@ def test_regnet_fpn_levels_strides_and_channels():
 
 def test_regnet_saver_trains_and_infers_on_odd_sizes():
     torch.manual_seed(0)
-    cfg = config("saver_faster_rcnn_RegNetX_200MF_FPN.yaml",
-                 ["INPUT.MIN_SIZE_TEST", "72", "INPUT.MAX_SIZE_TEST", "100"])
+    cfg = config(
+        "saver_faster_rcnn_RegNetX_200MF_FPN.yaml",
+        ["INPUT.MIN_SIZE_TEST", "72", "INPUT.MAX_SIZE_TEST", "100"],
+    )
     model = build_model(cfg)
-    inst = Instances((70, 90), gt_boxes=Boxes(torch.tensor([[5.0, 6.0, 40.0, 50.0]])),
-                     gt_classes=torch.tensor([1]))
+    inst = Instances(
+        (70, 90),
+        gt_boxes=Boxes(torch.tensor([[5.0, 6.0, 40.0, 50.0]])),
+        gt_classes=torch.tensor([1]),
+    )
     batch = [{"image": torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8), "instances": inst}]
     with EventStorage():
         losses = model(batch)
@@ -50,8 +64,15 @@ def test_regnet_saver_trains_and_infers_on_odd_sizes():
     assert all(p.grad is not None for p in model.backbone.bottom_up.parameters() if p.requires_grad)
     model.eval()
     with torch.no_grad():
-        (out,) = model([{"image": torch.randint(0, 256, (3, 53, 77), dtype=torch.uint8),
-                         "height": 106, "width": 154}])
+        (out,) = model(
+            [
+                {
+                    "image": torch.randint(0, 256, (3, 53, 77), dtype=torch.uint8),
+                    "height": 106,
+                    "width": 154,
+                }
+            ]
+        )
     assert out["instances"].image_size == (106, 154)
 
 

@@ -1,4 +1,5 @@
 """The evaluator head's parts, on hand-made inputs with hand-computed answers."""
+
 import math
 
 import pytest
@@ -19,9 +20,17 @@ from tinysaver_det.modeling.routing import exit_mask
 
 def head(target: str) -> DetectionQualityHead:
     torch.manual_seed(0)
-    return DetectionQualityHead(in_features=["p2"], in_channels=[2], in_strides=[4], num_classes=3,
-                                top_k=4, hidden_dim=8, num_layers=1, dropout=0.0,
-                                target=target).eval()
+    return DetectionQualityHead(
+        in_features=["p2"],
+        in_channels=[2],
+        in_strides=[4],
+        num_classes=3,
+        top_k=4,
+        hidden_dim=8,
+        num_layers=1,
+        dropout=0.0,
+        target=target,
+    ).eval()
 
 
 @pytest.mark.parametrize("target,sign", [("saver_ap", 1.0), ("ap_gain", -1.0)])
@@ -84,12 +93,12 @@ def test_detection_statistics_values():
     expected_counts = [sum(s >= lvl for s in (0.9, 0.35, 0.06)) for lvl in SCORE_LEVELS]
     expected_counts = torch.tensor(expected_counts, dtype=torch.float32)
     torch.testing.assert_close(counts, torch.log1p(expected_counts))
-    size_mix = rest[len(SCORE_LEVELS): len(SCORE_LEVELS) + 4]
+    size_mix = rest[len(SCORE_LEVELS) : len(SCORE_LEVELS) + 4]
     # Relative sides 0.4 (large: > 0.3) twice and 0.02 (tiny: < 0.05), weighted by score.
     torch.testing.assert_close(size_mix, torch.tensor([0.06, 0.0, 0.0, 1.25]) / 1.31)
-    per_class = rest[len(SCORE_LEVELS) + 4: len(SCORE_LEVELS) + 7]
+    per_class = rest[len(SCORE_LEVELS) + 4 : len(SCORE_LEVELS) + 7]
     torch.testing.assert_close(per_class, torch.tensor([0.9, 0.0, 0.35]))
-    confusion = rest[len(SCORE_LEVELS) + 7: len(SCORE_LEVELS) + 9]
+    confusion = rest[len(SCORE_LEVELS) + 7 : len(SCORE_LEVELS) + 9]
     # The two confident boxes coincide (IoU 1) and have different classes.
     torch.testing.assert_close(confusion, torch.tensor([1.0, 1.0]))
     torch.testing.assert_close(rest[-2:], torch.tensor([math.log(h), math.log(w)]))

@@ -1,4 +1,5 @@
 """TinySaverRCNN end to end on CPU with the real (randomly initialised) synthetic saver and base."""
+
 import copy
 import math
 import pickle
@@ -66,8 +67,9 @@ def batch_invariant_kernels():
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory):
-    return load_config(str(write_tinysaver_yaml(tmp_path_factory.mktemp("cfg"))),
-                       ["MODEL.DEVICE", "cpu"])
+    return load_config(
+        str(write_tinysaver_yaml(tmp_path_factory.mktemp("cfg"))), ["MODEL.DEVICE", "cpu"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +92,17 @@ def make_inputs(sizes=SIZES, seed=0, with_gt=False):
     g = torch.Generator().manual_seed(seed)
     inputs = []
     for i, (h, w) in enumerate(sizes):
-        x = {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g),
-             "height": h, "width": w, "image_id": i}
+        x = {
+            "image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g),
+            "height": h,
+            "width": w,
+            "image_id": i,
+        }
         if with_gt:
             gt = Instances((h, w))
-            gt.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 60.0, 70.0],
-                                              [80.0, 40.0, w - 5.0, h - 8.0]]))
+            gt.gt_boxes = Boxes(
+                torch.tensor([[10.0, 12.0, 60.0, 70.0], [80.0, 40.0, w - 5.0, h - 8.0]])
+            )
             gt.gt_classes = torch.tensor([i % 6, (i + 2) % 6])
             x["instances"] = gt
         inputs.append(x)
@@ -153,8 +160,9 @@ def run(model, inputs):
 
 
 # ------------------------------------------------------------------------- thresholds and paths
-def test_threshold_minus_inf_every_image_exits_with_the_saver_output(model, inputs, saver_alone,
-                                                                     base_calls):
+def test_threshold_minus_inf_every_image_exits_with_the_saver_output(
+    model, inputs, saver_alone, base_calls
+):
     model.threshold = -INF
     outputs = run(model, inputs)
     assert [o["tinysaver"]["exited"] for o in outputs] == [True] * len(inputs)
@@ -403,8 +411,10 @@ def test_training_step_with_ground_truth(model, target):
 
 def test_training_step_with_precomputed_summaries(model, inputs):
     _, summary = model.run_saver(inputs)
-    cached = [{"image_id": i, SUMMARY_KEY: summary[i].numpy(), TARGET_KEY: 0.2 * i}
-              for i in range(len(inputs))]
+    cached = [
+        {"image_id": i, SUMMARY_KEY: summary[i].numpy(), TARGET_KEY: 0.2 * i}
+        for i in range(len(inputs))
+    ]
     _check_training_step(model, cached)
 
 
@@ -445,11 +455,13 @@ def with_weights(cfg, saver="", base="", whole=""):
     return c
 
 
-def test_saver_and_base_checkpoints_load_into_their_parts(model, cfg, inputs, part_checkpoints,
-                                                          saver_alone, base_alone):
+def test_saver_and_base_checkpoints_load_into_their_parts(
+    model, cfg, inputs, part_checkpoints, saver_alone, base_alone
+):
     fresh = build(cfg, seed=2)
-    load_tinysaver_weights(fresh, with_weights(cfg, part_checkpoints["saver"],
-                                               part_checkpoints["base"]))
+    load_tinysaver_weights(
+        fresh, with_weights(cfg, part_checkpoints["saver"], part_checkpoints["base"])
+    )
     for a, b in zip(alone(fresh.saver, inputs, fresh.saver_input_size), saver_alone):
         assert_same_instances(a["instances"], b["instances"])
     for a, b in zip(alone(fresh.base, inputs, fresh.base_input_size), base_alone):
@@ -519,7 +531,8 @@ def test_missing_sub_config_names_the_key(tmp_path):
 
 def test_saver_and_base_must_agree_on_classes(tmp_path):
     (tmp_path / "base5.yaml").write_text(
-        f'_BASE_: "{BASE_YAML}"\nMODEL:\n  ROI_HEADS:\n    NUM_CLASSES: 5\n')
+        f'_BASE_: "{BASE_YAML}"\nMODEL:\n  ROI_HEADS:\n    NUM_CLASSES: 5\n'
+    )
     path = write_tinysaver_yaml(tmp_path, base="base5.yaml")
     cfg = load_config(str(path), ["MODEL.DEVICE", "cpu"])
     assert cfg.MODEL.TINYSAVER.BASE.CONFIG_FILE == str(tmp_path / "base5.yaml")

@@ -1,4 +1,5 @@
 """The routing rules as pure functions: which images exit, and merging both paths back in order."""
+
 import math
 
 import pytest
@@ -59,8 +60,9 @@ def test_check_threshold_refuses_non_numbers(bad):
         exit_mask(torch.tensor([0.5]), bad)
 
 
-@pytest.mark.parametrize("good,value", [(0.3, 0.3), (1, 1.0), ("-inf", -INF), ("inf", INF),
-                                        (-INF, -INF), ("0.25", 0.25)])
+@pytest.mark.parametrize(
+    "good,value", [(0.3, 0.3), (1, 1.0), ("-inf", -INF), ("inf", INF), (-INF, -INF), ("0.25", 0.25)]
+)
 def test_check_threshold_accepts_numbers(good, value):
     assert check_threshold(good) == value
 
@@ -118,8 +120,9 @@ def test_image_key():
 
 # ------------------------------------------------------------------------ properties of routing
 scores_st = st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), max_size=12)
-threshold_st = st.one_of(st.floats(allow_nan=False, allow_infinity=True),
-                         st.sampled_from([-INF, INF, 0.0, 0.5]))
+threshold_st = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=True), st.sampled_from([-INF, INF, 0.0, 0.5])
+)
 
 
 def _route(scores, threshold):

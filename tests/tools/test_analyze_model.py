@@ -1,4 +1,5 @@
 """tools/analyze_model.py counts the configured (loaded) model, and says when it is untrained."""
+
 import json
 import os
 
@@ -49,11 +50,16 @@ def opts(dataset, *extra):
 
 
 def test_counts_the_loaded_weights(dataset, checkpoints, tmp_path, capsys):
-    weights = ["MODEL.TINYSAVER.SAVER.WEIGHTS", checkpoints["saver"],
-               "MODEL.TINYSAVER.BASE.WEIGHTS", checkpoints["base"]]
+    weights = [
+        "MODEL.TINYSAVER.SAVER.WEIGHTS",
+        checkpoints["saver"],
+        "MODEL.TINYSAVER.BASE.WEIGHTS",
+        checkpoints["base"],
+    ]
     out = tmp_path / "figures.json"
-    result = load_tool("analyze_model").main(["--config-file", CONFIG, "--num-inputs", "1",
-                                              "--json", str(out), *opts(dataset, *weights)])
+    result = load_tool("analyze_model").main(
+        ["--config-file", CONFIG, "--num-inputs", "1", "--json", str(out), *opts(dataset, *weights)]
+    )
     printed = capsys.readouterr().out
     assert json.loads(out.read_text()) == result
     assert result["untrained"] == "evaluator" and "UNTRAINED: evaluator" in printed
@@ -70,8 +76,9 @@ def test_counts_the_loaded_weights(dataset, checkpoints, tmp_path, capsys):
 
 
 def test_an_untrained_model_is_flagged(dataset, capsys, caplog):
-    result = load_tool("analyze_model").main(["--config-file", BASE_CONFIG, "--num-inputs", "1",
-                                              *opts(dataset)])
+    result = load_tool("analyze_model").main(
+        ["--config-file", BASE_CONFIG, "--num-inputs", "1", *opts(dataset)]
+    )
     printed = capsys.readouterr().out
     assert result["untrained"] == "model" and result["gflops"] > 0
     assert "| untrained" in printed and "UNTRAINED: model" in printed

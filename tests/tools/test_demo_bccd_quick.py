@@ -4,6 +4,7 @@ registered from the configs (no Python), the first images of each split; saver a
 for a few iterations, the evaluator, calibration on val, evaluation on test, one table with
 bootstrap intervals. Skipped where the shared BCCD folder is absent.
 """
+
 import json
 import math
 import os
@@ -17,8 +18,9 @@ demo = load_tool("demo")
 Demo, QUICK_IMAGES = demo.Demo, demo.QUICK_IMAGES
 
 BCCD = os.path.join(default_shared_root(), "bccd")
-pytestmark = pytest.mark.skipif(not os.path.isdir(BCCD),
-                                reason=f"shared BCCD folder {BCCD} is absent")
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(BCCD), reason=f"shared BCCD folder {BCCD} is absent"
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,17 @@ def test_the_quick_splits_are_the_first_images_of_each_bccd_split(quick_bccd):
 
 def test_every_stage_ran_on_the_registered_splits(quick_bccd):
     out, summary = quick_bccd
-    stages = {"train_saver", "train_base", "cache_train", "train_tinysaver", "cache_calib_test",
-              "calibrate", "eval_saver", "eval_base", "eval_tinysaver"}
+    stages = {
+        "train_saver",
+        "train_base",
+        "cache_train",
+        "train_tinysaver",
+        "cache_calib_test",
+        "calibrate",
+        "eval_saver",
+        "eval_base",
+        "eval_tinysaver",
+    }
     assert stages <= set(summary["stage_times_s"])
     assert summary["dataset"] == "bccd_quick_test"
     calibration = read_json(out / "calibration" / "calibration.json")
@@ -55,13 +66,15 @@ def test_every_stage_ran_on_the_registered_splits(quick_bccd):
     for model in ("saver", "base", "tinysaver"):
         results = read_json(out / "eval" / model / "inference" / "results.json")
         assert list(results) == ["bccd_quick_test"]
-    routing = read_json(out / "eval" / "tinysaver" / "inference" / "bccd_quick_test"
-                        / "routing.json")
+    routing = read_json(
+        out / "eval" / "tinysaver" / "inference" / "bccd_quick_test" / "routing.json"
+    )
     images = routing["images"]
     assert len(images) == QUICK_IMAGES
     threshold = calibration["deployed_point"]["threshold"]
-    assert all(im["exited"] == (math.isfinite(im["score"]) and im["score"] >= threshold)
-               for im in images)
+    assert all(
+        im["exited"] == (math.isfinite(im["score"]) and im["score"] >= threshold) for im in images
+    )
     for plot in ("accuracy_vs_gflops.png", "score_distribution.png", "examples.png"):
         assert os.path.getsize(out / "calibration" / plot) > 1000
 
@@ -72,8 +85,14 @@ def test_the_table_names_the_detectors_and_carries_intervals(quick_bccd):
     assert labels[0] == "base (Cascade R-CNN R-18, 96 px)"
     assert labels[1] == "saver (Faster R-CNN RegNet, 96 px)"
     intervals = summary["intervals"]
-    assert set(intervals) == {"AP_base", "AP_saver", "AP_routed", "AP_drop", "exit_rate",
-                              "compute_saved"}
+    assert set(intervals) == {
+        "AP_base",
+        "AP_saver",
+        "AP_routed",
+        "AP_drop",
+        "exit_rate",
+        "compute_saved",
+    }
     for lo, hi in intervals.values():
         assert lo <= hi
     assert "95% bootstrap intervals" in summary["table"]

@@ -1,5 +1,6 @@
 """The demo's side-by-side lanes: each stage gets its share of the CPU threads, and a failing lane
 stops the others instead of letting them run on."""
+
 import os
 import sys
 import time
@@ -9,14 +10,19 @@ from conftest import load_tool
 
 Demo = load_tool("demo").Demo
 
-PRINT_THREADS = [sys.executable, "-c",
-                 "import os; print('threads=' + os.environ.get('OMP_NUM_THREADS', 'unset'))"]
+PRINT_THREADS = [
+    sys.executable,
+    "-c",
+    "import os; print('threads=' + os.environ.get('OMP_NUM_THREADS', 'unset'))",
+]
 
 
 def test_lanes_share_the_cpu_threads(tmp_path):
     demo = Demo(str(tmp_path), quick=True, jobs=2)
-    demo.side_by_side(lambda: demo.stage("left", False, PRINT_THREADS),
-                      lambda: demo.stage("right", False, PRINT_THREADS))
+    demo.side_by_side(
+        lambda: demo.stage("left", False, PRINT_THREADS),
+        lambda: demo.stage("right", False, PRINT_THREADS),
+    )
     demo.stage("alone", False, PRINT_THREADS)
     share = max(1, (os.cpu_count() or 1) // 2)
     for name in ("left", "right"):

@@ -5,6 +5,7 @@ tools/train_net.py trains the evaluator, tools/calibrate.py chooses the threshol
 session's trained detectors (tests/conftest.py), placed where the demo's training stages would
 write them, so the demo reuses them and the run ends at an operating point with both paths taken.
 """
+
 import json
 import math
 import os
@@ -52,8 +53,14 @@ def test_quick_demo_ends_at_a_real_operating_point(quick_run):
     assert chosen["target_met"] and chosen["gflops"] <= calibration["target"]["gflops_budget"]
     assert calibration["calibration_split"]["base"]["AP"] > 0
     curves = calibration["calibration_split"]["curves"]
-    assert set(curves) == {"evaluator", "confidence", "random", "oracle", "marginal_oracle",
-                           "difficulty"}
+    assert set(curves) == {
+        "evaluator",
+        "confidence",
+        "random",
+        "oracle",
+        "marginal_oracle",
+        "difficulty",
+    }
     assert calibration["costs"]["c_e"] < 0.01  # the evaluator costs under 1% of the base
 
     # The evaluation used the calibrated threshold: every image's decision follows from its score.
@@ -86,8 +93,12 @@ def test_quick_demo_produces_the_final_table(quick_run):
     assert summary["threshold"] == calibration["deployed_point"]["threshold"]
     for row in summary["rows"]:
         assert row["images/s"] > 0
-    for name in ("accuracy_vs_gflops.png", "score_distribution.png", "examples.png",
-                 "config_calibrated.yaml"):
+    for name in (
+        "accuracy_vs_gflops.png",
+        "score_distribution.png",
+        "examples.png",
+        "config_calibrated.yaml",
+    ):
         assert os.path.getsize(out / "calibration" / name) > 0
     assert (out / "tinysaver" / "evaluator_rank_correlation.json").is_file()
 

@@ -2,6 +2,7 @@
 Atomic writes: a file is complete under its name or absent; failures name the file and keep
 earlier results.
 """
+
 import json
 import os
 

@@ -1,4 +1,5 @@
 """Seeded blocks of numpy's global RNG: the same draws inside, the outer stream untouched."""
+
 import numpy as np
 import pytest
 

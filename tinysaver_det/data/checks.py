@@ -4,6 +4,7 @@ skipped with a warning), degenerate and out-of-image boxes are cleaned with a co
 any common pixel format (grayscale, RGBA, 16-bit, EXIF-rotated) read as 8-bit images of the
 configured channel order.
 """
+
 import copy
 import logging
 import os
@@ -96,8 +97,12 @@ def clean_annotations(record: dict) -> Tuple[dict, int, int]:
 def missing_data_message(name: str, path: str) -> str:
     """Why a dataset's file is missing, with where relative data paths resolve."""
     root = os.getenv("DETECTRON2_DATASETS")
-    where = (f"$DETECTRON2_DATASETS is {root!r}" if root else "$DETECTRON2_DATASETS is not set, so "
-             f"it is 'datasets' in the working directory {os.getcwd()!r}")
+    where = (
+        f"$DETECTRON2_DATASETS is {root!r}"
+        if root
+        else "$DETECTRON2_DATASETS is not set, so "
+        f"it is 'datasets' in the working directory {os.getcwd()!r}"
+    )
     return (
         f"Dataset {name!r}: {path!r} does not exist. Datasets are registered under the data root "
         f"when tinysaver_det is imported, and {where}. Set DETECTRON2_DATASETS to the folder that "
@@ -153,8 +158,10 @@ def checked_dataset_dicts(names: Sequence[str], skip_bad_images: bool = False) -
             clipped, dropped = clipped + c, dropped + k
             out.append(d)
         if clipped or dropped:
-            logger.warning(f"{name}: clipped {clipped} boxes to their image and dropped "
-                           f"{dropped} empty or degenerate ones")
+            logger.warning(
+                f"{name}: clipped {clipped} boxes to their image and dropped "
+                f"{dropped} empty or degenerate ones"
+            )
     return out
 
 
@@ -182,8 +189,9 @@ class RobustDatasetMapper(DatasetMapper):
         if sem_seg is not None:
             dataset_dict["sem_seg"] = torch.as_tensor(sem_seg.astype("long"))
         if self.proposal_topk is not None:
-            utils.transform_proposals(dataset_dict, image_shape, transforms,
-                                      proposal_topk=self.proposal_topk)
+            utils.transform_proposals(
+                dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk
+            )
 
         if not self.is_train:
             dataset_dict.pop("annotations", None)

@@ -19,6 +19,7 @@ Full COCO (``coco_2017_train``, ``coco_2017_val``, ...) is already registered by
 from ``$DETECTRON2_DATASETS/coco`` when ``detectron2.data`` is imported; it is not re-registered
 here.
 """
+
 import json
 import logging
 import os
@@ -50,7 +51,10 @@ logger = logging.getLogger(__name__)
 # name -> (folder under the shared data root, json relative to it, image folder relative to it)
 SHARED_COCO_SETS = {
     "coco_2017_val_subset158": (
-        "coco_val2017_subset", "annotations/instances_val2017.json", "val2017"),
+        "coco_val2017_subset",
+        "annotations/instances_val2017.json",
+        "val2017",
+    ),
     "coco128_train2017": ("coco128", "annotations/instances_train2017.json", "train2017"),
 }
 
@@ -168,8 +172,11 @@ def register_coco_datasets(
     resolved = []
     for i, entry in enumerate(entries):
         where = f"{key}[{i}]"
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 3
-                and all(isinstance(x, str) and x for x in entry)):
+        if not (
+            isinstance(entry, (list, tuple))
+            and len(entry) == 3
+            and all(isinstance(x, str) and x for x in entry)
+        ):
             raise ValueError(f"{where} = {entry!r}: expected (name, json_file, image_root)")
         name = entry[0]
         try:
@@ -180,7 +187,8 @@ def register_coco_datasets(
             raise FileNotFoundError(f"{where} ({name}): the json file {json_file!r} does not exist")
         if not os.path.isdir(image_root):
             raise FileNotFoundError(
-                f"{where} ({name}): the image folder {image_root!r} does not exist")
+                f"{where} ({name}): the image folder {image_root!r} does not exist"
+            )
         if name in DatasetCatalog.list():
             meta = MetadataCatalog.get(name)
             registered = (meta.get("json_file", None), meta.get("image_root", None))
@@ -210,12 +218,14 @@ def register_halves(name: str, json_file: str, image_root: str) -> List[str]:
         DatasetCatalog.register(
             half,
             lambda half=half, parity=parity: [
-                d for d in load_coco_json(json_file, image_root, half)
+                d
+                for d in load_coco_json(json_file, image_root, half)
                 if d["image_id"] % 2 == parity
             ],
         )
-        MetadataCatalog.get(half).set(json_file=json_file, image_root=image_root,
-                                      evaluator_type="coco")
+        MetadataCatalog.get(half).set(
+            json_file=json_file, image_root=image_root, evaluator_type="coco"
+        )
     return names
 
 
@@ -225,7 +235,8 @@ def register_all(root: str) -> None:
     register_synthetic(root)
     register_shared_coco()
     register_halves(
-        "coco_2017_val", os.path.join(root, "coco", "annotations", "instances_val2017.json"),
+        "coco_2017_val",
+        os.path.join(root, "coco", "annotations", "instances_val2017.json"),
         os.path.join(root, "coco", "val2017"),
     )
     shared = os.path.join(default_shared_root(), "coco_val2017_subset")

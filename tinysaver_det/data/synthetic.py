@@ -25,6 +25,7 @@ convention: mask area, not box area), which also decides COCO's small/medium/lar
 Each image entry carries its ``difficulty``; ``info`` records the generating spec, so a finished
 split with the same spec is reused instead of regenerated.
 """
+
 import dataclasses
 import json
 import math
@@ -292,8 +293,10 @@ def _shape_mask(rng, category: str, size: float, cx: float, cy: float):
     elif category == "cross":
         arm = r * rng.uniform(0.28, 0.38)  # half-width of each bar
         angle = math.radians(rng.uniform(-20, 20))
-        for bar in (np.array([[-r, -arm], [r, -arm], [r, arm], [-r, arm]]),
-                    np.array([[-arm, -r], [arm, -r], [arm, r], [-arm, r]])):
+        for bar in (
+            np.array([[-r, -arm], [r, -arm], [r, arm], [-r, arm]]),
+            np.array([[-arm, -r], [arm, -r], [arm, r], [-arm, r]]),
+        ):
             poly(bar @ rot(angle).T + c)
     else:
         raise ValueError(f"unknown category {category!r}")
@@ -337,8 +340,15 @@ def _fill(rng, style: str, shape: Tuple[int, int], a: np.ndarray, b: np.ndarray)
     return np.where(sel[..., None], a, b)
 
 
-def _place(rng, size: float, w: int, h: int, boxes: List[Tuple[float, float, float, float]],
-           max_overlap: float, tries: int = 20):
+def _place(
+    rng,
+    size: float,
+    w: int,
+    h: int,
+    boxes: List[Tuple[float, float, float, float]],
+    max_overlap: float,
+    tries: int = 20,
+):
     """A centre for a new object whose box overlaps earlier boxes at most ``max_overlap``."""
     for _ in range(tries):
         # Objects may reach slightly past the border (they are clipped and re-checked later).
@@ -490,8 +500,9 @@ def build_coco_dict(spec: SyntheticSpec, split: str, images: list, annotations: 
         },
         "images": images,
         "annotations": annotations,
-        "categories": [{"id": i + 1, "name": n, "supercategory": "shape"}
-                       for i, n in enumerate(CATEGORIES)],
+        "categories": [
+            {"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CATEGORIES)
+        ],
     }
 
 
@@ -510,8 +521,13 @@ def _is_complete(json_file: str, image_dir: str, spec: SyntheticSpec) -> bool:
     return all(os.path.isfile(os.path.join(image_dir, im["file_name"])) for im in images)
 
 
-def generate_split(root: str, split: str, spec: Optional[SyntheticSpec] = None,
-                   num_images: Optional[int] = None, progress: bool = True) -> str:
+def generate_split(
+    root: str,
+    split: str,
+    spec: Optional[SyntheticSpec] = None,
+    num_images: Optional[int] = None,
+    progress: bool = True,
+) -> str:
     """
     Generate one split under ``root`` (see module docstring for the layout) and return its json.
 
@@ -538,20 +554,35 @@ def generate_split(root: str, split: str, spec: Optional[SyntheticSpec] = None,
 
     images, annotations = [], []
     params = [int(cv2.IMWRITE_JPEG_QUALITY), spec.jpeg_quality]
-    for index in tqdm(range(spec.num_images), desc=f"synthetic_{split}", disable=not progress,
-                      leave=False):
+    for index in tqdm(
+        range(spec.num_images), desc=f"synthetic_{split}", disable=not progress, leave=False
+    ):
         img, d, anns = render_image(spec, index)
         image_id = index + 1  # COCO ids start at 1
         file_name = f"{image_id:06d}.jpg"
         ok, buf = cv2.imencode(".jpg", img, params)
         assert ok, "JPEG encoding failed"
         atomic_write_bytes(buf.tobytes(), os.path.join(image_dir, file_name))
-        images.append({"id": image_id, "file_name": file_name, "height": int(img.shape[0]),
-                       "width": int(img.shape[1]), "difficulty": round(d, 6)})
+        images.append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "height": int(img.shape[0]),
+                "width": int(img.shape[1]),
+                "difficulty": round(d, 6),
+            }
+        )
         for cat, bbox, area in anns:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": cat, "bbox": bbox, "area": float(area),
-                                "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": cat,
+                    "bbox": bbox,
+                    "area": float(area),
+                    "iscrowd": 0,
+                }
+            )
     _remove_stale_images(image_dir, {im["file_name"] for im in images})
     data = build_coco_dict(spec, split, images, annotations)
     atomic_write_bytes(json.dumps(data, sort_keys=True).encode("utf-8"), json_file)
@@ -568,12 +599,14 @@ def _remove_stale_images(image_dir: str, keep: set) -> None:
             os.remove(os.path.join(image_dir, name))
 
 
-def prepare_all(root: str, scale: float = 1.0, splits: Optional[Sequence[str]] = None,
-                progress: bool = True) -> Dict[str, str]:
+def prepare_all(
+    root: str, scale: float = 1.0, splits: Optional[Sequence[str]] = None, progress: bool = True
+) -> Dict[str, str]:
     """Generate every split of :data:`SYNTHETIC_SPLITS` (or ``splits``); returns split -> json."""
     splits = list(SYNTHETIC_SPLITS) if splits is None else list(splits)
     unknown = set(splits) - set(SYNTHETIC_SPLITS)
     if unknown:
         raise KeyError(
-            f"unknown synthetic splits {sorted(unknown)}; known: {list(SYNTHETIC_SPLITS)}")
+            f"unknown synthetic splits {sorted(unknown)}; known: {list(SYNTHETIC_SPLITS)}"
+        )
     return {s: generate_split(root, s, split_spec(s, scale), progress=progress) for s in splits}

@@ -17,6 +17,7 @@ concatenate only the columns they need, and detections come out as ``evaluation.
 A file that cannot be read (truncated, corrupted) raises ``UnreadableChunk`` naming it; the cache
 then deletes and recomputes that chunk.
 """
+
 import json
 import zipfile
 from typing import Dict, Iterable, List
@@ -44,8 +45,11 @@ def records_to_arrays(records: List[dict]) -> Dict[str, np.ndarray]:
         "saver_ap": np.array([r["saver_ap"] for r in records], np.float64),
         "base_ap": np.array([r.get("base_ap", np.nan) for r in records], np.float64),
         "confidence": np.array([r["confidence"] for r in records], np.float64),
-        "summary": (torch.stack([torch.as_tensor(r["summary"]) for r in records]).float().numpy()
-                    if n else np.zeros((0, 0), np.float32)),
+        "summary": (
+            torch.stack([torch.as_tensor(r["summary"]) for r in records]).float().numpy()
+            if n
+            else np.zeros((0, 0), np.float32)
+        ),
     }
     for src in SOURCES:
         parts = [r.get(src) for r in records]
@@ -54,13 +58,18 @@ def records_to_arrays(records: List[dict]) -> Dict[str, np.ndarray]:
         sizes = [0 if p is None else len(p["scores"]) for p in parts]
         out[f"{src}_offsets"] = np.r_[0, np.cumsum(sizes)].astype(np.int64)
         got = [p for p in parts if p is not None]
-        out[f"{src}_boxes"] = np.concatenate([np.asarray(p["boxes"], np.float32).reshape(-1, 4)
-                                              for p in got] + [np.zeros((0, 4), np.float32)])
-        out[f"{src}_scores"] = np.concatenate([np.asarray(p["scores"], np.float32).reshape(-1)
-                                               for p in got] + [np.zeros(0, np.float32)])
+        out[f"{src}_boxes"] = np.concatenate(
+            [np.asarray(p["boxes"], np.float32).reshape(-1, 4) for p in got]
+            + [np.zeros((0, 4), np.float32)]
+        )
+        out[f"{src}_scores"] = np.concatenate(
+            [np.asarray(p["scores"], np.float32).reshape(-1) for p in got]
+            + [np.zeros(0, np.float32)]
+        )
         out[f"{src}_category_ids"] = np.concatenate(
             [np.asarray(p["category_ids"], np.int64).reshape(-1) for p in got]
-            + [np.zeros(0, np.int64)])
+            + [np.zeros(0, np.int64)]
+        )
     return out
 
 
@@ -68,18 +77,24 @@ def arrays_to_records(arrays: Dict[str, np.ndarray]) -> List[dict]:
     """The per-image dicts of format 1 (what trainer and calibration read today)."""
     records = []
     for i in range(len(arrays["image_id"])):
-        r = {"image_id": int(arrays["image_id"][i]), "index": int(arrays["index"][i]),
-             "view": int(arrays["view"][i]), "saver_ap": float(arrays["saver_ap"][i]),
-             "confidence": float(arrays["confidence"][i]),
-             "summary": torch.from_numpy(np.array(arrays["summary"][i]))}
+        r = {
+            "image_id": int(arrays["image_id"][i]),
+            "index": int(arrays["index"][i]),
+            "view": int(arrays["view"][i]),
+            "saver_ap": float(arrays["saver_ap"][i]),
+            "confidence": float(arrays["confidence"][i]),
+            "summary": torch.from_numpy(np.array(arrays["summary"][i])),
+        }
         if not np.isnan(arrays["base_ap"][i]):
             r["base_ap"] = float(arrays["base_ap"][i])
         for src in SOURCES:
             if f"{src}_offsets" in arrays and r["view"] == 0:
                 lo, hi = arrays[f"{src}_offsets"][i], arrays[f"{src}_offsets"][i + 1]
-                r[src] = {"boxes": arrays[f"{src}_boxes"][lo:hi],
-                          "scores": arrays[f"{src}_scores"][lo:hi],
-                          "category_ids": arrays[f"{src}_category_ids"][lo:hi]}
+                r[src] = {
+                    "boxes": arrays[f"{src}_boxes"][lo:hi],
+                    "scores": arrays[f"{src}_scores"][lo:hi],
+                    "category_ids": arrays[f"{src}_category_ids"][lo:hi],
+                }
         records.append(r)
     return records
 
@@ -96,12 +111,16 @@ def read_chunk(path: str, key: Dict, columns: Iterable[str] = None) -> Dict[str,
     try:
         with np.load(path, allow_pickle=False) as z:
             stored = json.loads(str(z["key"]))
-            names = [k for k in z.files if k != "key"] if columns is None else \
-                [k for k in columns if k in z.files]
+            names = (
+                [k for k in z.files if k != "key"]
+                if columns is None
+                else [k for k in columns if k in z.files]
+            )
             arrays = {k: z[k] for k in names}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise UnreadableChunk(
-            f"Cache chunk {path!r} cannot be read ({type(e).__name__}: {e})") from e
+            f"Cache chunk {path!r} cannot be read ({type(e).__name__}: {e})"
+        ) from e
     if stored != json.loads(json.dumps(key, sort_keys=True)):
         raise ValueError(f"Cache chunk {path!r} was built for another key; delete its folder")
     return arrays
@@ -128,5 +147,9 @@ def flat_dets(arrays: Dict[str, np.ndarray], source: str) -> FlatDets:
     """Detections of one source as a FlatDets (rows of views > 0 have none)."""
     if f"{source}_offsets" not in arrays:
         raise KeyError(f"The cache has no {source} detections (built with_base={source != 'base'})")
-    return FlatDets(arrays[f"{source}_boxes"], arrays[f"{source}_scores"],
-                    arrays[f"{source}_category_ids"], arrays[f"{source}_offsets"])
+    return FlatDets(
+        arrays[f"{source}_boxes"],
+        arrays[f"{source}_scores"],
+        arrays[f"{source}_category_ids"],
+        arrays[f"{source}_offsets"],
+    )

@@ -1,4 +1,5 @@
 """Training hooks for the evaluator."""
+
 import logging
 import os
 
@@ -49,10 +50,12 @@ class RankCorrelationHook(HookBase):
         model = getattr(self.trainer.model, "module", self.trainer.model)
         result = rank_correlations(model.evaluator, self._records, self._truth)
         storage = self.trainer.storage
-        storage.put_scalar("tinysaver/spearman_heldout", result["spearman_evaluator"],
-                           smoothing_hint=False)
-        storage.put_scalar("tinysaver/spearman_confidence", result["spearman_confidence"],
-                           smoothing_hint=False)
+        storage.put_scalar(
+            "tinysaver/spearman_heldout", result["spearman_evaluator"], smoothing_hint=False
+        )
+        storage.put_scalar(
+            "tinysaver/spearman_confidence", result["spearman_confidence"], smoothing_hint=False
+        )
         logger.info(
             f"Held-out rank correlation with true quality ({result['num_images']} images): "
             f"evaluator {result['spearman_evaluator']:.4f}, "

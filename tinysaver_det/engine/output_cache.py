@@ -16,6 +16,7 @@ the fly. The saver is frozen, so its outputs for a given view never change; cach
 evaluator step a small MLP step (thousands of steps in seconds) instead of a saver forward pass.
 Augmentation (as in the paper) comes from caching several augmented views of each training image.
 """
+
 import hashlib
 import json
 import logging
@@ -88,8 +89,13 @@ def cache_key(model, cfg, dataset_name: str, num_images: int, views: int, with_b
         "base_config": config_fingerprint(load_sub_config(cfg, "BASE")) if with_base else None,
         "saver_input_size": list(model.saver_input_size),
         "base_input_size": list(model.base_input_size),
-        "input": [list(min_test), cfg.INPUT.MAX_SIZE_TEST, list(cfg.INPUT.MIN_SIZE_TRAIN),
-                  cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.RANDOM_FLIP],
+        "input": [
+            list(min_test),
+            cfg.INPUT.MAX_SIZE_TEST,
+            list(cfg.INPUT.MIN_SIZE_TRAIN),
+            cfg.INPUT.MAX_SIZE_TRAIN,
+            cfg.INPUT.RANDOM_FLIP,
+        ],
         "summary": [type(ev).__name__, ev.summary_dim, ev.top_k, list(ev.in_features)],
         "chunk_size": cfg.MODEL.TINYSAVER.CACHE.CHUNK_SIZE,
         # What augmented views are (view_mapper): caches of earlier view augmentations are refused.
@@ -172,12 +178,14 @@ class OutputCache:
 
     def iter_chunks(self, columns: Optional[List[str]] = None) -> Iterator[Dict[str, np.ndarray]]:
         """The chunks' arrays one at a time (streaming), building missing or unreadable chunks."""
-        dataset_dicts = checked_dataset_dicts([self.dataset_name],
-                                              self.cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
+        dataset_dicts = checked_dataset_dicts(
+            [self.dataset_name], self.cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES
+        )
         self._to_dataset_id = contiguous_to_dataset_id(self.dataset_name)
         model = self.model()
-        key = cache_key(model, self.cfg, self.dataset_name, len(dataset_dicts), self.views,
-                        self.with_base)
+        key = cache_key(
+            model, self.cfg, self.dataset_name, len(dataset_dicts), self.views, self.with_base
+        )
         self._check_or_write_manifest(key)
         num_chunks = (len(dataset_dicts) + self.chunk_size - 1) // self.chunk_size
         todo = [c for c in range(num_chunks) if not os.path.isfile(self._chunk_path(c))]
@@ -190,19 +198,30 @@ class OutputCache:
         gts = []
         if mine:
             gts = dataset_ground_truth(self.dataset_name, dataset_dicts)
-            sizes = {c: min(self.chunk_size, len(dataset_dicts) - c * self.chunk_size)
-                     for c in mine}
-            bar = tqdm.tqdm(total=sum(sizes.values()), desc=f"cache {self.dataset_name}",
-                            unit="img", disable=not comm.is_main_process())
+            sizes = {
+                c: min(self.chunk_size, len(dataset_dicts) - c * self.chunk_size) for c in mine
+            }
+            bar = tqdm.tqdm(
+                total=sum(sizes.values()),
+                desc=f"cache {self.dataset_name}",
+                unit="img",
+                disable=not comm.is_main_process(),
+            )
             for c in mine:
                 self._build_chunk(c, model, dataset_dicts, gts, key)
                 bar.update(sizes[c])
             bar.close()
         comm.synchronize()
         if comm.is_main_process():
-            atomic_save_json({"key": key, "complete": True, "num_chunks": num_chunks,
-                              "num_records": len(dataset_dicts) * self.views},
-                             self._manifest_path())
+            atomic_save_json(
+                {
+                    "key": key,
+                    "complete": True,
+                    "num_chunks": num_chunks,
+                    "num_records": len(dataset_dicts) * self.views,
+                },
+                self._manifest_path(),
+            )
         for c in range(num_chunks):
             try:
                 yield read_chunk(self._chunk_path(c), key, columns)
@@ -214,11 +233,15 @@ class OutputCache:
                 self._build_chunk(c, model, dataset_dicts, gts, key)
                 yield read_chunk(self._chunk_path(c), key, columns)
 
-    def _build_chunk(self, c: int, model, dataset_dicts: List[dict], gts: List[ImageGT],
-                     key: Dict) -> None:
+    def _build_chunk(
+        self, c: int, model, dataset_dicts: List[dict], gts: List[ImageGT], key: Dict
+    ) -> None:
         lo, hi = c * self.chunk_size, min(len(dataset_dicts), (c + 1) * self.chunk_size)
-        records = [r for i in range(lo, hi)
-                   for r in self._image_records(model, dataset_dicts[i], gts[i], i)]
+        records = [
+            r
+            for i in range(lo, hi)
+            for r in self._image_records(model, dataset_dicts[i], gts[i], i)
+        ]
         write_chunk(self._chunk_path(c), key, records_to_arrays(records))
 
     def _check_or_write_manifest(self, key: Dict) -> None:
@@ -326,8 +349,10 @@ class CachedExamples(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         from ..modeling.meta_arch import SUMMARY_KEY, TARGET_KEY
 
-        return {SUMMARY_KEY: torch.from_numpy(np.array(self.summary[i])),
-                TARGET_KEY: float(self.target[i])}
+        return {
+            SUMMARY_KEY: torch.from_numpy(np.array(self.summary[i])),
+            TARGET_KEY: float(self.target[i]),
+        }
 
 
 def cached_examples(caches: List["OutputCache"], target: str) -> CachedExamples:
@@ -335,8 +360,11 @@ def cached_examples(caches: List["OutputCache"], target: str) -> CachedExamples:
     row_targets = None
     if target == "marginal_ap":
         row_targets = np.concatenate([marginal_rows(c) for c in caches]) if caches else None
-    return examples_from_chunks(lambda cols: (a for c in caches for a in c.iter_chunks(cols)),
-                                target, row_targets=row_targets)
+    return examples_from_chunks(
+        lambda cols: (a for c in caches for a in c.iter_chunks(cols)),
+        target,
+        row_targets=row_targets,
+    )
 
 
 def marginal_rows(cache: "OutputCache") -> np.ndarray:
@@ -347,16 +375,21 @@ def marginal_rows(cache: "OutputCache") -> np.ndarray:
     if not cache.with_base:
         raise ValueError("TARGET 'marginal_ap' needs a cache built with the base (with_base=True)")
     columns = ["image_id", "index", "view"] + [
-        f"{src}_{c}" for src in SOURCES for c in ("offsets", "boxes", "scores", "category_ids")]
+        f"{src}_{c}" for src in SOURCES for c in ("offsets", "boxes", "scores", "category_ids")
+    ]
     a = cache.load_arrays(columns)
-    dicts = checked_dataset_dicts([cache.dataset_name],
-                                  cache.cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
+    dicts = checked_dataset_dicts(
+        [cache.dataset_name], cache.cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES
+    )
     gts = dataset_ground_truth(cache.dataset_name, dicts)
     plain = np.flatnonzero(a["view"] == 0)
     plain = plain[np.argsort(a["image_id"][plain], kind="stable")]  # pycocotools' tie order
     dets = {src: flat_dets(a, src).chunk(0, len(a["view"])) for src in SOURCES}
-    marginal = marginal_targets([gts[a["index"][i]] for i in plain],
-                                [dets["saver"][i] for i in plain], [dets["base"][i] for i in plain])
+    marginal = marginal_targets(
+        [gts[a["index"][i]] for i in plain],
+        [dets["saver"][i] for i in plain],
+        [dets["base"][i] for i in plain],
+    )
     by_index = np.full(len(dicts), np.nan)
     by_index[a["index"][plain]] = marginal
     return by_index[a["index"]]
@@ -372,8 +405,11 @@ def true_quality(cache: "OutputCache", target: str) -> np.ndarray:
     return routing_quality(target, a["saver_ap"], a.get("base_ap"), marginal)
 
 
-def examples_from_chunks(read: Callable[[List[str]], Iterator[Dict[str, np.ndarray]]],
-                         target: str, row_targets: Optional[np.ndarray] = None) -> CachedExamples:
+def examples_from_chunks(
+    read: Callable[[List[str]], Iterator[Dict[str, np.ndarray]]],
+    target: str,
+    row_targets: Optional[np.ndarray] = None,
+) -> CachedExamples:
     """
     CachedExamples from a chunk reader (``read(columns)`` yields each chunk's columns). Two passes:
     targets first (small), then summaries copied chunk by chunk into one preallocated array, so the
@@ -383,8 +419,10 @@ def examples_from_chunks(read: Callable[[List[str]], Iterator[Dict[str, np.ndarr
     if row_targets is not None:
         value = np.asarray(row_targets, np.float64)
     elif target == "marginal_ap":
-        raise ValueError("TARGET 'marginal_ap' is computed over whole splits: pass row_targets "
-                         "(output_cache.marginal_rows)")
+        raise ValueError(
+            "TARGET 'marginal_ap' is computed over whole splits: pass row_targets "
+            "(output_cache.marginal_rows)"
+        )
     else:
         cols = ["saver_ap"] + (["base_ap"] if target == "ap_gain" else [])
         targets = concat_chunks(list(read(cols)))
@@ -392,8 +430,9 @@ def examples_from_chunks(read: Callable[[List[str]], Iterator[Dict[str, np.ndarr
             return CachedExamples(np.zeros((0, 0), np.float32), np.zeros(0))
         if target == "ap_gain":
             if "base_ap" not in targets or np.isnan(targets["base_ap"]).any():
-                raise ValueError("TARGET 'ap_gain' needs a cache built with the base "
-                                 "(with_base=True)")
+                raise ValueError(
+                    "TARGET 'ap_gain' needs a cache built with the base (with_base=True)"
+                )
             value = base_gain(targets["saver_ap"], targets["base_ap"]).numpy()
         else:
             value = targets["saver_ap"]
@@ -403,13 +442,14 @@ def examples_from_chunks(read: Callable[[List[str]], Iterator[Dict[str, np.ndarr
     for a in read(["summary"]):
         if summary is None:
             summary = np.empty((len(value), a["summary"].shape[1]), np.float32)
-        summary[lo:lo + len(a["summary"])] = a["summary"]
+        summary[lo : lo + len(a["summary"])] = a["summary"]
         lo += len(a["summary"])
     if summary is None:
         summary = np.zeros((0, 0), np.float32)
     if lo != len(value):
-        raise ValueError(f"The cache changed while it was read: {lo} summaries, "
-                         f"{len(value)} targets")
+        raise ValueError(
+            f"The cache changed while it was read: {lo} summaries, {len(value)} targets"
+        )
     return CachedExamples(summary, value)
 
 
@@ -423,8 +463,10 @@ def _read_manifest(path: str) -> Optional[Dict]:
             raise TypeError(f"'key' is a {type(key).__name__}")
         return manifest
     except (OSError, ValueError, KeyError, TypeError) as e:
-        logger.warning(f"Cache manifest {path!r} cannot be read ({type(e).__name__}: {e}); "
-                       "it is rewritten and its chunks are checked one by one")
+        logger.warning(
+            f"Cache manifest {path!r} cannot be read ({type(e).__name__}: {e}); "
+            "it is rewritten and its chunks are checked one by one"
+        )
         return None
 
 
@@ -442,12 +484,19 @@ def training_cache_spec(cfg) -> Tuple[int, bool]:
     Views per image, and whether the base runs, in the evaluator's training caches. The ap_gain
     and marginal_ap targets compare the base with the saver, so their caches run both.
     """
-    return (cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS,
-            cfg.MODEL.TINYSAVER.EVALUATOR.TARGET in ("ap_gain", "marginal_ap"))
+    return (
+        cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS,
+        cfg.MODEL.TINYSAVER.EVALUATOR.TARGET in ("ap_gain", "marginal_ap"),
+    )
 
 
-def build_caches(cfg, dataset_names: Optional[List[str]] = None, views: Optional[int] = None,
-                 with_base: bool = False, model=None) -> Dict[str, int]:
+def build_caches(
+    cfg,
+    dataset_names: Optional[List[str]] = None,
+    views: Optional[int] = None,
+    with_base: bool = False,
+    model=None,
+) -> Dict[str, int]:
     """
     Build (or complete) caches ahead of the runs that read them. With no dataset names: the
     evaluator's training caches (DATASETS.TRAIN, CACHE.TRAIN_VIEWS views), exactly what
@@ -455,8 +504,10 @@ def build_caches(cfg, dataset_names: Optional[List[str]] = None, views: Optional
     `model` defaults to the config's TinySaver model with its weights. Returns records per dataset.
     """
     if cfg.MODEL.META_ARCHITECTURE != "TinySaverRCNN":
-        raise ValueError(f"Caches are built from a TinySaver config; MODEL.META_ARCHITECTURE is "
-                         f"{cfg.MODEL.META_ARCHITECTURE!r}")
+        raise ValueError(
+            f"Caches are built from a TinySaver config; MODEL.META_ARCHITECTURE is "
+            f"{cfg.MODEL.META_ARCHITECTURE!r}"
+        )
     if not dataset_names:
         dataset_names = list(cfg.DATASETS.TRAIN)
         train_views, train_with_base = training_cache_spec(cfg)

@@ -1,4 +1,5 @@
 """The one config setup every entry point goes through."""
+
 import logging
 from contextlib import contextmanager
 from logging.handlers import BufferingHandler

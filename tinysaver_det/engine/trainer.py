@@ -2,6 +2,7 @@
 The trainer behind tools/train_net.py: detectron2's DefaultTrainer for the saver, the base and
 TinySaver configs. For a TinySaver config it trains only the evaluator, on cached saver outputs.
 """
+
 import logging
 import os
 import weakref
@@ -149,8 +150,9 @@ class Trainer(DefaultTrainer):
         """
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluators = [
-            CheckedCOCOEvaluator(dataset_name, tasks=("bbox",), distributed=True,
-                                 output_dir=output_folder),
+            CheckedCOCOEvaluator(
+                dataset_name, tasks=("bbox",), distributed=True, output_dir=output_folder
+            ),
             ThroughputEvaluator(),
         ]
         if is_tinysaver(cfg):
@@ -168,8 +170,10 @@ class Trainer(DefaultTrainer):
         check_dataset_files(cfg.DATASETS.TEST)  # before evaluators that open the json themselves
         if evaluators is None and is_tinysaver(cfg):
             bare = getattr(model, "module", model)
-            evaluators = [cls.build_evaluator(cfg, name, costs=routing_costs(cfg, bare, name))
-                          for name in cfg.DATASETS.TEST]
+            evaluators = [
+                cls.build_evaluator(cfg, name, costs=routing_costs(cfg, bare, name))
+                for name in cfg.DATASETS.TEST
+            ]
         results = super().test(cfg, model, evaluators)
         if len(cfg.DATASETS.TEST) == 1:
             results = {cfg.DATASETS.TEST[0]: results}
@@ -183,8 +187,9 @@ class Trainer(DefaultTrainer):
         oracle = is_tinysaver(cfg) and cfg.MODEL.TINYSAVER.ROUTER == "oracle"
         dicts = checked_dataset_dicts([dataset_name], cfg.MODEL.TINYSAVER.DATA.SKIP_BAD_IMAGES)
         mapper = build_test_mapper(cfg, with_ground_truth=oracle)
-        return build_detection_test_loader(dicts, mapper=mapper,
-                                           num_workers=cfg.DATALOADER.NUM_WORKERS)
+        return build_detection_test_loader(
+            dicts, mapper=mapper, num_workers=cfg.DATALOADER.NUM_WORKERS
+        )
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -196,13 +201,17 @@ class Trainer(DefaultTrainer):
             mapper = RobustDatasetMapper(cfg, is_train=True)
             return build_detection_train_loader(cfg, mapper=mapper, dataset=dicts)
         views, with_base = training_cache_spec(cfg)
-        caches = [OutputCache(cfg, name, views=views, with_base=with_base)
-                  for name in cfg.DATASETS.TRAIN]
+        caches = [
+            OutputCache(cfg, name, views=views, with_base=with_base) for name in cfg.DATASETS.TRAIN
+        ]
         examples = cached_examples(caches, cfg.MODEL.TINYSAVER.EVALUATOR.TARGET)
-        logger.info(f"Training the evaluator on {len(examples)} cached views of "
-                    f"{cfg.DATASETS.TRAIN}")
+        logger.info(
+            f"Training the evaluator on {len(examples)} cached views of {cfg.DATASETS.TRAIN}"
+        )
         return build_detection_train_loader(
-            examples, mapper=None, total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            examples,
+            mapper=None,
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
             aspect_ratio_grouping=False,
         )
 
@@ -226,7 +235,8 @@ class Trainer(DefaultTrainer):
             with_base = target != "saver_ap" or name == self.cfg.MODEL.TINYSAVER.CALIBRATION.DATASET
             cache = OutputCache(self.cfg, name, views=1, with_base=with_base)
             truth = true_quality(cache, target)
-            hook = RankCorrelationHook(self.cfg.TEST.EVAL_PERIOD, cache.load_or_build(), truth,
-                                       self.cfg.OUTPUT_DIR)
+            hook = RankCorrelationHook(
+                self.cfg.TEST.EVAL_PERIOD, cache.load_or_build(), truth, self.cfg.OUTPUT_DIR
+            )
             ret.insert(len(ret) - 1, hook)  # before the PeriodicWriter, which must stay last
         return ret

@@ -8,6 +8,7 @@ Each resample draws the split's images with replacement (a drawn image counts as
 drawn, as a duplicated image would in COCOeval) and recomputes every figure exactly (SweepTable,
 which equals MatchTable and pycocotools).
 """
+
 from typing import Dict, Iterator, Sequence, Tuple
 
 import numpy as np
@@ -19,8 +20,13 @@ from .coco_sweep import SweepTable, exit_steps
 FIGURES = ("AP_base", "AP_saver", "AP_routed", "AP_drop", "exit_rate", "compute_saved")
 
 
-def resampled_tables(gts: Sequence[ImageGT], saver: Sequence[ImageDets], base: Sequence[ImageDets],
-                     samples: int, seed: int = 0) -> Iterator[Tuple[np.ndarray, SweepTable]]:
+def resampled_tables(
+    gts: Sequence[ImageGT],
+    saver: Sequence[ImageDets],
+    base: Sequence[ImageDets],
+    samples: int,
+    seed: int = 0,
+) -> Iterator[Tuple[np.ndarray, SweepTable]]:
     """
     `samples` resamples of the images with replacement, each as (sorted image indices, its
     SweepTable): matched once, then any number of exit sets or sweeps per resample. Sorting keeps
@@ -30,8 +36,15 @@ def resampled_tables(gts: Sequence[ImageGT], saver: Sequence[ImageDets], base: S
         raise ValueError(f"bootstrap samples must be >= 1, got {samples}")
     rng = np.random.default_rng(seed)
     indices = (np.sort(rng.integers(0, len(gts), len(gts))) for _ in range(samples))
-    return ((idx, SweepTable.build([gts[i] for i in idx], [saver[i] for i in idx],
-                                   [base[i] for i in idx])) for idx in indices)
+    return (
+        (
+            idx,
+            SweepTable.build(
+                [gts[i] for i in idx], [saver[i] for i in idx], [base[i] for i in idx]
+            ),
+        )
+        for idx in indices
+    )
 
 
 def bootstrap_routing(
@@ -50,8 +63,9 @@ def bootstrap_routing(
     images. Images must come in ascending image-id order (MatchTable's tie order), which a sorted
     resample keeps.
     """
-    return bootstrap_routers(gts, saver, base, {"routed": exited}, costs, samples=samples,
-                             level=level, seed=seed)["routed"]
+    return bootstrap_routers(
+        gts, saver, base, {"routed": exited}, costs, samples=samples, level=level, seed=seed
+    )["routed"]
 
 
 def bootstrap_routers(
@@ -77,8 +91,10 @@ def bootstrap_routers(
             e = exited[idx]
             routed = table.coco_metrics(np.where(e, 0, 1))["AP"]
             rate = float(np.mean(e)) if len(e) else 0.0
-            for k, v in zip(FIGURES, (ap_base, ap_saver, routed, ap_base - routed, rate,
-                                      compute_saved(costs, rate))):
+            for k, v in zip(
+                FIGURES,
+                (ap_base, ap_saver, routed, ap_base - routed, rate, compute_saved(costs, rate)),
+            ):
                 draws[r][k].append(v)
     tail = 100 * (1 - level) / 2
     out = {}
@@ -87,9 +103,11 @@ def bootstrap_routers(
         for k, values in figures.items():
             values = np.asarray(values, dtype=np.float64)
             values = values[np.isfinite(values)]
-            out[r][k] = ((float(np.percentile(values, tail)),
-                          float(np.percentile(values, 100 - tail)))
-                         if len(values) else (float("nan"), float("nan")))
+            out[r][k] = (
+                (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+                if len(values)
+                else (float("nan"), float("nan"))
+            )
     return out
 
 

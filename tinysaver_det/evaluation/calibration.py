@@ -13,6 +13,7 @@ one sample the calibration split is: on a few hundred images a fixed exit rate's
 a third of a point between resamples, and the cheapest of a hundred noisy points that pass is
 mostly a lucky one (choose_point_bootstrap).
 """
+
 import logging
 import math
 from typing import Dict, List, Optional, Sequence
@@ -44,9 +45,13 @@ ROUTER_LABELS = {
 }
 
 
-def router_scores(records: Sequence[dict], evaluator_scores: Optional[np.ndarray], seed: int = 0,
-                  marginal: Optional[np.ndarray] = None,
-                  difficulty: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+def router_scores(
+    records: Sequence[dict],
+    evaluator_scores: Optional[np.ndarray],
+    seed: int = 0,
+    marginal: Optional[np.ndarray] = None,
+    difficulty: Optional[np.ndarray] = None,
+) -> Dict[str, np.ndarray]:
     """
     Routing scores of every router for cached records (higher = exit): the evaluator's, the saver's
     top detection score, a random number fixed per image, the per-image-gain oracle (minus the true
@@ -58,8 +63,9 @@ def router_scores(records: Sequence[dict], evaluator_scores: Optional[np.ndarray
     scores = {
         "confidence": confidence_scores([r["confidence"] for r in records]).numpy(),
         "random": random_scores([r["image_id"] for r in records], seed).numpy(),
-        "oracle": gain_oracle_scores([r["saver_ap"] for r in records],
-                                     [r["base_ap"] for r in records]).numpy(),
+        "oracle": gain_oracle_scores(
+            [r["saver_ap"] for r in records], [r["base_ap"] for r in records]
+        ).numpy(),
     }
     if marginal is not None:
         scores["marginal_oracle"] = np.asarray(marginal, dtype=np.float64)
@@ -110,8 +116,9 @@ def sweep(table, scores: np.ndarray, costs: Dict[str, float], thresholds=None) -
     return points
 
 
-def choose_point(points: List[dict], base_ap: float, max_ap_drop: float = 0.5,
-                 gflops_budget: float = 0.0) -> dict:
+def choose_point(
+    points: List[dict], base_ap: float, max_ap_drop: float = 0.5, gflops_budget: float = 0.0
+) -> dict:
     """
     The operating point for a target. With a GFLOPs budget (> 0): the most accurate point within it
     (or the cheapest point, flagged, if none fits). Otherwise: the cheapest point whose AP is at
@@ -120,8 +127,10 @@ def choose_point(points: List[dict], base_ap: float, max_ap_drop: float = 0.5,
     if gflops_budget > 0:
         within = [p for p in points if p["gflops"] <= gflops_budget]
         if not within:
-            logger.warning(f"No threshold meets the budget of {gflops_budget} GFLOPs/image; "
-                           "taking the cheapest")
+            logger.warning(
+                f"No threshold meets the budget of {gflops_budget} GFLOPs/image; "
+                "taking the cheapest"
+            )
             return {**min(points, key=lambda p: p["gflops"]), "target_met": False}
         return {**max(within, key=lambda p: (p["AP"], -p["gflops"])), "target_met": True}
     ok = [p for p in points if p["AP"] >= base_ap - max_ap_drop - 1e-9]
@@ -131,8 +140,9 @@ def choose_point(points: List[dict], base_ap: float, max_ap_drop: float = 0.5,
     return {**min(ok, key=lambda p: (p["gflops"], -p["AP"])), "target_met": True}
 
 
-def choose_point_bootstrap(points: List[dict], drops: np.ndarray, max_ap_drop: float = 0.5,
-                           level: float = 0.9) -> dict:
+def choose_point_bootstrap(
+    points: List[dict], drops: np.ndarray, max_ap_drop: float = 0.5, level: float = 0.9
+) -> dict:
     """
     The operating point for an AP-drop target that survives resampling: each point's upper
     confidence bound of the drop (the `level` quantile of its bootstrap drops, `drops` of shape
@@ -144,8 +154,9 @@ def choose_point_bootstrap(points: List[dict], drops: np.ndarray, max_ap_drop: f
     if drops.ndim != 2 or drops.shape[1] != len(points):
         raise ValueError(f"drops must be (samples, {len(points)}), got {drops.shape}")
     ucb = np.quantile(drops, level, axis=0)
-    order = sorted(range(len(points)),
-                   key=lambda i: (points[i]["exit_rate"], -points[i]["threshold"]))
+    order = sorted(
+        range(len(points)), key=lambda i: (points[i]["exit_rate"], -points[i]["threshold"])
+    )
     chosen = None
     for i in order:
         if points[i]["exit_rate"] == 0.0:  # no exit: the base itself, no drop whatever the resample
@@ -173,12 +184,21 @@ def ap_by_score_bins(gts, saver, base, scores: np.ndarray, bins: int = 10) -> Li
         if not len(part):
             continue
         part = np.sort(part)  # ascending image order: pycocotools' tie order
-        table = SweepTable.build([gts[i] for i in part], [saver[i] for i in part],
-                                 [base[i] for i in part])
+        table = SweepTable.build(
+            [gts[i] for i in part], [saver[i] for i in part], [base[i] for i in part]
+        )
         s_ap, b_ap = table.source_metrics("saver")["AP"], table.source_metrics("base")["AP"]
-        rows.append({"bin": b, "images": int(len(part)), "score_min": float(scores[part].min()),
-                     "score_max": float(scores[part].max()), "AP_saver": float(s_ap),
-                     "AP_base": float(b_ap), "gap": float(b_ap - s_ap)})
+        rows.append(
+            {
+                "bin": b,
+                "images": int(len(part)),
+                "score_min": float(scores[part].min()),
+                "score_max": float(scores[part].max()),
+                "AP_saver": float(s_ap),
+                "AP_base": float(b_ap),
+                "gap": float(b_ap - s_ap),
+            }
+        )
     return rows
 
 

@@ -9,6 +9,7 @@ Convention for a model that detects nothing: AP is 0 wherever there is ground tr
 result list), and NaN only where it is undefined (no ground truth of that size). coco_fast,
 calibration and the routing evaluator follow the same rule.
 """
+
 import math
 from typing import Optional, Sequence
 
@@ -31,8 +32,9 @@ class CheckedCOCOEvaluator(COCOEvaluator):
         dataset_dicts: the images evaluated (default: the registered dataset's).
     """
 
-    def __init__(self, dataset_name: str, *args, dataset_dicts: Optional[Sequence[dict]] = None,
-                 **kwargs):
+    def __init__(
+        self, dataset_name: str, *args, dataset_dicts: Optional[Sequence[dict]] = None, **kwargs
+    ):
         super().__init__(dataset_name, *args, **kwargs)
         self._coco_api = coco_api(checked_coco_dict(dataset_name, dataset_dicts))
         self._do_evaluation = "annotations" in self._coco_api.dataset

@@ -36,6 +36,7 @@ entry per (image, segment it touches, recall point): O(images x segments x 101),
 per image. Entries are laid out segment-major, so the gathers from one segment's TP arrays hit
 the cache (3x faster at 40k images than image-major). 118k images: 208 s.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -46,7 +47,7 @@ from ..metrics.coco_fast import REC_THRS, T
 
 R = len(REC_THRS)
 EPS = np.spacing(1)
-SLACK = 1e-12          # per (segment, r): float rounding of the bound's terms
+SLACK = 1e-12  # per (segment, r): float rounding of the bound's terms
 
 
 def _suffix_max(x: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -72,9 +73,11 @@ class MarginalIndex:
         ncat = len(t.cat_ids)
         self.t, self.ncat, self.nseg = t, ncat, T * ncat
         i0 = int(t.seg_start[self.nseg])
-        seg_start = t.seg_start[:self.nseg + 1]
-        self.it_seg = np.repeat(np.arange(self.nseg, dtype=np.int16 if self.nseg < 2 ** 15
-                                          else np.int32), np.diff(seg_start))
+        seg_start = t.seg_start[: self.nseg + 1]
+        self.it_seg = np.repeat(
+            np.arange(self.nseg, dtype=np.int16 if self.nseg < 2**15 else np.int32),
+            np.diff(seg_start),
+        )
         tp, part, base, qr = t.item_tp, t.item_part, t.item_base, t.item_qr
         # Image and category of each area-'all' query row (every query row is an item there).
         self.nq = int(qr[:i0].max()) + 1 if i0 else 0
@@ -82,8 +85,8 @@ class MarginalIndex:
         self.q_cat = np.zeros(self.nq, np.int32)
         for lo in range(0, t.num_images, 8192):
             hi = min(lo + 8192, t.num_images)
-            it = t.item_order[t.item_off[lo]:t.item_off[hi]]
-            img = np.repeat(np.arange(lo, hi, dtype=np.int32), np.diff(t.item_off[lo:hi + 1]))
+            it = t.item_order[t.item_off[lo] : t.item_off[hi]]
+            img = np.repeat(np.arange(lo, hi, dtype=np.int32), np.diff(t.item_off[lo : hi + 1]))
             keep = it < i0
             self.q_img[qr[it[keep]]] = img[keep]
         # Per segment: base TPs / partials before each item; the old (all-base) TPs with their
@@ -94,12 +97,12 @@ class MarginalIndex:
         self.tp_off = np.r_[0, np.cumsum(n_tp)].astype(np.int64)
         n = int(self.tp_off[-1])
         self.tp_key = np.zeros(n, np.int64)
-        self.k = np.zeros(n + 1, np.int32)      # + a sentinel, so that any piece's index is valid
+        self.k = np.zeros(n + 1, np.int32)  # + a sentinel, so that any piece's index is valid
         self.nv = np.ones(n + 1, np.int32)
         self.V = np.zeros(n + 1)
         self.nxt = np.full(n + 1, n, np.int32)
         npig = t.npig[:, 0]
-        self.lut_lo = t.seg_lut[:self.nseg]
+        self.lut_lo = t.seg_lut[: self.nseg]
         self.npig = npig[np.arange(self.nseg) % ncat]
         self.kmin = np.zeros((self.nseg, R + 1), np.int64)
         self.qbase = np.zeros((self.nseg, R))
@@ -121,12 +124,13 @@ class MarginalIndex:
             at = np.where(prec == v, np.arange(lo, hi), hi)
             self.nxt[lo:hi] = np.minimum.accumulate(at[::-1])[::-1]
             m = int(self.npig[s])
-            lut = t.lut[self.lut_lo[s]:self.lut_lo[s] + m + 1]
+            lut = t.lut[self.lut_lo[s] : self.lut_lo[s] + m + 1]
             self.kmin[s, :R] = np.searchsorted(lut, np.arange(R), side="left") if m else 1 << 40
             self.kmin[s, R] = 1 << 40
             j = np.maximum(self.kmin[s, :R] - 1, 0)
-            self.qbase[s] = np.where(j < hi - lo, v[np.minimum(j, max(hi - lo - 1, 0))]
-                                     if hi > lo else 0, 0)
+            self.qbase[s] = np.where(
+                j < hi - lo, v[np.minimum(j, max(hi - lo - 1, 0))] if hi > lo else 0, 0
+            )
         self.defined = self.npig > 0
         # Global index of the first old TP that k new TPs reach (r-th recall point), per (seg, r).
         self.kmin1 = (self.tp_off[:-1, None] + np.minimum(self.kmin[:, :R], 1 << 30) - 1).ravel()
@@ -145,15 +149,16 @@ class MarginalIndex:
         if not self.count:
             return out * np.nan, bound
         for lo in range(0, len(images), chunk):
-            ids = np.asarray(images[lo:lo + chunk], np.int64)
+            ids = np.asarray(images[lo : lo + chunk], np.int64)
             d, b = self._chunk(ids)
-            out[lo:lo + chunk], bound[lo:lo + chunk] = d, b
+            out[lo : lo + chunk], bound[lo : lo + chunk] = d, b
         return 100 * out / self.count, 100 * bound / self.count
 
     def _events(self, ids: np.ndarray):
         """Image ``ids``' rows in area-'all' segments: (local image, segment, query row, da, db,
         is a saver TP, item index or -1), unsorted."""
         from .coco_sweep import _ranges
+
         t, ncat = self.t, self.ncat
         i0 = int(t.seg_start[self.nseg])
         n_it = t.item_off[ids + 1] - t.item_off[ids]
@@ -163,41 +168,50 @@ class MarginalIndex:
         it, loc = it[keep], loc[keep]
         sign = np.where(t.item_base[it], -1, 1)
         tp, part = t.item_tp[it], t.item_part[it]
-        f = _ranges(t.fv_off[0, ids], t.fv_off[0, ids + 1]) if len(t.fv_off) else \
-            np.zeros(0, np.int64)
-        floc = np.repeat(np.arange(len(ids)), t.fv_off[0, ids + 1] - t.fv_off[0, ids]) \
-            if len(t.fv_off) else f
+        f = (
+            _ranges(t.fv_off[0, ids], t.fv_off[0, ids + 1])
+            if len(t.fv_off)
+            else np.zeros(0, np.int64)
+        )
+        floc = (
+            np.repeat(np.arange(len(ids)), t.fv_off[0, ids + 1] - t.fv_off[0, ids])
+            if len(t.fv_off)
+            else f
+        )
         qs = t.fv_qs[f].astype(np.int64)
         w = t.fv_w[f].astype(np.int64)
         fcat = self.q_cat[qs] if len(qs) else qs
         nf = len(f)
         tt = np.repeat(np.arange(T), nf)
-        return (np.r_[loc, np.tile(floc, T)],
-                np.r_[self.it_seg[it], tt * ncat + np.tile(fcat, T)],
-                np.r_[t.item_qr[it].astype(np.int64), np.tile(qs, T)],
-                np.r_[sign * tp, np.zeros(T * nf, np.int64)],
-                np.r_[sign * part, np.tile(w, T)],
-                np.r_[(sign > 0) & tp, np.zeros(T * nf, bool)],
-                np.r_[it, np.full(T * nf, -1, np.int64)])
+        return (
+            np.r_[loc, np.tile(floc, T)],
+            np.r_[self.it_seg[it], tt * ncat + np.tile(fcat, T)],
+            np.r_[t.item_qr[it].astype(np.int64), np.tile(qs, T)],
+            np.r_[sign * tp, np.zeros(T * nf, np.int64)],
+            np.r_[sign * part, np.tile(w, T)],
+            np.r_[(sign > 0) & tp, np.zeros(T * nf, bool)],
+            np.r_[it, np.full(T * nf, -1, np.int64)],
+        )
 
     def _chunk(self, ids: np.ndarray):
         loc, seg, q, da, db, new_tp, item = self._events(ids)
-        keep = self.defined[seg]      # a category without ground truth never enters the AP
+        keep = self.defined[seg]  # a category without ground truth never enters the AP
         loc, seg, q, da, db, new_tp, item = (x[keep] for x in (loc, seg, q, da, db, new_tp, item))
         if not len(loc):
             return np.zeros(len(ids)), np.zeros(len(ids))
         nq = max(self.nq, 1)
-        g = seg * len(ids) + loc       # segment-major: its TPs stay in cache
+        g = seg * len(ids) + loc  # segment-major: its TPs stay in cache
         key = g * nq + q
         o = np.argsort(key, kind="stable")
-        loc, seg, q, da, db, new_tp, item, g, key = (x[o] for x in (loc, seg, q, da, db, new_tp,
-                                                                    item, g, key))
+        loc, seg, q, da, db, new_tp, item, g, key = (
+            x[o] for x in (loc, seg, q, da, db, new_tp, item, g, key)
+        )
         gstart = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
         ng, ne = len(gstart), len(g)
         glen = np.diff(np.r_[gstart, ne])
-        gid = np.repeat(np.arange(ng), glen)                    # group index per event
+        gid = np.repeat(np.arange(ng), glen)  # group index per event
         ca, cb = np.cumsum(da), np.cumsum(db)
-        ca -= np.repeat(ca[gstart] - da[gstart], glen)          # inclusive, within the group
+        ca -= np.repeat(ca[gstart] - da[gstart], glen)  # inclusive, within the group
         cb -= np.repeat(cb[gstart] - db[gstart], glen)
         tp_off = self.tp_off
         base = tp_off[seg]
@@ -209,8 +223,11 @@ class MarginalIndex:
         lt[fv] = np.searchsorted(self.tp_key, 2 * (seg[fv] * nq + q[fv]))
         # After the event, image i's own old TP at that row (if any) is gone.
         at = np.minimum(lt, max(len(self.tp_key) - 1, 0))
-        own_tp = (lt < tp_off[seg + 1]) & (self.tp_key[at] == 2 * (seg * nq + q)) & \
-            (self.q_img[q] == ids[loc])
+        own_tp = (
+            (lt < tp_off[seg + 1])
+            & (self.tp_key[at] == 2 * (seg * nq + q))
+            & (self.q_img[q] == ids[loc])
+        )
         # Pieces: the group's head (before its first event), then one after each event.
         pos_e = np.arange(ne) + gid + 1
         pos_h = gstart + np.arange(ng)
@@ -223,7 +240,7 @@ class MarginalIndex:
         p_b = np.zeros(npc, np.int64)
         p_a[pos_e], p_b[pos_e] = ca, cb
         p_base = tp_off[p_seg]
-        p_lo = p_base.copy()                                    # global [lo, hi) of old TPs
+        p_lo = p_base.copy()  # global [lo, hi) of old TPs
         p_lo[pos_e] = lt + own_tp
         p_hi = np.empty(npc, np.int64)
         p_hi[pos_h] = lt[gstart]
@@ -238,7 +255,7 @@ class MarginalIndex:
         later_c = np.where(nxt_p, np.r_[_suffix_max(c0, p_g)[1:], 0], 0)
         later_u = np.where(nxt_p, np.r_[_suffix_max(u0, p_g)[1:], 0], 0)
         # Recall points served by each piece: kmin(r) in (reach of the pieces before, reach].
-        reach = np.where(full, p_hi - p_base + p_a, -1)         # new count of its last TP
+        reach = np.where(full, p_hi - p_base + p_a, -1)  # new count of its last TP
         big = 1 << 40
         reach = np.maximum.accumulate(reach + p_g * big) - p_g * big
         served = self._served(p_seg, reach)
@@ -259,7 +276,7 @@ class MarginalIndex:
         x = np.flatnonzero(new_tp)
         if len(x):
             it = item[x]
-            last = np.searchsorted(key, key[x], side="right") - 1   # offsets at "<= q"
+            last = np.searchsorted(key, key[x], side="right") - 1  # offsets at "<= q"
             k_new = self.cbt[it] + ca[last]
             nv_new = self.t._fv_all_base[q[x]] + self.cbp[it] + cb[last]
             val = _suffix_max(k_new / (nv_new + EPS), g[x])
@@ -276,8 +293,10 @@ class MarginalIndex:
         delta = sum_c - self.qbase_sum[gseg]
         slack = grid_u.reshape(ng, R).sum(1) - sum_c
         g_loc = loc[gstart]
-        return (np.bincount(g_loc, delta, minlength=len(ids)),
-                np.bincount(g_loc, slack, minlength=len(ids)))
+        return (
+            np.bincount(g_loc, delta, minlength=len(ids)),
+            np.bincount(g_loc, slack, minlength=len(ids)),
+        )
 
     def _cand_ub(self, j, hi, a, b):
         """For old TPs [j, hi) (global indices, j < hi, one piece) with offsets (a, b): the new

@@ -20,6 +20,7 @@ Segments are cut into nested blocks of ``SweepTable.LEVELS`` items.
 ``build`` matches images in chunks and keeps only compact arrays (118k images with two sources
 of 100 detections each: about 1 GB of table, 2.7 GB peak with the imports; bench/cost_growth).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -27,13 +28,23 @@ from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 
-from ..metrics.coco_fast import (A, REC_THRS, T, ImageDets, ImageGT, MatchTable, _flatten_gt, _match,
-                        _mean_defined, _metrics_from_precision)
+from ..metrics.coco_fast import (
+    REC_THRS,
+    A,
+    ImageDets,
+    ImageGT,
+    MatchTable,
+    T,
+    _flatten_gt,
+    _match,
+    _mean_defined,
+    _metrics_from_precision,
+)
 from .coco_marginal import MarginalIndex
 from .flat import category_ids_of, chunk_of
 
 R = len(REC_THRS)
-_SLICE = 1 << 22   # rows per slice of the table's fully-valid pass
+_SLICE = 1 << 22  # rows per slice of the table's fully-valid pass
 EPS = np.spacing(1)
 
 
@@ -42,7 +53,7 @@ ALL_T = np.uint16((1 << T) - 1)
 
 def _bits(x: np.ndarray) -> np.ndarray:
     """Bool (N, T[, A]) -> uint16 (N[, A]) with bit t set where x[:, t] is."""
-    p = np.packbits(x, axis=1, bitorder="little")      # (N, 2[, A]): bits 0-7, 8-15
+    p = np.packbits(x, axis=1, bitorder="little")  # (N, 2[, A]): bits 0-7, 8-15
     out = p[:, 0].astype(np.uint16)
     if p.shape[1] > 1:
         out |= p[:, 1].astype(np.uint16) << 8
@@ -68,8 +79,7 @@ def _release_free_memory() -> None:
         pass
 
 
-def _group_parts(key_parts: list, num: int, value_parts: Sequence[list] = (),
-                 index: bool = False):
+def _group_parts(key_parts: list, num: int, value_parts: Sequence[list] = (), index: bool = False):
     """Stable grouping by key (0..num-1) of columns given in parts, one part at a time (parts are
     freed as used): ``(offsets, grouped)``, where rows of key i are ``offsets[i]:offsets[i+1]``
     of every grouped column (each of ``value_parts``, then the rows' original index if
@@ -82,7 +92,7 @@ def _group_parts(key_parts: list, num: int, value_parts: Sequence[list] = (),
     n = int(offsets[-1])
     outs = [np.empty(n, v[0].dtype if v else np.int32) for v in value_parts]
     if index:
-        outs.append(np.empty(n, np.int32 if n < 2 ** 31 else np.int64))
+        outs.append(np.empty(n, np.int32 if n < 2**31 else np.int64))
     lo = 0
     for j, k in enumerate(key_parts):
         o = np.argsort(k, kind="stable")
@@ -115,32 +125,33 @@ class SweepTable:
     ``coco_metrics(choice)`` one choice (0 = saver, 1 = base per image).
     """
 
-    LEVELS = (512, 64, 8)   # items per block at each level of bounds (see _precision)
+    LEVELS = (512, 64, 8)  # items per block at each level of bounds (see _precision)
     # The bounds pay once a recall point spans enough items (measured: at 10k synthetic images,
     # ~36 items per segment and recall point, one full pass is faster; at 118k, ~420, 2x slower).
     PRUNE_ITEMS_PER_POINT = 100
-    EXACT_MARGINAL_IMAGES = 2000   # marginal_ap's default: exact up to this many images
+    EXACT_MARGINAL_IMAGES = 2000  # marginal_ap's default: exact up to this many images
 
-    def __init__(self, num_images: int, cat_ids: np.ndarray, npig: np.ndarray,
-                 rows: Iterable[tuple]):
+    def __init__(
+        self, num_images: int, cat_ids: np.ndarray, npig: np.ndarray, rows: Iterable[tuple]
+    ):
         """``rows`` yields, per area range a, ``(img, src, cat, tp_bits, valid_bits)`` in
         accumulate order, rows invalid at every threshold already dropped (as in MatchTable);
         bit t of ``tp_bits`` / ``valid_bits`` (uint16) is IoU threshold t. A generator keeps
         only one area's rows in memory."""
         self.num_images = num_images
         self.cat_ids = np.asarray(cat_ids)
-        self.npig = np.asarray(npig, np.int64)            # (ncat, A)
+        self.npig = np.asarray(npig, np.int64)  # (ncat, A)
         ncat = len(self.cat_ids)
         self.num_segs = A * T * ncat
         items = dict(seg=[], tp=[], part=[], qr=[], img=[], src=[])
-        seg_dt = np.int16 if self.num_segs < 2 ** 15 else np.int32
-        fv = dict(qs=[], w=[], off=[])   # per area, grouped by image (see below)
+        seg_dt = np.int16 if self.num_segs < 2**15 else np.int32
+        fv = dict(qs=[], w=[], off=[])  # per area, grouped by image (see below)
         q_end = []
         n_fv = 0
         q_off = 0
         for a, (img, src, cat, tp, valid) in enumerate(rows):
             part = valid != ALL_T
-            qrows = np.flatnonzero((tp != 0) | part)              # query rows of area a
+            qrows = np.flatnonzero((tp != 0) | part)  # query rows of area a
             q_of_row = np.full(len(img), -1, np.int32)
             q_of_row[qrows] = np.arange(len(qrows)) + q_off
             for t in range(T):
@@ -159,7 +170,7 @@ class SweepTable:
             q_end.append((np.searchsorted(qcat, qcat, side="right") + q_off).astype(np.int32))
             f_qs, f_img, f_w = [], [], []
             for lo in range(0, len(img), _SLICE):
-                rows_f = np.flatnonzero(~part[lo:lo + _SLICE]) + lo
+                rows_f = np.flatnonzero(~part[lo : lo + _SLICE]) + lo
                 qs = np.searchsorted(qrows, rows_f)
                 live = qs < len(qrows)
                 live[live] = qcat[qs[live]] == cat[rows_f[live]]
@@ -177,10 +188,12 @@ class SweepTable:
             q_off += len(qrows)
             del img, src, cat, tp, valid, part, qrows, q_of_row, qcat
             _release_free_memory()
-        def cat_(parts, dt):   # concatenate one field and free its parts
+
+        def cat_(parts, dt):  # concatenate one field and free its parts
             out = np.concatenate(parts).astype(dt, copy=False) if parts else np.zeros(0, dt)
             parts.clear()
             return out
+
         self.item_seg = cat_(items["seg"], seg_dt)
         self.item_tp = cat_(items["tp"], bool)
         self.item_part = cat_(items["part"], bool)
@@ -191,20 +204,23 @@ class SweepTable:
         del items["seg"], items["tp"], items["part"], items["qr"], items["src"]
         self.item_off, (self.item_order,) = _group_parts(items.pop("img"), num_images, index=True)
         del items
-        self.fv_off = np.stack(fv.pop("off")) if fv["qs"] else np.zeros((0, num_images + 1),
-                                                                          np.int64)
+        self.fv_off = (
+            np.stack(fv.pop("off")) if fv["qs"] else np.zeros((0, num_images + 1), np.int64)
+        )
         self.fv_qs = cat_(fv.pop("qs"), np.int32)
         self.fv_w = cat_(fv.pop("w"), np.int8)
         del fv
-        self.q_end = cat_(q_end, np.int32)           # end of each query row's category
-        base = (np.flatnonzero(self.fv_w[lo:lo + _SLICE] < 0) + lo
-                for lo in range(0, len(self.fv_w), _SLICE))
+        self.q_end = cat_(q_end, np.int32)  # end of each query row's category
+        base = (
+            np.flatnonzero(self.fv_w[lo : lo + _SLICE] < 0) + lo
+            for lo in range(0, len(self.fv_w), _SLICE)
+        )
         self._fv_all_base = self._fv_delta(base, -1)
         # Recall bucket of k true positives, per (category, area): same float ops as accumulate.
-        npig = self.npig.T.reshape(-1)                                # index a * ncat + cat
+        npig = self.npig.T.reshape(-1)  # index a * ncat + cat
         self.lut_off = np.r_[0, np.cumsum(npig + 1)].astype(np.int64)
         k = np.arange(int(self.lut_off[-1])) - np.repeat(self.lut_off[:-1], npig + 1)
-        with np.errstate(invalid="ignore"):   # categories without ground truth: never looked up
+        with np.errstate(invalid="ignore"):  # categories without ground truth: never looked up
             rc = k / np.repeat(npig, npig + 1).astype(np.float64)
         self.lut = (np.searchsorted(REC_THRS, rc, side="right") - 1).astype(np.int16)
         segs = np.arange(self.num_segs)
@@ -217,8 +233,10 @@ class SweepTable:
         block, which bound the precision of a whole block (see ``_precision``)."""
         sizes = tuple(int(x) for x in self.LEVELS)
         if not sizes or sizes[-1] < 1 or any(a % b for a, b in zip(sizes, sizes[1:])):
-            raise ValueError(f"SweepTable.LEVELS must be block sizes >= 1, each a multiple of "
-                             f"the next (blocks nest), got {self.LEVELS}")
+            raise ValueError(
+                f"SweepTable.LEVELS must be block sizes >= 1, each a multiple of "
+                f"the next (blocks nest), got {self.LEVELS}"
+            )
         n = np.diff(self.seg_start)
         self.levels = []
         for size in self.LEVELS:
@@ -228,24 +246,33 @@ class SweepTable:
             seg = np.repeat(np.arange(self.num_segs, dtype=np.int32), nblk)
             start = self.seg_start[:-1][seg] + (np.arange(nb) - seg_blk[:-1][seg]) * size
             start = np.r_[start, self.seg_start[-1]].astype(np.int64)
-            self.levels.append(dict(seg_blk=seg_blk, seg=seg, start=start,
-                                    qr0=self.item_qr[start[:-1]], qrl=self.item_qr[start[1:] - 1],
-                                    lut=self.seg_lut[seg]))
+            self.levels.append(
+                dict(
+                    seg_blk=seg_blk,
+                    seg=seg,
+                    start=start,
+                    qr0=self.item_qr[start[:-1]],
+                    qrl=self.item_qr[start[1:] - 1],
+                    lut=self.seg_lut[seg],
+                )
+            )
         for up, down in zip(self.levels[:-1], self.levels[1:]):
             up["child"] = np.searchsorted(down["start"], up["start"])  # children: [c[b], c[b+1])
-            down["parent"] = (np.searchsorted(up["start"], down["start"][:-1], side="right")
-                              - 1).astype(np.int32)
-        del self.item_seg          # seg_start gives it
+            down["parent"] = (
+                np.searchsorted(up["start"], down["start"][:-1], side="right") - 1
+            ).astype(np.int32)
+        del self.item_seg  # seg_start gives it
         used = np.count_nonzero(n)
         self._prune = len(self.item_tp) >= self.PRUNE_ITEMS_PER_POINT * R * max(used, 1)
-        self._blk_base = (self._per_level(self.item_base & self.item_tp),
-                          self._per_level(self.item_base & self.item_part))
+        self._blk_base = (
+            self._per_level(self.item_base & self.item_tp),
+            self._per_level(self.item_base & self.item_part),
+        )
 
     def _per_level(self, w: np.ndarray) -> List[np.ndarray]:
         """Per level (coarse to fine), the sum of ``w`` (bool per item) over each block."""
         starts = self.levels[-1]["start"][:-1]
-        out = [np.add.reduceat(w, starts, dtype=np.int32) if len(starts)
-               else np.zeros(0, np.int32)]
+        out = [np.add.reduceat(w, starts, dtype=np.int32) if len(starts) else np.zeros(0, np.int32)]
         for up, down in zip(self.levels[-2::-1], self.levels[:0:-1]):
             out.insert(0, np.bincount(down["parent"], out[0], minlength=len(up["seg"])))
         return [x.astype(np.int32) for x in out]
@@ -256,49 +283,79 @@ class SweepTable:
         """Reuse a MatchTable whose sources are (saver, base), in that order."""
         if len(table.sources) != 2:
             raise ValueError(f"A sweep needs two sources (saver, base); got {table.sources}")
-        rows = ((table.rows_img[a], table.rows_src[a], table.rows_cat[a], _bits(table.rows_tp[a]),
-                 _bits(table.rows_valid[a])) for a in range(A))
+        rows = (
+            (
+                table.rows_img[a],
+                table.rows_src[a],
+                table.rows_cat[a],
+                _bits(table.rows_tp[a]),
+                _bits(table.rows_valid[a]),
+            )
+            for a in range(A)
+        )
         return cls(table.num_images, table.cat_ids, table.npig, rows)
 
     @classmethod
-    def build(cls, gts: Sequence[ImageGT], saver: Sequence[ImageDets], base: Sequence[ImageDets],
-              max_dets: int = 100, chunk: int = 4096) -> "SweepTable":
+    def build(
+        cls,
+        gts: Sequence[ImageGT],
+        saver: Sequence[ImageDets],
+        base: Sequence[ImageDets],
+        max_dets: int = 100,
+        chunk: int = 4096,
+    ) -> "SweepTable":
         """Match saver and base against ``gts`` (ascending image-id order) in image chunks.
         Each may be a sequence of images or a flat container (``evaluation.flat``)."""
         if not len(saver) == len(base) == len(gts):
-            raise ValueError(f"saver/base/gts lengths differ: "
-                             f"{len(saver)}, {len(base)}, {len(gts)}")
-        chunks = ((chunk_of(gts, lo, lo + chunk), chunk_of(saver, lo, lo + chunk),
-                   chunk_of(base, lo, lo + chunk)) for lo in range(0, len(gts), chunk))
+            raise ValueError(
+                f"saver/base/gts lengths differ: {len(saver)}, {len(base)}, {len(gts)}"
+            )
+        chunks = (
+            (
+                chunk_of(gts, lo, lo + chunk),
+                chunk_of(saver, lo, lo + chunk),
+                chunk_of(base, lo, lo + chunk),
+            )
+            for lo in range(0, len(gts), chunk)
+        )
         return cls.build_streaming(chunks, category_ids_of(gts, saver, base), max_dets)
 
     @classmethod
-    def build_streaming(cls, chunks: Iterable[tuple], cat_ids: Sequence[int],
-                        max_dets: int = 100) -> "SweepTable":
+    def build_streaming(
+        cls, chunks: Iterable[tuple], cat_ids: Sequence[int], max_dets: int = 100
+    ) -> "SweepTable":
         """Build from consecutive image chunks ``(gts, saver, base)`` (lists of ImageGT /
         ImageDets), e.g. read one cache chunk at a time: only compact columns are kept.
         ``cat_ids``: every category id that occurs (the dataset's)."""
         cat_ids = np.unique(np.asarray(cat_ids, np.int64))
         npig = np.zeros((len(cat_ids), A), np.int64)
-        cols = dict(img=[], src=[], cat=[], score=[], rank=[],
-                    **{f"{x}{a}": [] for x in ("tp", "valid") for a in range(A)})
+        cols = dict(
+            img=[],
+            src=[],
+            cat=[],
+            score=[],
+            rank=[],
+            **{f"{x}{a}": [] for x in ("tp", "valid") for a in range(A)},
+        )
         lo = 0
         for gts, saver, base in chunks:
             if not len(saver) == len(base) == len(gts):
-                raise ValueError(f"chunk at image {lo}: saver/base/gts lengths differ: "
-                                 f"{len(saver)}, {len(base)}, {len(gts)}")
+                raise ValueError(
+                    f"chunk at image {lo}: saver/base/gts lengths differ: "
+                    f"{len(saver)}, {len(base)}, {len(gts)}"
+                )
             fg = _flatten_gt(gts, cat_ids)
             np.add.at(npig, fg.cat, fg.notig.astype(np.int64))
             for s, dets in enumerate((saver, base)):
                 m = _match(fg, dets, cat_ids, max_dets)
                 cols["img"].append((m.img + lo).astype(np.int32))
                 cols["src"].append(np.full(len(m.img), s, np.int8))
-                cols["cat"].append(m.cat.astype(np.int16 if len(cat_ids) < 2 ** 15 else np.int32))
-                s32 = m.score.astype(np.float32)   # cached scores are float32: same order
+                cols["cat"].append(m.cat.astype(np.int16 if len(cat_ids) < 2**15 else np.int32))
+                s32 = m.score.astype(np.float32)  # cached scores are float32: same order
                 cols["score"].append(s32 if (s32 == m.score).all() else m.score)
-                cols["rank"].append(m.rank.astype(np.int16 if max_dets < 2 ** 15 else np.int32))
+                cols["rank"].append(m.rank.astype(np.int16 if max_dets < 2**15 else np.int32))
                 tp, valid = _bits(m.tp), _bits(~m.ig)
-                for a in range(A):   # one column per area, each freed once its area is done
+                for a in range(A):  # one column per area, each freed once its area is done
                     cols[f"tp{a}"].append(tp[:, a].copy())
                     cols[f"valid{a}"].append(valid[:, a].copy())
                 del m, tp, valid
@@ -308,7 +365,7 @@ class SweepTable:
             col[k] = np.concatenate(cols.pop(k)) if cols[k] else np.zeros(0, np.uint16)
         _release_free_memory()
         o = np.lexsort((col.pop("rank"), col["src"], col["img"], -col.pop("score"), col["cat"]))
-        col["o"] = o.astype(np.int32) if len(o) < 2 ** 31 else o
+        col["o"] = o.astype(np.int32) if len(o) < 2**31 else o
         del o
 
         def rows():  # one area at a time, then the columns are freed
@@ -319,6 +376,7 @@ class SweepTable:
                 yield col["img"][sel], col["src"][sel], col["cat"][sel], tp[sel], valid[sel]
                 del tp, valid, sel
             col.clear()
+
         return cls(lo, cat_ids, npig, rows())
 
     # ------------------------------------------------------------------------------ evaluation
@@ -331,13 +389,13 @@ class SweepTable:
             w = self.fv_w[f].astype(np.int32) * sign
             np.add.at(d, qs, w)
             np.subtract.at(d, self.q_end[qs], w)
-        return np.cumsum(d[:self.num_q], dtype=np.int32)
+        return np.cumsum(d[: self.num_q], dtype=np.int32)
 
     def _precision_full(self, kept: np.ndarray, fv: np.ndarray, areas: int = A) -> np.ndarray:
         """Reference for ``_precision``: one pass over every kept true positive (tests use it).
         One area range at a time, so the temporaries are a quarter of the kept items."""
         ncat = len(self.cat_ids)
-        per_area = T * ncat                                           # segments are area-major
+        per_area = T * ncat  # segments are area-major
         q = np.zeros((areas, per_area * R))
         for a in range(areas):
             s0 = a * per_area
@@ -346,14 +404,16 @@ class SweepTable:
             tpf = self.item_tp[idx]
             ctp = np.cumsum(tpf, dtype=np.int32)
             cpt = np.cumsum(self.item_part[idx], dtype=np.int32)
-            before = np.searchsorted(idx, self.seg_start[s0:s0 + per_area]) - 1  # last kept before
+            before = (
+                np.searchsorted(idx, self.seg_start[s0 : s0 + per_area]) - 1
+            )  # last kept before
             zero = before * 0
             base_tp = np.where(before >= 0, ctp[np.maximum(before, 0)], 0) if len(idx) else zero
             base_pt = np.where(before >= 0, cpt[np.maximum(before, 0)], 0) if len(idx) else zero
             j = np.flatnonzero(tpf)
             ii = idx[j]
-            cut = np.searchsorted(ii, self.seg_start[s0:s0 + per_area + 1])
-            seg = np.repeat(np.arange(per_area), np.diff(cut))   # ii is sorted
+            cut = np.searchsorted(ii, self.seg_start[s0 : s0 + per_area + 1])
+            seg = np.repeat(np.arange(per_area), np.diff(cut))  # ii is sorted
             k = ctp[j] - base_tp[seg]
             nv = fv[self.item_qr[ii]] + cpt[j] - base_pt[seg]
             pr = k / (nv + EPS)
@@ -366,12 +426,18 @@ class SweepTable:
     def _finish(self, q: np.ndarray, areas: int) -> np.ndarray:
         """Per-(segment, bucket) maxima -> COCOeval precision (T, 101, K, areas)."""
         ncat = len(self.cat_ids)
-        q = _envelope(q).reshape(areas, T, ncat, R)                   # monotone precision
+        q = _envelope(q).reshape(areas, T, ncat, R)  # monotone precision
         q[np.broadcast_to((self.npig.T[:areas] == 0)[:, None, :], (areas, T, ncat))] = -1
         return q.transpose(1, 3, 2, 0)
 
-    def _eval_blocks(self, st: "_State", sel: np.ndarray, k_before: np.ndarray,
-                     p_before: np.ndarray, q: np.ndarray) -> None:
+    def _eval_blocks(
+        self,
+        st: "_State",
+        sel: np.ndarray,
+        k_before: np.ndarray,
+        p_before: np.ndarray,
+        q: np.ndarray,
+    ) -> None:
         """Exact precision of every kept TP in finest blocks ``sel`` (ascending; ``k_before`` /
         ``p_before``: kept TPs / partials of the segment before each): raise
         ``q[segment * R + bucket]`` to the best one per bucket (same float ops as pycocotools)."""
@@ -385,7 +451,7 @@ class SweepTable:
         ctp = np.cumsum(tp, dtype=np.int64)
         cpt = np.cumsum(self.item_part[idx], dtype=np.int64)
         cnt = np.bincount(owner, minlength=len(sel))
-        start = np.cumsum(cnt) - cnt                     # first kept item of each block
+        start = np.cumsum(cnt) - cnt  # first kept item of each block
         ctp0, cpt0 = np.r_[0, ctp][start], np.r_[0, cpt][start]
         j = np.flatnonzero(tp)
         o = owner[j]
@@ -419,15 +485,16 @@ class SweepTable:
         cand = np.arange(nb)
         ktp, kpt = st.blk_tp[0][:nb], st.blk_pt[0][:nb]
 
-        def before(c):   # kept count of the segment before each coarse block
+        def before(c):  # kept count of the segment before each coarse block
             cs = np.cumsum(c, dtype=np.int64) - c
             return cs - np.r_[cs, 0][lv["seg_blk"][:nseg]][lv["seg"][:nb]]
+
         k_before, p_before = before(ktp), before(kpt)
         if not self._prune:
             return self._precision_full(st.kept, st.fv, areas)
-        q = np.zeros(nseg * R)          # lower bounds qL
+        q = np.zeros(nseg * R)  # lower bounds qL
         for level, lv in enumerate(self.levels):
-            if level:   # children of the blocks left; counts before them within their parent
+            if level:  # children of the blocks left; counts before them within their parent
                 cand, owner, n = _children(self.levels[level - 1]["child"], cand)
                 ktp, kpt = st.blk_tp[level][cand], st.blk_pt[level][cand]
                 k_before = _seg_excl(ktp, n) + k_before[owner]
@@ -437,7 +504,7 @@ class SweepTable:
             k_hi = k_b + kt
             flat = lv["seg"][cand].astype(np.int64) * R + self.lut[lv["lut"][cand] + k_hi]
             low = k_hi / (st.fv[lv["qrl"][cand]] + (p_b + kpt[has]) + EPS)
-            if len(flat):   # flat is sorted: segments ascend, buckets ascend within one
+            if len(flat):  # flat is sorted: segments ascend, buckets ascend within one
                 run = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
                 f = flat[run]
                 q[f] = np.maximum(q[f], np.maximum.reduceat(low, run))
@@ -460,7 +527,7 @@ class SweepTable:
         st = _State(self)
         out = []
         for s in range(num_steps):
-            st.swap(order[off[s]:off[s + 1]], to_saver=True)
+            st.swap(order[off[s] : off[s + 1]], to_saver=True)
             out.append(_metrics_from_precision(self._precision(st)))
         return out
 
@@ -482,7 +549,10 @@ class SweepTable:
             return self.marginal_ap_bound(images)[0]
         images = np.arange(self.num_images) if images is None else np.asarray(images, np.int64)
         st = _State(self)
-        ap = lambda: 100 * _mean_defined(self._precision(st, areas=1)[:, :, :, 0])
+
+        def ap():
+            return 100 * _mean_defined(self._precision(st, areas=1)[:, :, :, 0])
+
         base = ap()
         out = np.empty(len(images))
         for n, i in enumerate(images):
@@ -521,7 +591,7 @@ class _State:
         self.t = t
         self.kept = t.item_base.copy()
         self.fv = t._fv_all_base.copy()
-        self.blk_tp = [x.copy() for x in t._blk_base[0]]    # per level
+        self.blk_tp = [x.copy() for x in t._blk_base[0]]  # per level
         self.blk_pt = [x.copy() for x in t._blk_base[1]]
 
     def swap(self, images: np.ndarray, to_saver: bool) -> None:
@@ -534,7 +604,7 @@ class _State:
         sign = np.where(self.kept[it], 1, -1).astype(np.int32)
         dtp, dpt = sign * t.item_tp[it], sign * t.item_part[it]
         for level in range(len(t.levels) - 1, -1, -1) if t._prune else ():
-            if level == len(t.levels) - 1:   # finest block: from the segment (a short search)
+            if level == len(t.levels) - 1:  # finest block: from the segment (a short search)
                 seg = np.searchsorted(t.seg_start, it, side="right") - 1
                 blk = t.levels[-1]["seg_blk"][seg] + (it - t.seg_start[seg]) // t.LEVELS[-1]
             else:
@@ -585,5 +655,5 @@ def exit_steps(scores: np.ndarray, thresholds: Sequence[float]) -> tuple:
     finite = np.isfinite(s)
     # Exits at step j iff score >= thr[order[j]]; thresholds descend, so the first such step.
     desc = thr[order]
-    first = np.searchsorted(-desc, -s, side="left")   # first j with desc[j] <= s
+    first = np.searchsorted(-desc, -s, side="left")  # first j with desc[j] <= s
     return np.where(finite, first, len(thr)), order

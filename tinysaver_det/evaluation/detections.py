@@ -2,6 +2,7 @@
 A detector's detections of one image as the caches and the routing evaluator store them: top
 detections, COCO XYWH boxes in the original frame, the dataset's own category ids.
 """
+
 from typing import Dict
 
 import numpy as np
@@ -40,11 +41,17 @@ def detections_record(instances, to_dataset_id: Dict[int, int]) -> Dict[str, np.
     if len(instances) > MAX_STORED_DETECTIONS:
         instances = instances[instances.scores.argsort(descending=True)[:MAX_STORED_DETECTIONS]]
     dets = dets_from_predictions(instances, to_dataset_id)
-    return {"boxes": dets.boxes.astype(np.float32), "scores": dets.scores.astype(np.float32),
-            "category_ids": dets.category_ids}
+    return {
+        "boxes": dets.boxes.astype(np.float32),
+        "scores": dets.scores.astype(np.float32),
+        "category_ids": dets.category_ids,
+    }
 
 
 def record_dets(record_part: Dict[str, np.ndarray]) -> ImageDets:
     """ImageDets of a stored detections record."""
-    return ImageDets(boxes=record_part["boxes"], scores=record_part["scores"],
-                     category_ids=record_part["category_ids"])
+    return ImageDets(
+        boxes=record_part["boxes"],
+        scores=record_part["scores"],
+        category_ids=record_part["category_ids"],
+    )

@@ -4,6 +4,7 @@ Python objects per image cost ~1 KB of overhead each and cannot be memory-mapped
 containers hold 118k images in a handful of arrays (which may be ``np.load(mmap_mode="r")``
 views of a cache) and hand out ``ImageGT`` / ``ImageDets`` only for the chunk being processed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ def _check_offsets(offsets: np.ndarray, n: int, what: str) -> None:
 
 def _per_image(make, columns, offsets, lo: int, hi: int) -> list:
     """`make(*rows)` for images lo..hi-1, each with its rows of every column (read once a chunk)."""
-    o = np.asarray(offsets[lo:hi + 1])
-    cols = [np.asarray(x[o[0]:o[-1]]) for x in columns]
+    o = np.asarray(offsets[lo : hi + 1])
+    cols = [np.asarray(x[o[0] : o[-1]]) for x in columns]
     o = o - o[0]
-    return [make(*(x[o[i]:o[i + 1]] for x in cols)) for i in range(len(o) - 1)]
+    return [make(*(x[o[i] : o[i + 1]] for x in cols)) for i in range(len(o) - 1)]
 
 
 @dataclass
@@ -64,8 +65,9 @@ class FlatGT:
         return len(self.offsets) - 1
 
     def chunk(self, lo: int, hi: int) -> List[ImageGT]:
-        return _per_image(ImageGT, (self.boxes, self.category_ids, self.iscrowd, self.area),
-                          self.offsets, lo, hi)
+        return _per_image(
+            ImageGT, (self.boxes, self.category_ids, self.iscrowd, self.area), self.offsets, lo, hi
+        )
 
 
 def chunk_of(x, lo: int, hi: int) -> list:

@@ -6,6 +6,7 @@ or degenerate ones dropped), on the dataset's own images, as a COCO json dict.
 For a COCO-json dataset the json's own annotations are kept (ids, COCO areas, crowd flags, order),
 only cleaned; without a json it is converted from the dataset dicts (box areas).
 """
+
 import json
 import os
 from typing import Dict, List, Optional, Sequence
@@ -39,14 +40,26 @@ def _coco_dict_from_dicts(dataset_name: str, dataset_dicts: Sequence[dict]) -> d
     to_dataset_id = contiguous_to_dataset_id(dataset_name)
     images, annotations = [], []
     for d in dataset_dicts:
-        images.append({"id": d["image_id"], "height": d["height"], "width": d["width"],
-                       "file_name": d.get("file_name", "")})
+        images.append(
+            {
+                "id": d["image_id"],
+                "height": d["height"],
+                "width": d["width"],
+                "file_name": d.get("file_name", ""),
+            }
+        )
         for ann in clean_annotations(d)[0]["annotations"]:
             x, y, w, h = BoxMode.convert(list(ann["bbox"]), ann["bbox_mode"], BoxMode.XYWH_ABS)
-            annotations.append({"id": len(annotations) + 1, "image_id": d["image_id"],
-                                "bbox": [x, y, w, h], "area": w * h,
-                                "iscrowd": int(ann.get("iscrowd", 0)),
-                                "category_id": int(to_dataset_id[ann["category_id"]])})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": d["image_id"],
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": int(ann.get("iscrowd", 0)),
+                    "category_id": int(to_dataset_id[ann["category_id"]]),
+                }
+            )
     classes = MetadataCatalog.get(dataset_name).get("thing_classes", None)
     if classes:
         categories = [{"id": to_dataset_id[i], "name": n} for i, n in enumerate(classes)]
@@ -96,4 +109,3 @@ def dataset_ground_truth(dataset_name: str, dataset_dicts: List[dict]) -> List[I
     """
     coco = coco_api(checked_coco_dict(dataset_name, dataset_dicts))
     return gt_from_coco(coco, [d["image_id"] for d in dataset_dicts])
-

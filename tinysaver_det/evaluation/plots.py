@@ -1,4 +1,5 @@
 """PNG plots of a calibration: accuracy against compute, score distributions, example images."""
+
 import math
 from typing import Dict, List, Sequence
 
@@ -20,37 +21,71 @@ ROUTER_STYLE = {
 }
 
 
-def plot_accuracy_compute(curves: Dict[str, List[dict]], base: dict, saver: dict, chosen: dict,
-                          path: str, title: str = "", *, max_ap_drop: float,
-                          gflops_budget: float = 0.0) -> str:
+def plot_accuracy_compute(
+    curves: Dict[str, List[dict]],
+    base: dict,
+    saver: dict,
+    chosen: dict,
+    path: str,
+    title: str = "",
+    *,
+    max_ap_drop: float,
+    gflops_budget: float = 0.0,
+) -> str:
     """
     AP against GFLOPs per image for every router; base and saver marked; the chosen point
     highlighted; the calibration's target drawn as calibration.choose_point reads it: the GFLOPs
     budget when there is one (> 0), else the lowest AP allowed (the base's AP - max_ap_drop).
     """
-    fig = accuracy_compute_figure(curves, base, saver, chosen, title, max_ap_drop=max_ap_drop,
-                                  gflops_budget=gflops_budget)
+    fig = accuracy_compute_figure(
+        curves, base, saver, chosen, title, max_ap_drop=max_ap_drop, gflops_budget=gflops_budget
+    )
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def accuracy_compute_figure(curves, base, saver, chosen, title="", *, max_ap_drop: float,
-                            gflops_budget: float = 0.0):
+def accuracy_compute_figure(
+    curves, base, saver, chosen, title="", *, max_ap_drop: float, gflops_budget: float = 0.0
+):
     """The figure of plot_accuracy_compute, left open."""
     fig, ax = plt.subplots(figsize=(7, 5))
     for router, points in curves.items():
         pts = sorted(points, key=lambda p: p["gflops"])
-        ax.plot([p["gflops"] for p in pts], [p["AP"] for p in pts],
-                label=ROUTER_LABELS.get(router, router),
-                **ROUTER_STYLE.get(router, {}))
-    ax.scatter([base["gflops"]], [base["AP"]], marker="s", s=80, color="black", zorder=5,
-               label="base alone")
-    ax.scatter([saver["gflops"]], [saver["AP"]], marker="^", s=80, color="tab:red", zorder=5,
-               label="saver alone")
-    ax.scatter([chosen["gflops"]], [chosen["AP"]], marker="*", s=260, color="gold",
-               edgecolor="black", zorder=6,
-               label=f"chosen: t={chosen['threshold']:.3g}, exit {100 * chosen['exit_rate']:.0f}%")
+        ax.plot(
+            [p["gflops"] for p in pts],
+            [p["AP"] for p in pts],
+            label=ROUTER_LABELS.get(router, router),
+            **ROUTER_STYLE.get(router, {}),
+        )
+    ax.scatter(
+        [base["gflops"]],
+        [base["AP"]],
+        marker="s",
+        s=80,
+        color="black",
+        zorder=5,
+        label="base alone",
+    )
+    ax.scatter(
+        [saver["gflops"]],
+        [saver["AP"]],
+        marker="^",
+        s=80,
+        color="tab:red",
+        zorder=5,
+        label="saver alone",
+    )
+    ax.scatter(
+        [chosen["gflops"]],
+        [chosen["AP"]],
+        marker="*",
+        s=260,
+        color="gold",
+        edgecolor="black",
+        zorder=6,
+        label=f"chosen: t={chosen['threshold']:.3g}, exit {100 * chosen['exit_rate']:.0f}%",
+    )
     target = dict(color="black", lw=0.6, ls="--", alpha=0.5)
     if gflops_budget > 0:
         ax.axvline(gflops_budget, label=f"target: {gflops_budget:g} GFLOPs", **target)
@@ -65,17 +100,28 @@ def accuracy_compute_figure(curves, base, saver, chosen, title="", *, max_ap_dro
     return fig
 
 
-def plot_score_distribution(scores: np.ndarray, threshold: float, path: str,
-                            router: str = "evaluator") -> str:
+def plot_score_distribution(
+    scores: np.ndarray, threshold: float, path: str, router: str = "evaluator"
+) -> str:
     """Histogram of routing scores, exited (>= threshold) and routed images in two colours."""
     scores = np.asarray(scores, dtype=np.float64)
     finite = scores[np.isfinite(scores)]
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.linspace(finite.min(), finite.max(), 40) if len(finite) else 10
-    ax.hist(finite[finite >= threshold], bins=bins, color="tab:green", alpha=0.7,
-            label="exited at the saver")
-    ax.hist(finite[finite < threshold], bins=bins, color="tab:purple", alpha=0.7,
-            label="routed to the base")
+    ax.hist(
+        finite[finite >= threshold],
+        bins=bins,
+        color="tab:green",
+        alpha=0.7,
+        label="exited at the saver",
+    )
+    ax.hist(
+        finite[finite < threshold],
+        bins=bins,
+        color="tab:purple",
+        alpha=0.7,
+        label="routed to the base",
+    )
     if math.isfinite(threshold):
         ax.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.3g}")
     ax.set_xlabel(f"{router} score")
@@ -96,9 +142,16 @@ def example_images(scores: np.ndarray, threshold: float, per_path: int):
     return exited, routed
 
 
-def plot_examples(dataset_dicts: Sequence[dict], records: Sequence[dict], scores: np.ndarray,
-                  threshold: float, metadata, path: str, per_path: int = 4,
-                  score_thresh: float = 0.4) -> str:
+def plot_examples(
+    dataset_dicts: Sequence[dict],
+    records: Sequence[dict],
+    scores: np.ndarray,
+    threshold: float,
+    metadata,
+    path: str,
+    per_path: int = 4,
+    score_thresh: float = 0.4,
+) -> str:
     """
     A grid drawn with detectron2's Visualizer: top row, images that exited with the saver's boxes;
     bottom row, images routed to the base with the base's boxes; each titled with its score.

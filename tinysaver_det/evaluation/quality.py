@@ -17,6 +17,7 @@ bound (`coco_sweep.SweepTable.marginal_ap`, `coco_marginal`).
 Higher means better to exit for saver_ap and marginal_ap; for ap_gain lower is
 (see routing_quality).
 """
+
 from typing import Optional, Sequence
 
 import numpy as np
@@ -26,8 +27,12 @@ from ..modeling.routing import gain_oracle_scores
 from .coco_sweep import SweepTable
 
 
-def marginal_targets(gts: Sequence[ImageGT], saver: Sequence[ImageDets],
-                     base: Sequence[ImageDets], exact: Optional[bool] = None) -> np.ndarray:
+def marginal_targets(
+    gts: Sequence[ImageGT],
+    saver: Sequence[ImageDets],
+    base: Sequence[ImageDets],
+    exact: Optional[bool] = None,
+) -> np.ndarray:
     """
     The marginal_ap target of every image of a split: N x (AP of the split with image i's
     detections from the saver and every other image's from the base - AP of the base) / 100.

@@ -4,6 +4,7 @@ DatasetEvaluators: exit rate, GFLOPs per image, compute saved, COCO AP of the im
 handled (images per second: ThroughputEvaluator). Works under inference_on_dataset, distributed
 included.
 """
+
 import itertools
 import logging
 import os
@@ -35,8 +36,9 @@ class RoutingEvaluator(DatasetEvaluator):
         output_dir: where routing.json (per-image decisions and the summary) is written.
     """
 
-    def __init__(self, dataset_name: str, costs: Optional[Dict[str, float]] = None,
-                 output_dir: str = ""):
+    def __init__(
+        self, dataset_name: str, costs: Optional[Dict[str, float]] = None, output_dir: str = ""
+    ):
         self.dataset_name = dataset_name
         self.costs = costs
         self.output_dir = output_dir
@@ -90,6 +92,7 @@ class RoutingEvaluator(DatasetEvaluator):
                 result[f"{k}_{path}_images"] = float(metrics[k])
         if self.output_dir:
             images = [{k: r[k] for k in ("image_id", "score", "exited")} for r in rows]
-            atomic_save_json({"summary": result, "images": images},
-                             os.path.join(self.output_dir, "routing.json"))
+            atomic_save_json(
+                {"summary": result, "images": images}, os.path.join(self.output_dir, "routing.json")
+            )
         return {"routing": result}

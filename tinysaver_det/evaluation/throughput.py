@@ -1,4 +1,5 @@
 """ThroughputEvaluator: images per second of a model under inference_on_dataset, any detector."""
+
 import time
 from collections import OrderedDict
 

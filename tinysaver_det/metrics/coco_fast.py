@@ -30,6 +30,7 @@ No detections against existing ground truth score 0 (as COCOeval computes it); a
 only where it is undefined (no ground truth in its area range). Evaluation follows the same rule
 (``coco_evaluator.CheckedCOCOEvaluator``; detectron2's own reports NaN for no detections).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,10 +39,9 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 
 # Same expressions as pycocotools.cocoeval.Params.setDetParams, so the floats are identical.
-IOU_THRS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
-REC_THRS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
-AREA_RNGS = np.array([[0, 1e5 ** 2], [0, 32 ** 2], [32 ** 2, 96 ** 2], [96 ** 2, 1e5 ** 2]],
-                     dtype=np.float64)
+IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
+REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
+AREA_RNGS = np.array([[0, 1e5**2], [0, 32**2], [32**2, 96**2], [96**2, 1e5**2]], dtype=np.float64)
 # evaluateImg starts the best IoU at min(t, 1-1e-10): a detection matches when iou >= this.
 _MATCH_THRS = np.array([min([t, 1 - 1e-10]) for t in IOU_THRS])
 T, A = len(IOU_THRS), len(AREA_RNGS)
@@ -67,11 +67,17 @@ class ImageGT:
         self.boxes = _boxes(self.boxes)
         g = len(self.boxes)
         self.category_ids = np.asarray(self.category_ids, dtype=np.int64).reshape(g)
-        self.iscrowd = (np.zeros(g, bool) if self.iscrowd is None
-                        else np.asarray(self.iscrowd).astype(bool).reshape(g))
+        self.iscrowd = (
+            np.zeros(g, bool)
+            if self.iscrowd is None
+            else np.asarray(self.iscrowd).astype(bool).reshape(g)
+        )
         # Without an explicit area fall back to w*h (COCO's area is the mask area when present).
-        self.area = (self.boxes[:, 2] * self.boxes[:, 3] if self.area is None
-                     else np.asarray(self.area, dtype=np.float64).reshape(g))
+        self.area = (
+            self.boxes[:, 2] * self.boxes[:, 3]
+            if self.area is None
+            else np.asarray(self.area, dtype=np.float64).reshape(g)
+        )
 
 
 @dataclass
@@ -98,10 +104,14 @@ def gt_from_coco(coco, img_ids: Optional[Sequence[int]] = None) -> List[ImageGT]
     out = []
     for i in img_ids:
         anns = coco.imgToAnns.get(i, [])
-        out.append(ImageGT(boxes=[a["bbox"] for a in anns],
-                           category_ids=[a["category_id"] for a in anns],
-                           iscrowd=[bool(a.get("iscrowd", 0)) for a in anns],
-                           area=[a["area"] for a in anns]))
+        out.append(
+            ImageGT(
+                boxes=[a["bbox"] for a in anns],
+                category_ids=[a["category_id"] for a in anns],
+                iscrowd=[bool(a.get("iscrowd", 0)) for a in anns],
+                area=[a["area"] for a in anns],
+            )
+        )
     return out
 
 
@@ -109,23 +119,23 @@ def gt_from_coco(coco, img_ids: Optional[Sequence[int]] = None) -> List[ImageGT]
 # matching (COCOeval.evaluateImg, all images, IoU thresholds and area ranges at once)
 # ----------------------------------------------------------------------------------------------
 class _FlatGT(NamedTuple):
-    img: np.ndarray     # (G,) image index
-    cat: np.ndarray     # (G,) category index (contiguous)
-    boxes: np.ndarray   # (G,4)
-    crowd: np.ndarray   # (G,) bool
-    notig: np.ndarray   # (G,A) bool: counts as ground truth in area range a
-    key: np.ndarray     # (G,) group key img*ncat+cat, sorted
+    img: np.ndarray  # (G,) image index
+    cat: np.ndarray  # (G,) category index (contiguous)
+    boxes: np.ndarray  # (G,4)
+    crowd: np.ndarray  # (G,) bool
+    notig: np.ndarray  # (G,A) bool: counts as ground truth in area range a
+    key: np.ndarray  # (G,) group key img*ncat+cat, sorted
 
 
 class _Matches(NamedTuple):
     """Kept detections in (image, category, score desc) order with their COCO flags."""
 
-    img: np.ndarray     # (N,)
-    cat: np.ndarray     # (N,) category index
-    score: np.ndarray   # (N,)
-    rank: np.ndarray    # (N,) rank within its (image, category)
-    tp: np.ndarray      # (N,T,A) bool: matched to a counted ground truth
-    ig: np.ndarray      # (N,T,A) bool: dtIgnore
+    img: np.ndarray  # (N,)
+    cat: np.ndarray  # (N,) category index
+    score: np.ndarray  # (N,)
+    rank: np.ndarray  # (N,) rank within its (image, category)
+    tp: np.ndarray  # (N,T,A) bool: matched to a counted ground truth
+    ig: np.ndarray  # (N,T,A) bool: dtIgnore
 
 
 def _concat(parts, dtype, shape=()):
@@ -162,8 +172,13 @@ def _pair_iou(d: np.ndarray, g: np.ndarray, crowd: np.ndarray) -> np.ndarray:
     return np.where((w > 0) & (h > 0), iou, 0.0)
 
 
-def _match(gt: _FlatGT, dets: Sequence[ImageDets], cat_ids: np.ndarray, max_dets: int,
-           areas: Sequence[int] = range(A)) -> _Matches:
+def _match(
+    gt: _FlatGT,
+    dets: Sequence[ImageDets],
+    cat_ids: np.ndarray,
+    max_dets: int,
+    areas: Sequence[int] = range(A),
+) -> _Matches:
     """COCOeval.evaluateImg for every (image, category) of one detection source at once.
 
     Greedy matching is sequential in detection rank, so we step over rank (<= max_dets steps)
@@ -204,15 +219,18 @@ def _match(gt: _FlatGT, dets: Sequence[ImageDets], cat_ids: np.ndarray, max_dets
     run_len = np.diff(np.r_[run_start, len(p_det)])
     within = np.arange(len(p_det)) - np.repeat(run_start, run_len) + 1  # 1..k, later = better
     K = int(run_len.max()) + 1 if len(run_len) else 1
-    notig = gt.notig[:, areas]                                          # (G, A')
+    notig = gt.notig[:, areas]  # (G, A')
     Aa = len(areas)
 
     matched = np.zeros((len(gt.img), T, Aa), bool)
     dtm = np.zeros((N, T, Aa), bool)
     mig = np.zeros((N, T, Aa), bool)
     run_rank = rank[p_det[run_start]]
-    step_bounds = (np.flatnonzero(np.r_[True, run_rank[1:] != run_rank[:-1], True])
-                   if len(run_rank) else np.zeros(0, int))
+    step_bounds = (
+        np.flatnonzero(np.r_[True, run_rank[1:] != run_rank[:-1], True])
+        if len(run_rank)
+        else np.zeros(0, int)
+    )
     thr = _MATCH_THRS[None, :, None]
     for s, e in zip(step_bounds[:-1], step_bounds[1:]):
         # runs s..e-1 share one rank: one detection per (image, category) -> no conflicts.
@@ -232,7 +250,7 @@ def _match(gt: _FlatGT, dets: Sequence[ImageDets], cat_ids: np.ndarray, max_dets
 
     darea = boxes[:, 2] * boxes[:, 3]
     rng = AREA_RNGS[areas]
-    out = (darea[:, None] < rng[:, 0]) | (darea[:, None] > rng[:, 1])   # (N, A')
+    out = (darea[:, None] < rng[:, 0]) | (darea[:, None] > rng[:, 1])  # (N, A')
     ig = mig | (~dtm & out[:, None, :])
     return _Matches(img, cat, score, rank, dtm & ~mig, ig)
 
@@ -245,8 +263,9 @@ def _category_ids(gts: Sequence[ImageGT], *dets_lists: Sequence[ImageDets]) -> n
 # ----------------------------------------------------------------------------------------------
 # accumulation (COCOeval.accumulate)
 # ----------------------------------------------------------------------------------------------
-def _bucket_max(group: np.ndarray, ngroups: int, tp: np.ndarray, valid: np.ndarray,
-                npig: np.ndarray):
+def _bucket_max(
+    group: np.ndarray, ngroups: int, tp: np.ndarray, valid: np.ndarray, npig: np.ndarray
+):
     """Best precision per (threshold, group, recall bucket), as runs ``(seg, bucket, value)``.
 
     Rows are detections already in accumulate's order, grouped contiguously by ``group``
@@ -273,10 +292,10 @@ def _bucket_max(group: np.ndarray, ngroups: int, tp: np.ndarray, valid: np.ndarr
     seg_start = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
     seg_len = np.diff(np.r_[seg_start, len(seg)])
     k = (np.arange(len(seg)) - np.repeat(seg_start, seg_len) + 1).astype(np.float64)
-    nv = (cumv[ri, ti] - base[gi, ti]).astype(np.float64)   # valid rows so far
+    nv = (cumv[ri, ti] - base[gi, ti]).astype(np.float64)  # valid rows so far
     fp = nv - k
     rc = k / npig[gi]
-    pr = k / (fp + k + np.spacing(1))                       # same ops as pycocotools
+    pr = k / (fp + k + np.spacing(1))  # same ops as pycocotools
     bucket = np.searchsorted(REC_THRS, rc, side="right") - 1  # last r with thr <= rc
     flat = seg * len(REC_THRS) + bucket
     run = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
@@ -289,7 +308,7 @@ def _precision(group, ngroups, tp, valid, npig) -> np.ndarray:
     q = np.zeros((tp.shape[1], ngroups, R))
     seg, bucket, val = _bucket_max(group, ngroups, tp, valid, npig)
     q.reshape(-1)[seg * R + bucket] = val
-    q = np.maximum.accumulate(q[..., ::-1], axis=-1)[..., ::-1]   # monotone precision
+    q = np.maximum.accumulate(q[..., ::-1], axis=-1)[..., ::-1]  # monotone precision
     q[:, npig == 0, :] = -1
     return q
 
@@ -327,8 +346,9 @@ def _mean_defined(x: np.ndarray) -> float:
     return float(np.mean(x)) if x.size else float("nan")
 
 
-def _per_image_from_matches(m: _Matches, gt: _FlatGT, n_img: int, ncat: int,
-                            no_gt_value: float, area: int = 0) -> np.ndarray:
+def _per_image_from_matches(
+    m: _Matches, gt: _FlatGT, n_img: int, ncat: int, no_gt_value: float, area: int = 0
+) -> np.ndarray:
     """Single-image COCO AP (area ``all``, maxDets 100) of every image from matches."""
     # Only (image, category) groups with counted gt enter the mean: compress to those.
     npig_all = np.bincount(gt.key, weights=gt.notig[:, area], minlength=n_img * ncat)
@@ -339,8 +359,9 @@ def _per_image_from_matches(m: _Matches, gt: _FlatGT, n_img: int, ncat: int,
         keep = (pos < len(groups)) & (groups[np.minimum(pos, len(groups) - 1)] == key)
     else:
         keep = np.zeros(len(key), bool)
-    per_group = _mean_precision(pos[keep], len(groups), m.tp[keep, :, area], ~m.ig[keep, :, area],
-                                npig_all[groups])
+    per_group = _mean_precision(
+        pos[keep], len(groups), m.tp[keep, :, area], ~m.ig[keep, :, area], npig_all[groups]
+    )
     g_img = groups // ncat
     s = np.bincount(g_img, weights=per_group, minlength=n_img)
     cnt = np.bincount(g_img, minlength=n_img)
@@ -348,8 +369,13 @@ def _per_image_from_matches(m: _Matches, gt: _FlatGT, n_img: int, ncat: int,
         return np.where(cnt > 0, s / np.maximum(cnt, 1), no_gt_value)
 
 
-def per_image_ap_batch(gts: Sequence[ImageGT], dets_list: Sequence[ImageDets], *,
-                       max_dets: int = 100, no_gt_value: float = 1.0) -> np.ndarray:
+def per_image_ap_batch(
+    gts: Sequence[ImageGT],
+    dets_list: Sequence[ImageDets],
+    *,
+    max_dets: int = 100,
+    no_gt_value: float = 1.0,
+) -> np.ndarray:
     """``per_image_ap`` of many images at once (float64 array, len(gts)). Vectorised."""
     assert len(gts) == len(dets_list)
     cat_ids = _category_ids(gts, dets_list)
@@ -358,8 +384,9 @@ def per_image_ap_batch(gts: Sequence[ImageGT], dets_list: Sequence[ImageDets], *
     return _per_image_from_matches(m, fg, len(gts), len(cat_ids), no_gt_value)
 
 
-def per_image_ap(gt: ImageGT, dets: ImageDets, *, max_dets: int = 100,
-                 no_gt_value: float = 1.0) -> float:
+def per_image_ap(
+    gt: ImageGT, dets: ImageDets, *, max_dets: int = 100, no_gt_value: float = 1.0
+) -> float:
     """COCO AP@[.50:.95] of one image (= COCOeval stats[0] on a one-image dataset).
 
     101-point interpolated precision, maxDets 100, area 'all', averaged over the categories
@@ -380,12 +407,14 @@ def per_image_ap(gt: ImageGT, dets: ImageDets, *, max_dets: int = 100,
 # ----------------------------------------------------------------------------------------------
 def _metrics_from_precision(p: np.ndarray) -> Dict[str, float]:
     """COCOeval stats[:6] (x100, NaN if undefined) of precision (T, 101, K, A)."""
-    return {"AP": 100 * _mean_defined(p[:, :, :, 0]),
-            "AP50": 100 * _mean_defined(p[0, :, :, 0]),
-            "AP75": 100 * _mean_defined(p[5, :, :, 0]),
-            "APs": 100 * _mean_defined(p[:, :, :, 1]),
-            "APm": 100 * _mean_defined(p[:, :, :, 2]),
-            "APl": 100 * _mean_defined(p[:, :, :, 3])}
+    return {
+        "AP": 100 * _mean_defined(p[:, :, :, 0]),
+        "AP50": 100 * _mean_defined(p[0, :, :, 0]),
+        "AP75": 100 * _mean_defined(p[5, :, :, 0]),
+        "APs": 100 * _mean_defined(p[:, :, :, 1]),
+        "APm": 100 * _mean_defined(p[:, :, :, 2]),
+        "APl": 100 * _mean_defined(p[:, :, :, 3]),
+    }
 
 
 @dataclass
@@ -401,21 +430,23 @@ class MatchTable:
     sources: List[str]
     num_images: int
     cat_ids: np.ndarray
-    npig: np.ndarray                      # (ncat, A) counted gt per category and area
-    rows_img: List[np.ndarray]            # per area: presorted rows not ignored everywhere
+    npig: np.ndarray  # (ncat, A) counted gt per category and area
+    rows_img: List[np.ndarray]  # per area: presorted rows not ignored everywhere
     rows_src: List[np.ndarray]
     rows_cat: List[np.ndarray]
-    rows_tp: List[np.ndarray]             # per area: (n_a, T) bool
+    rows_tp: List[np.ndarray]  # per area: (n_a, T) bool
     rows_valid: List[np.ndarray]
 
     @classmethod
-    def build(cls, gts: Sequence[ImageGT], sources: Mapping[str, Sequence[ImageDets]],
-              max_dets: int = 100) -> "MatchTable":
+    def build(
+        cls, gts: Sequence[ImageGT], sources: Mapping[str, Sequence[ImageDets]], max_dets: int = 100
+    ) -> "MatchTable":
         """Match every source against ``gts`` (images in ascending image-id order)."""
         names = list(sources)
         for s in names:
             assert len(sources[s]) == len(gts), (
-                f"source {s!r}: {len(sources[s])} != {len(gts)} images")
+                f"source {s!r}: {len(sources[s])} != {len(gts)} images"
+            )
         cat_ids = _category_ids(gts, *[sources[s] for s in names])
         ncat = len(cat_ids)
         fg = _flatten_gt(gts, cat_ids)
@@ -441,8 +472,17 @@ class MatchTable:
             rows["cat"].append(cat[sel])
             rows["tp"].append(np.ascontiguousarray(tp[sel, :, a]))
             rows["valid"].append(np.ascontiguousarray(~ig[sel, :, a]))
-        return cls(names, len(gts), cat_ids, npig, rows["img"], rows["src"], rows["cat"],
-                   rows["tp"], rows["valid"])
+        return cls(
+            names,
+            len(gts),
+            cat_ids,
+            npig,
+            rows["img"],
+            rows["src"],
+            rows["cat"],
+            rows["tp"],
+            rows["valid"],
+        )
 
     def precision(self, choice) -> np.ndarray:
         """COCOeval's eval['precision'][..., maxDets=100] for a choice: (T, 101, K, A)."""
@@ -450,8 +490,13 @@ class MatchTable:
         out = np.empty((T, len(REC_THRS), len(self.cat_ids), A))
         for a in range(A):
             keep = self.rows_src[a] == choice[self.rows_img[a]]
-            q = _precision(self.rows_cat[a][keep], len(self.cat_ids), self.rows_tp[a][keep],
-                           self.rows_valid[a][keep], self.npig[:, a])
+            q = _precision(
+                self.rows_cat[a][keep],
+                len(self.cat_ids),
+                self.rows_tp[a][keep],
+                self.rows_valid[a][keep],
+                self.npig[:, a],
+            )
             out[:, :, :, a] = q.transpose(0, 2, 1)
         return out
 

@@ -1,4 +1,5 @@
 """Meta-architecture, evaluator heads and routing."""
+
 # Importing these modules registers TinySaverRCNN, the evaluator heads and the RegNet backbone.
 from .backbone import build_regnet_fpn_backbone
 from .evaluator_head import EVALUATOR_HEAD_REGISTRY, DetectionQualityHead, build_evaluator_head

@@ -7,6 +7,7 @@ A saver should be about as good as the base on easy images, so it runs near the 
 the backbone is what makes it cheap. RegNetX-200MF (the default keys) costs a fraction of a
 ResNet-18 at the same input size.
 """
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN

@@ -7,6 +7,7 @@ A head has two halves so that evaluator inputs can be cached:
 - `forward(summary)`: the learned part; returns the predicted quality per image,
 and `scores(summary)` turns predictions into routing scores (higher = more likely to exit).
 """
+
 import math
 from typing import Dict, List, Sequence, Tuple
 
@@ -41,8 +42,9 @@ def build_evaluator_head(cfg, input_shape: Dict[str, ShapeSpec], num_classes: in
     return EVALUATOR_HEAD_REGISTRY.get(name)(cfg, input_shape, num_classes)
 
 
-def pool_valid_region(feature: torch.Tensor, image_sizes: Sequence[Tuple[int, int]],
-                      stride: int) -> torch.Tensor:
+def pool_valid_region(
+    feature: torch.Tensor, image_sizes: Sequence[Tuple[int, int]], stride: int
+) -> torch.Tensor:
     """
     Mean and max of each channel over the part of a padded feature map that covers the image
     (padding would otherwise leak batch composition into the summary). Returns (N, 2C).
@@ -64,8 +66,11 @@ def detection_statistics(instances: Instances, num_classes: int, top_k: int) -> 
     device = instances.scores.device if len(instances) else torch.device("cpu")
     h, w = instances.image_size
     scores = instances.scores.float() if len(instances) else torch.zeros(0, device=device)
-    classes = (instances.pred_classes if len(instances)
-               else torch.zeros(0, dtype=torch.long, device=device))
+    classes = (
+        instances.pred_classes
+        if len(instances)
+        else torch.zeros(0, dtype=torch.long, device=device)
+    )
 
     top = torch.zeros(top_k, device=device)
     sorted_scores = scores.sort(descending=True).values[:top_k]
@@ -98,8 +103,9 @@ def statistics_dim(num_classes: int, top_k: int) -> int:
     return top_k + len(SCORE_LEVELS) + len(SIZE_EDGES) + 1 + num_classes + 2 + 2
 
 
-def pairwise_rank_loss(pred: torch.Tensor, target: torch.Tensor,
-                       margin: float = 0.0) -> torch.Tensor:
+def pairwise_rank_loss(
+    pred: torch.Tensor, target: torch.Tensor, margin: float = 0.0
+) -> torch.Tensor:
     """
     Logistic loss on every pair of images in the batch whose targets differ by more than `margin`:
     routing needs the order, and the order of two targets within noise of each other is noise.
@@ -150,8 +156,9 @@ class DetectionQualityHead(nn.Module):
         """
         super().__init__()
         if target not in TARGETS:
-            raise ValueError(f"MODEL.TINYSAVER.EVALUATOR.TARGET must be one of {TARGETS}, "
-                             f"got {target!r}")
+            raise ValueError(
+                f"MODEL.TINYSAVER.EVALUATOR.TARGET must be one of {TARGETS}, got {target!r}"
+            )
         self.in_features = list(in_features)
         self.in_strides = list(in_strides)
         self.num_classes = num_classes
@@ -203,10 +210,13 @@ class DetectionQualityHead(nn.Module):
         Returns:
             (N, summary_dim) float tensor.
         """
-        pooled = [pool_valid_region(features[f], image_sizes, s)
-                  for f, s in zip(self.in_features, self.in_strides)]
-        stats = torch.stack([detection_statistics(x, self.num_classes, self.top_k)
-                             for x in instances])
+        pooled = [
+            pool_valid_region(features[f], image_sizes, s)
+            for f, s in zip(self.in_features, self.in_strides)
+        ]
+        stats = torch.stack(
+            [detection_statistics(x, self.num_classes, self.top_k) for x in instances]
+        )
         return torch.cat(pooled + [stats.to(pooled[0].device)], dim=1).float()
 
     def forward(self, summary: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 TinySaverRCNN: the saver runs on every image, the evaluator head scores its detections, and only
 the images scoring below the threshold go, as one sub-batch, to the base (a Cascade R-CNN).
 """
+
 import logging
 from contextlib import contextmanager
 from typing import List, Optional, Sequence, Tuple
@@ -75,8 +76,9 @@ def check_same_classes(saver_cfg, base_cfg) -> None:
         )
 
 
-def resize_inputs(batched_inputs: Sequence[dict], size: Tuple[int, int],
-                  flip_channels: bool = False) -> List[dict]:
+def resize_inputs(
+    batched_inputs: Sequence[dict], size: Tuple[int, int], flip_channels: bool = False
+) -> List[dict]:
     """
     Resize each image tensor to what a sub-model's own test-time ResizeShortestEdge(min, max) would
     give, so a saver can run at a lower resolution than the base. Outputs stay at the caller's
@@ -94,8 +96,13 @@ def resize_inputs(batched_inputs: Sequence[dict], size: Tuple[int, int],
         if min_size > 0:
             new_hw = ResizeShortestEdge.get_output_shape(h, w, min_size, max_size)
             if tuple(new_hw) != (h, w):
-                y["image"] = F.interpolate(image[None].float(), size=new_hw, mode="bilinear",
-                                           align_corners=False, antialias=True)[0]
+                y["image"] = F.interpolate(
+                    image[None].float(),
+                    size=new_hw,
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )[0]
         out.append(y)
     return out
 
@@ -182,8 +189,9 @@ class TinySaverRCNN(nn.Module):
         check_same_classes(saver_cfg, base_cfg)
         saver = build_model(saver_cfg)
         base = build_model(base_cfg)
-        evaluator = build_evaluator_head(cfg, saver.backbone.output_shape(),
-                                         num_classes_of(saver_cfg))
+        evaluator = build_evaluator_head(
+            cfg, saver.backbone.output_shape(), num_classes_of(saver_cfg)
+        )
         evaluator.to(torch.device(cfg.MODEL.DEVICE))
         ts = cfg.MODEL.TINYSAVER
         return {
@@ -250,9 +258,11 @@ class TinySaverRCNN(nn.Module):
             sub = [inputs[i] for i in group]
             with torch.no_grad(), captured_output(self.saver.backbone) as features:
                 results = self.saver(sub)
-            rows = self.evaluator.summarize(features["output"],
-                                            [tuple(x["image"].shape[-2:]) for x in sub],
-                                            [r["instances"] for r in results])
+            rows = self.evaluator.summarize(
+                features["output"],
+                [tuple(x["image"].shape[-2:]) for x in sub],
+                [r["instances"] for r in results],
+            )
             for j, i in enumerate(group):
                 outputs[i], summary[i] = results[j], rows[j]
         return outputs, torch.stack(summary)
@@ -270,7 +280,10 @@ class TinySaverRCNN(nn.Module):
 
     # --- routing ----------------------------------------------------------------------------------
     def routing_scores(
-        self, batched_inputs: Sequence[dict], saver_outputs: Sequence[dict], summary: torch.Tensor,
+        self,
+        batched_inputs: Sequence[dict],
+        saver_outputs: Sequence[dict],
+        summary: torch.Tensor,
         base_outputs: Optional[Sequence[dict]] = None,
     ) -> torch.Tensor:
         """One score per image under the current router (higher = exit), float64 (routing.py)."""
@@ -287,8 +300,9 @@ class TinySaverRCNN(nn.Module):
         return scores.to(self.device)
 
     @staticmethod
-    def per_image_aps(batched_inputs, saver_outputs,
-                      base_outputs) -> Tuple[List[float], List[float]]:
+    def per_image_aps(
+        batched_inputs, saver_outputs, base_outputs
+    ) -> Tuple[List[float], List[float]]:
         """Per-image AP of the saver's and the base's outputs against the inputs' ground truth."""
         if any("instances" not in x for x in batched_inputs):
             raise ValueError(
@@ -316,8 +330,12 @@ class TinySaverRCNN(nn.Module):
         merged = merge_in_order(exited.tolist(), saver_outputs, base_outputs)
         results = []
         for out, score, ex in zip(merged, scores.tolist(), exited.tolist()):
-            facts = {"score": score, "exited": ex, "path": "saver" if ex else "base",
-                     "router": self.router}
+            facts = {
+                "score": score,
+                "exited": ex,
+                "path": "saver" if ex else "base",
+                "router": self.router,
+            }
             results.append({"instances": out["instances"], "tinysaver": facts})
         return results
 
@@ -342,20 +360,25 @@ class TinySaverRCNN(nn.Module):
         if all(SUMMARY_KEY in x for x in batched_inputs):
             summary = torch.stack([torch.as_tensor(x[SUMMARY_KEY]) for x in batched_inputs])
             summary = summary.to(self.device)
-            target = torch.tensor([float(x[TARGET_KEY]) for x in batched_inputs],
-                                  device=self.device)
+            target = torch.tensor(
+                [float(x[TARGET_KEY]) for x in batched_inputs], device=self.device
+            )
             return summary.float(), target
         # Without height/width, outputs come back in the frame of the (augmented) input tensor,
         # which is the frame of its ground truth.
-        plain = [{k: v for k, v in x.items() if k not in ("height", "width")}
-                 for x in batched_inputs]
+        plain = [
+            {k: v for k, v in x.items() if k not in ("height", "width")} for x in batched_inputs
+        ]
         saver_outputs, summary = self.run_saver(plain)
-        target = [per_image_quality(x["instances"], s["instances"])
-                  for x, s in zip(plain, saver_outputs)]
+        target = [
+            per_image_quality(x["instances"], s["instances"]) for x, s in zip(plain, saver_outputs)
+        ]
         if self.evaluator.target == "ap_gain":
             base_outputs = self.run_base(plain)
-            base_ap = [per_image_quality(x["instances"], b["instances"])
-                       for x, b in zip(plain, base_outputs)]
+            base_ap = [
+                per_image_quality(x["instances"], b["instances"])
+                for x, b in zip(plain, base_outputs)
+            ]
             target = base_gain(target, base_ap).tolist()
         return summary, torch.tensor(target, device=self.device, dtype=torch.float32)
 

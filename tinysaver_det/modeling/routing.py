@@ -3,6 +3,7 @@ Routing as small pure functions: each router's score, which images exit at the s
 two paths' outputs are merged back into input order. The meta-architecture (live, on a batch), the
 calibration (on cached predictions) and the tests all use these, so the rules live in one place.
 """
+
 import zlib
 from typing import Dict, Hashable, List, Sequence, Tuple, TypeVar
 
@@ -34,8 +35,9 @@ def exit_mask(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.isfinite(scores) & (scores.double() >= threshold)
 
 
-def merge_in_order(exited: Sequence[bool], saver_outputs: Sequence[T],
-                   base_outputs: Sequence[T]) -> List[T]:
+def merge_in_order(
+    exited: Sequence[bool], saver_outputs: Sequence[T], base_outputs: Sequence[T]
+) -> List[T]:
     """
     Put the outputs of both paths back in input order: image i takes saver_outputs[i] if it exited,
     else the next of base_outputs (which holds the routed images, in input order).

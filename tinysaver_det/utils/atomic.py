@@ -2,6 +2,7 @@
 Atomic writes: a file appears complete under its final name or not at all, so an interrupted run
 never leaves a half-written file that a later run would read as finished.
 """
+
 import json
 import os
 import tempfile
@@ -30,8 +31,9 @@ def atomic_path(path: str):
         os.replace(tmp, path)
     except OSError as e:
         raise OSError(
-            e.errno, f"Could not write {path!r}: {e.strerror} (disk full or folder not writable?); "
-            "earlier results are intact"
+            e.errno,
+            f"Could not write {path!r}: {e.strerror} (disk full or folder not writable?); "
+            "earlier results are intact",
         ) from e
     finally:
         if os.path.exists(tmp):

@@ -1,4 +1,5 @@
 """Reproducible draws from numpy's global RNG without disturbing it for the code around them."""
+
 from contextlib import contextmanager
 
 import numpy as np
