@@ -41,6 +41,28 @@ class TrainedDetectors:
     weights: Dict[str, str]  # "saver"/"base" -> model_final.pth
     configs: Dict[str, str]  # "saver"/"base"/"tinysaver" -> the instant-test config
 
+    def tinysaver_config(self, cache_dir, *opts):
+        """
+        The instant-test TinySaver config on the CPU with these saver and base weights, caching
+        under `cache_dir`; `opts` are further KEY VALUE overrides, as on a command line.
+        """
+        from tinysaver_det.config import load_config
+
+        return load_config(
+            self.configs["tinysaver"],
+            [
+                "MODEL.DEVICE",
+                "cpu",
+                "MODEL.TINYSAVER.SAVER.WEIGHTS",
+                self.weights["saver"],
+                "MODEL.TINYSAVER.BASE.WEIGHTS",
+                self.weights["base"],
+                "MODEL.TINYSAVER.CACHE.DIR",
+                str(cache_dir),
+                *map(str, opts),
+            ],
+        )
+
 
 @pytest.fixture(scope="session")
 def trained_detectors(tmp_path_factory) -> TrainedDetectors:

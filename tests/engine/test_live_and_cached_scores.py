@@ -7,7 +7,6 @@ import numpy as np
 import torch
 
 import tinysaver_det  # noqa: F401
-from tinysaver_det.config import load_config
 from tinysaver_det.engine.calibrate import CachedSplit
 from tinysaver_det.engine.trainer import Trainer, load_weights
 from tinysaver_det.modeling.routing import ROUTERS, exit_mask
@@ -16,24 +15,14 @@ from tinysaver_det.modeling.routing import ROUTERS, exit_mask
 def test_live_and_cached_scores_agree_for_every_router(tmp_path, trained_detectors):
     td = trained_detectors
     dataset = f"{td.prefix}_val"
-    cfg = load_config(
-        td.configs["tinysaver"],
-        [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.TINYSAVER.SAVER.WEIGHTS",
-            td.weights["saver"],
-            "MODEL.TINYSAVER.BASE.WEIGHTS",
-            td.weights["base"],
-            "MODEL.TINYSAVER.RANDOM_SEED",
-            "3",
-            "MODEL.TINYSAVER.CACHE.DIR",
-            str(tmp_path / "cache"),
-            "OUTPUT_DIR",
-            str(tmp_path / "out"),
-            "MODEL.TINYSAVER.ROUTER",
-            "oracle",  # the test loader then keeps the ground truth
-        ],
+    cfg = td.tinysaver_config(
+        tmp_path / "cache",
+        "MODEL.TINYSAVER.RANDOM_SEED",
+        "3",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        "MODEL.TINYSAVER.ROUTER",
+        "oracle",  # the test loader then keeps the ground truth
     )
     torch.manual_seed(0)
     model = Trainer.build_model(cfg)

@@ -228,22 +228,12 @@ def test_targets_of_trained_detectors_on_plain_and_augmented_views(tmp_path, tra
     ground truth left in the original frame would score a resized view's detections near 0.
     """
     td = trained_detectors
-    cfg = load_config(
-        td.configs["tinysaver"],
-        [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.TINYSAVER.SAVER.WEIGHTS",
-            td.weights["saver"],
-            "MODEL.TINYSAVER.BASE.WEIGHTS",
-            td.weights["base"],
-            "MODEL.TINYSAVER.CACHE.DIR",
-            str(tmp_path / "cache"),
-            "INPUT.MIN_SIZE_TRAIN",
-            "(96,)",
-            "INPUT.MAX_SIZE_TRAIN",
-            "144",  # views resized by ~0.5x
-        ],
+    cfg = td.tinysaver_config(
+        tmp_path / "cache",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(96,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "144",  # views resized by ~0.5x
     )
     records = OutputCache(cfg, f"{td.prefix}_calib", views=2, with_base=True).load_or_build()
     for part in ("saver_ap", "base_ap"):
@@ -271,20 +261,10 @@ def test_marginal_targets_are_each_images_effect_on_the_split(tmp_path, trained_
 
     td = trained_detectors
     name = f"{td.prefix}_calib"
-    cfg = load_config(
-        td.configs["tinysaver"],
-        [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.TINYSAVER.SAVER.WEIGHTS",
-            td.weights["saver"],
-            "MODEL.TINYSAVER.BASE.WEIGHTS",
-            td.weights["base"],
-            "MODEL.TINYSAVER.CACHE.DIR",
-            str(tmp_path / "cache"),
-            "MODEL.TINYSAVER.EVALUATOR.TARGET",
-            "marginal_ap",
-        ],
+    cfg = td.tinysaver_config(
+        tmp_path / "cache",
+        "MODEL.TINYSAVER.EVALUATOR.TARGET",
+        "marginal_ap",
     )
     cache = OutputCache(cfg, name, views=2, with_base=True)
     examples = cached_examples([cache], "marginal_ap")

@@ -172,35 +172,24 @@ def test_the_ddp_wrapper_works_for_a_cpu_model(tmp_path):
 def test_the_held_out_cache_runs_the_base_only_for_targets_that_need_it(
     tmp_path, target, trained_detectors
 ):
-    from tinysaver_det.config import load_config
     from tinysaver_det.engine.hooks import RankCorrelationHook
     from tinysaver_det.engine.output_cache import OutputCache
     from tinysaver_det.engine.trainer import Trainer
 
     d = trained_detectors
     held_out = f"{d.prefix}_val"  # not the calibration split, whose cache needs the base anyway
-    cfg = load_config(
-        d.configs["tinysaver"],
-        [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.TINYSAVER.SAVER.WEIGHTS",
-            d.weights["saver"],
-            "MODEL.TINYSAVER.BASE.WEIGHTS",
-            d.weights["base"],
-            "MODEL.TINYSAVER.CACHE.DIR",
-            str(tmp_path / "cache"),
-            "MODEL.TINYSAVER.EVALUATOR.TARGET",
-            target,
-            "MODEL.TINYSAVER.CALIBRATION.DATASET",
-            f"{d.prefix}_calib",
-            "MODEL.TINYSAVER.CALIBRATION.HELD_OUT_DATASET",
-            held_out,
-            "DATASETS.TRAIN",
-            f"('{d.prefix}_train',)",
-            "OUTPUT_DIR",
-            str(tmp_path / "train"),
-        ],
+    cfg = d.tinysaver_config(
+        tmp_path / "cache",
+        "MODEL.TINYSAVER.EVALUATOR.TARGET",
+        target,
+        "MODEL.TINYSAVER.CALIBRATION.DATASET",
+        f"{d.prefix}_calib",
+        "MODEL.TINYSAVER.CALIBRATION.HELD_OUT_DATASET",
+        held_out,
+        "DATASETS.TRAIN",
+        f"('{d.prefix}_train',)",
+        "OUTPUT_DIR",
+        str(tmp_path / "train"),
     )
     trainer = Trainer(cfg)
     (hook,) = [h for h in trainer._hooks if isinstance(h, RankCorrelationHook)]
