@@ -77,7 +77,7 @@ TRACKS = {
         {
             "saver": "saver_faster_rcnn_RegNetX_200MF_FPN.yaml",
             "base": "base_cascade_rcnn_R_18_FPN.yaml",
-            "tinysaver": "tinysaver_R18_cascade_R18.yaml",
+            "tinysaver": "tinysaver_RegNet_faster_R18_cascade.yaml",
         },
         generated=False,
     ),
