@@ -143,3 +143,9 @@ def test_runs_in_one_output_folder_share_the_default_cache(tmp_path, monkeypatch
     assert folder(train) == str(tmp_path / "everything")
     train.MODEL.TINYSAVER.CACHE.DIR = str(tmp_path / "mine")
     assert folder(train) == str(tmp_path / "mine")
+
+
+@pytest.mark.parametrize("key,value", [("BOOTSTRAP_WORKERS", -1), ("FLOPS_IMAGES", 0)])
+def test_calibration_counts_out_of_range_are_refused_with_their_key(key, value):
+    with pytest.raises(ValueError, match=f"MODEL.TINYSAVER.CALIBRATION.{key} must be"):
+        load_config(str(TINYSAVER_YAML), [f"MODEL.TINYSAVER.CALIBRATION.{key}", str(value)])

@@ -161,6 +161,9 @@ def add_tinysaver_config(cfg: CN) -> None:
     # Resamples of the images for the bootstrap intervals of the reported figures and for the
     # upper bound of the AP drop on which an AP-drop target is checked.
     ts.CALIBRATION.BOOTSTRAP_SAMPLES = 200
+    # Processes that share the resamples (each is single-threaded numpy; results do not depend on
+    # it). 0: one per CPU core, at most 8.
+    ts.CALIBRATION.BOOTSTRAP_WORKERS = 0
     # An AP-drop target must hold on this one-sided bootstrap upper confidence bound of the drop;
     # thresholds are walked from fewest exits up and the walk stops at the first that fails.
     ts.CALIBRATION.UCB_LEVEL = 0.9
@@ -311,13 +314,17 @@ def resolve_threshold(cfg: CN, explicit: Optional[float] = None) -> None:
 
 def check_values(cfg: CN) -> None:
     """Refuse values that would run and give wrong results, naming the key."""
-    ts = cfg.MODEL.TINYSAVER
-    flops_images = ts.CALIBRATION.FLOPS_IMAGES
-    if isinstance(flops_images, bool) or not isinstance(flops_images, int) or flops_images < 1:
-        raise ValueError(
-            f"MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES must be an integer >= 1 (images on which "
-            f"GFLOPs are measured), got {flops_images!r}"
-        )
+    calibration = cfg.MODEL.TINYSAVER.CALIBRATION
+    for key, least, meaning in (
+        ("FLOPS_IMAGES", 1, "images on which GFLOPs are measured"),
+        ("BOOTSTRAP_WORKERS", 0, "processes for bootstrap resamples; 0: one per CPU core"),
+    ):
+        value = calibration[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(
+                f"MODEL.TINYSAVER.CALIBRATION.{key} must be an integer >= {least} ({meaning}), "
+                f"got {value!r}"
+            )
 
 
 def check_sub_configs(cfg: CN) -> None:

@@ -74,3 +74,25 @@ def test_bad_sample_count_is_refused():
     gts, saver, base = split(4)
     with pytest.raises(ValueError, match="samples"):
         bootstrap_routing(gts, saver, base, np.ones(4, bool), COSTS, samples=0)
+
+
+def test_resamples_shared_by_processes_give_the_serial_results():
+    from tinysaver_det.evaluation.bootstrap import bootstrap_ap_drops, bootstrap_routers
+
+    gts, saver, base = split(n=30, seed=3)
+    rng = np.random.default_rng(0)
+    exits = {"a": rng.random(30) < 0.5, "b": np.arange(30) % 2 == 0}
+    serial = bootstrap_routers(gts, saver, base, exits, COSTS, samples=12, seed=2)
+    assert bootstrap_routers(gts, saver, base, exits, COSTS, samples=12, seed=2, workers=2) == (
+        serial
+    )
+    scores = {"a": rng.random(30), "b": -np.arange(30.0)}
+    thresholds = {"a": [0.2, 0.5, 0.8], "b": [-20.0, -5.0]}
+    one = bootstrap_ap_drops(gts, saver, base, scores, thresholds, samples=9, seed=1)
+    two = bootstrap_ap_drops(gts, saver, base, scores, thresholds, samples=9, seed=1, workers=3)
+    assert one.keys() == two.keys()
+    for r in one:
+        assert one[r].shape == (9, len(thresholds[r]))
+        np.testing.assert_array_equal(one[r], two[r])
+    # The drops vary between resamples (else equal results would prove nothing).
+    assert np.ptp(one["b"], axis=0).max() > 0

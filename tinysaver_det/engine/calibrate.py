@@ -19,7 +19,7 @@ from ..calibration_result import CalibrationResult
 from ..config import make_paths_absolute, read_calibrated_threshold
 from ..data.checks import check_dataset_files, checked_dataset_dicts
 from ..data.datasets import image_difficulties
-from ..evaluation.bootstrap import bootstrap_ap_drops, bootstrap_routers
+from ..evaluation.bootstrap import bootstrap_ap_drops, bootstrap_routers, default_workers
 from ..evaluation.calibration import (
     DIAGNOSTIC_ROUTERS,
     METRICS,
@@ -123,12 +123,18 @@ class CachedSplit:
         )
 
     def intervals(
-        self, thresholds: Dict[str, float], costs: Dict[str, float], samples: int
+        self, thresholds: Dict[str, float], costs: Dict[str, float], samples: int, workers: int = 1
     ) -> dict:
         """Bootstrap intervals over this split's images of each router's figures at a threshold."""
         exits = {r: exit_mask(self.scores[r], t).numpy() for r, t in thresholds.items()}
         return bootstrap_routers(
-            self.gts, self.dets["saver"], self.dets["base"], exits, costs, samples=samples
+            self.gts,
+            self.dets["saver"],
+            self.dets["base"],
+            exits,
+            costs,
+            samples=samples,
+            workers=workers,
         )
 
     def alone(self, source: str, costs: Dict[str, float]) -> dict:
@@ -182,6 +188,7 @@ def calibrate(
             ts.EVALUATOR.TARGET,
             ts.CALIBRATION.BOOTSTRAP_SAMPLES,
             deployed,
+            bootstrap_workers(ts.CALIBRATION),
         )
         for name in report_datasets
     }
@@ -224,6 +231,11 @@ def calibrate(
     return result
 
 
+def bootstrap_workers(settings) -> int:
+    """Processes for bootstrap resamples (MODEL.TINYSAVER.CALIBRATION.BOOTSTRAP_WORKERS)."""
+    return settings.BOOTSTRAP_WORKERS or default_workers()
+
+
 def choose_points(
     calib: CachedSplit,
     costs: Dict[str, float],
@@ -259,6 +271,7 @@ def choose_points(
         scores,
         candidates,
         samples=settings.BOOTSTRAP_SAMPLES,
+        workers=bootstrap_workers(settings),
     )
     chosen = {
         r: choose_point_bootstrap(points[r], drops[r], max_ap_drop, settings.UCB_LEVEL)
@@ -274,6 +287,7 @@ def report(
     target: str,
     samples: int,
     deployed: str,
+    workers: int = 1,
 ) -> dict:
     """Every router at the threshold chosen on the calibration split, on another split."""
     thresholds = {r: chosen[r]["threshold"] for r in split.scores if r in chosen}
@@ -286,7 +300,7 @@ def report(
             for r, t in thresholds.items()
         },
         # Intervals of every router's figures (bootstrap over this split's images).
-        "router_intervals": split.intervals(thresholds, costs, samples),
+        "router_intervals": split.intervals(thresholds, costs, samples, workers),
     }
     out["intervals"] = out["router_intervals"][deployed]
     return out

@@ -9,7 +9,9 @@ drawn, as a duplicated image would in COCOeval) and recomputes every figure exac
 which equals MatchTable and pycocotools).
 """
 
-from typing import Dict, Iterator, Sequence, Tuple
+import multiprocessing
+import os
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
@@ -18,6 +20,15 @@ from ..metrics.coco_fast import ImageDets, ImageGT
 from .coco_sweep import SweepTable, exit_steps
 
 FIGURES = ("AP_base", "AP_saver", "AP_routed", "AP_drop", "exit_rate", "compute_saved")
+
+
+def resample_indices(num_images: int, samples: int, seed: int = 0) -> List[np.ndarray]:
+    """`samples` draws of `num_images` image indices with replacement, each sorted: sorting keeps
+    ascending image-id order (pycocotools' tie order) when the images come in it."""
+    if samples < 1:  # checked on the call, not on the first resample
+        raise ValueError(f"bootstrap samples must be >= 1, got {samples}")
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.integers(0, num_images, num_images)) for _ in range(samples)]
 
 
 def resampled_tables(
@@ -29,22 +40,58 @@ def resampled_tables(
 ) -> Iterator[Tuple[np.ndarray, SweepTable]]:
     """
     `samples` resamples of the images with replacement, each as (sorted image indices, its
-    SweepTable): matched once, then any number of exit sets or sweeps per resample. Sorting keeps
-    ascending image-id order (pycocotools' tie order) when the images come in it.
+    SweepTable): matched once, then any number of exit sets or sweeps per resample.
     """
-    if samples < 1:  # checked on the call, not on the first resample
-        raise ValueError(f"bootstrap samples must be >= 1, got {samples}")
-    rng = np.random.default_rng(seed)
-    indices = (np.sort(rng.integers(0, len(gts), len(gts))) for _ in range(samples))
     return (
-        (
-            idx,
-            SweepTable.build(
-                [gts[i] for i in idx], [saver[i] for i in idx], [base[i] for i in idx]
-            ),
-        )
-        for idx in indices
+        (idx, _table(gts, saver, base, idx)) for idx in resample_indices(len(gts), samples, seed)
     )
+
+
+def _table(gts, saver, base, idx: np.ndarray) -> SweepTable:
+    return SweepTable.build([gts[i] for i in idx], [saver[i] for i in idx], [base[i] for i in idx])
+
+
+# What forked workers of map_resamples compute: (fn, gts, saver, base), set before the fork.
+_JOB: tuple = ()
+
+
+def _run_resample(idx: np.ndarray):
+    fn, gts, saver, base = _JOB
+    return fn(idx, _table(gts, saver, base, idx))
+
+
+def default_workers() -> int:
+    """Processes for bootstrap resamples: one per CPU core (each resample is single-threaded
+    numpy), at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def map_resamples(
+    fn: Callable[[np.ndarray, SweepTable], object],
+    gts: Sequence[ImageGT],
+    saver: Sequence[ImageDets],
+    base: Sequence[ImageDets],
+    samples: int,
+    seed: int = 0,
+    workers: int = 1,
+) -> List[object]:
+    """
+    ``fn(idx, table)`` of every resample (resampled_tables), in resample order. Resamples are
+    independent and each is single-threaded numpy, so `workers` forked processes share them; the
+    resampled indices are drawn here, so the results do not depend on `workers`. Where processes
+    cannot be forked (not Linux/macOS), or for one worker, they run here one after the other.
+    """
+    indices = resample_indices(len(gts), samples, seed)
+    workers = min(workers, samples)
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [fn(idx, _table(gts, saver, base, idx)) for idx in indices]
+    global _JOB
+    _JOB = (fn, gts, saver, base)  # inherited by the forked workers, never pickled
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return pool.map(_run_resample, indices, chunksize=max(1, samples // (4 * workers)))
+    finally:
+        _JOB = ()
 
 
 def bootstrap_routing(
@@ -57,14 +104,23 @@ def bootstrap_routing(
     samples: int = 200,
     level: float = 0.95,
     seed: int = 0,
+    workers: int = 1,
 ) -> Dict[str, Tuple[float, float]]:
     """
     Percentile intervals (`level`, two-sided) of :data:`FIGURES` over `samples` resamples of the
     images. Images must come in ascending image-id order (MatchTable's tie order), which a sorted
-    resample keeps.
+    resample keeps. `workers`: processes sharing the resamples (map_resamples).
     """
     return bootstrap_routers(
-        gts, saver, base, {"routed": exited}, costs, samples=samples, level=level, seed=seed
+        gts,
+        saver,
+        base,
+        {"routed": exited},
+        costs,
+        samples=samples,
+        level=level,
+        seed=seed,
+        workers=workers,
     )["routed"]
 
 
@@ -78,34 +134,35 @@ def bootstrap_routers(
     samples: int = 200,
     level: float = 0.95,
     seed: int = 0,
+    workers: int = 1,
 ) -> Dict[str, Dict[str, Tuple[float, float]]]:
     """
     bootstrap_routing for several exit sets at once (router -> exited mask), on the same resamples:
     each resample is matched once (SweepTable) and every router costs one metric evaluation.
     """
     exits = {r: np.asarray(e, dtype=bool) for r, e in exits.items()}
-    draws = {r: {k: [] for k in FIGURES} for r in exits}
-    for idx, table in resampled_tables(gts, saver, base, samples, seed):
+
+    def figures(idx: np.ndarray, table: SweepTable) -> Dict[str, tuple]:
         ap_base, ap_saver = table.source_metrics("base")["AP"], table.source_metrics("saver")["AP"]
+        out = {}
         for r, exited in exits.items():
             e = exited[idx]
             routed = table.coco_metrics(np.where(e, 0, 1))["AP"]
             rate = float(np.mean(e)) if len(e) else 0.0
-            for k, v in zip(
-                FIGURES,
-                (ap_base, ap_saver, routed, ap_base - routed, rate, compute_saved(costs, rate)),
-            ):
-                draws[r][k].append(v)
+            out[r] = (ap_base, ap_saver, routed, ap_base - routed, rate, compute_saved(costs, rate))
+        return out
+
+    draws = map_resamples(figures, gts, saver, base, samples, seed, workers)
     tail = 100 * (1 - level) / 2
     out = {}
-    for r, figures in draws.items():
+    for r in exits:
+        values = np.asarray([d[r] for d in draws], dtype=np.float64)  # (samples, FIGURES)
         out[r] = {}
-        for k, values in figures.items():
-            values = np.asarray(values, dtype=np.float64)
-            values = values[np.isfinite(values)]
+        for k, column in zip(FIGURES, values.T):
+            column = column[np.isfinite(column)]
             out[r][k] = (
-                (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
-                if len(values)
+                (float(np.percentile(column, tail)), float(np.percentile(column, 100 - tail)))
+                if len(column)
                 else (float("nan"), float("nan"))
             )
     return out
@@ -120,20 +177,25 @@ def bootstrap_ap_drops(
     *,
     samples: int = 100,
     seed: int = 0,
+    workers: int = 1,
 ) -> Dict[str, np.ndarray]:
     """
     AP drops (base AP - routed AP, points) of each router's thresholds over `samples` resamples of
     the images: router -> array (samples, len(thresholds[router])). A resample is matched once and
     swept incrementally for every router (SweepTable). Images in ascending image-id order.
     """
-    resamples = resampled_tables(gts, saver, base, samples, seed)
     scores = {r: np.asarray(s, np.float64) for r, s in scores.items()}
-    drops = {r: np.empty((samples, len(thresholds[r]))) for r in scores}
-    for b, (idx, table) in enumerate(resamples):
+
+    def drops_of(idx: np.ndarray, table: SweepTable) -> Dict[str, np.ndarray]:
         base_ap = table.source_metrics("base")["AP"]
+        out = {}
         for r, s in scores.items():
             step, order = exit_steps(s[idx], thresholds[r])
             metrics = table.sweep_metrics(step, len(thresholds[r]))
+            out[r] = np.empty(len(thresholds[r]))
             for j, t in enumerate(order):
-                drops[r][b, t] = base_ap - metrics[j]["AP"]
-    return drops
+                out[r][t] = base_ap - metrics[j]["AP"]
+        return out
+
+    draws = map_resamples(drops_of, gts, saver, base, samples, seed, workers)
+    return {r: np.stack([d[r] for d in draws]) for r in scores}
