@@ -289,3 +289,24 @@ def test_marginal_targets_are_each_images_effect_on_the_split(tmp_path, trained_
         want = n * (table.coco_metrics(choice)["AP"] - base_ap) / 100
         assert per_image[r["index"]].pop() == pytest.approx(want, abs=1e-9)
     assert np.abs(examples.target).max() > 0
+
+
+def test_a_detector_configs_fingerprint_ignores_tinysavers_own_settings():
+    """Caches are keyed by the detectors' configs; the TinySaver keys every loaded config carries
+    (other than the RegNet backbone's shape) decide nothing about a detector's outputs."""
+    from tinysaver_det.config import load_sub_config
+    from tinysaver_det.engine.output_cache import config_fingerprint
+
+    saver = load_sub_config(load_config(CONFIG, ["MODEL.DEVICE", "cpu"]), "SAVER")
+    fingerprint = config_fingerprint(saver)
+    other = saver.clone()
+    other.defrost()
+    other.MODEL.TINYSAVER.CALIBRATION.UCB_LEVEL = 0.5  # e.g. a key added by a later version
+    other.MODEL.TINYSAVER.ROUTER = "confidence"
+    assert config_fingerprint(other) == fingerprint
+    other.MODEL.TINYSAVER.REGNET.DEPTH = 7  # shapes a registered backbone
+    assert config_fingerprint(other) != fingerprint
+    other = saver.clone()
+    other.defrost()
+    other.MODEL.RPN.POST_NMS_TOPK_TEST = 7
+    assert config_fingerprint(other) != fingerprint
