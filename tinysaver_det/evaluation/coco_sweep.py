@@ -43,6 +43,11 @@ from ..metrics.coco_fast import (
 from .coco_marginal import MarginalIndex
 from .flat import category_ids_of, chunk_of
 
+try:  # compiled loops (requirements.txt); without numba the numpy path gives the same results
+    from . import sweep_kernels as _kernels
+except ImportError:  # pragma: no cover - numba is a dependency
+    _kernels = None
+
 R = len(REC_THRS)
 _SLICE = 1 << 22  # rows per slice of the table's fully-valid pass
 EPS = np.spacing(1)
@@ -130,6 +135,7 @@ class SweepTable:
     # ~36 items per segment and recall point, one full pass is faster; at 118k, ~420, 2x slower).
     PRUNE_ITEMS_PER_POINT = 100
     EXACT_MARGINAL_IMAGES = 2000  # marginal_ap's default: exact up to this many images
+    COMPILED = True  # use sweep_kernels (numba) when installed; False: the numpy path
 
     def __init__(
         self, num_images: int, cat_ids: np.ndarray, npig: np.ndarray, rows: Iterable[tuple]
@@ -262,6 +268,10 @@ class SweepTable:
                 np.searchsorted(up["start"], down["start"][:-1], side="right") - 1
             ).astype(np.int32)
         del self.item_seg  # seg_start gives it
+        # The same layout as flat arrays for the compiled loops (sweep_kernels).
+        self._sizes = np.array(self.LEVELS, np.int64)
+        self._seg_blk = np.stack([lv["seg_blk"] for lv in self.levels])
+        self._blk_off = np.r_[0, np.cumsum([len(lv["seg"]) for lv in self.levels])].astype(np.int64)
         used = np.count_nonzero(n)
         self._prune = len(self.item_tp) >= self.PRUNE_ITEMS_PER_POINT * R * max(used, 1)
         self._blk_base = (
@@ -466,6 +476,35 @@ class SweepTable:
             q[f] = np.maximum(q[f], np.maximum.reduceat(pr, run))
 
     def _precision(self, st: "_State", areas: int = A) -> np.ndarray:
+        """COCOeval precision (T, 101, K, areas) of a choice: the compiled pruned evaluation
+        (``sweep_kernels.bucket_maxima``, same bounds as ``_precision_numpy``) where available."""
+        if not self.COMPILED or _kernels is None:
+            return self._precision_numpy(st, areas)
+        lv0, lv1 = max(len(self.levels) - 2, 0), len(self.levels) - 1  # the two finest levels
+        q = _kernels.bucket_maxima(
+            areas * T * len(self.cat_ids),
+            self.seg_start,
+            self.item_tp,
+            self.item_part,
+            self.item_qr,
+            st.kept,
+            st.fv,
+            self.lut,
+            self.seg_lut,
+            self.levels[lv0]["seg_blk"],
+            st.blk_tp[lv0],
+            st.blk_pt[lv0],
+            self.LEVELS[lv0],
+            self.levels[lv1]["seg_blk"],
+            st.blk_tp[lv1],
+            st.blk_pt[lv1],
+            self.LEVELS[lv1],
+            R,
+            EPS,
+        )
+        return self._finish(q, areas)
+
+    def _precision_numpy(self, st: "_State", areas: int = A) -> np.ndarray:
         """COCOeval precision (T, 101, K, areas) of a choice, evaluating only some blocks exactly.
 
         Per segment, q[r] = max precision of the kept true positives (TPs) with recall bucket
@@ -591,19 +630,48 @@ class _State:
         self.t = t
         self.kept = t.item_base.copy()
         self.fv = t._fv_all_base.copy()
-        self.blk_tp = [x.copy() for x in t._blk_base[0]]  # per level
-        self.blk_pt = [x.copy() for x in t._blk_base[1]]
+        # Per level, views of one flat array each (the compiled swap updates every level).
+        self._blk = [np.concatenate(x) for x in t._blk_base]
+        cut = t._blk_off
+        self.blk_tp = [self._blk[0][a:b] for a, b in zip(cut[:-1], cut[1:])]
+        self.blk_pt = [self._blk[1][a:b] for a, b in zip(cut[:-1], cut[1:])]
+        self._scratch = None
 
     def swap(self, images: np.ndarray, to_saver: bool) -> None:
         """Move ``images`` (all currently on the other source) to the saver or the base."""
         if not len(images):
             return
         t = self.t
+        if not t.COMPILED or _kernels is None:
+            return self.swap_numpy(images, to_saver)
+        images = np.asarray(images, np.int64)
+        _kernels.swap_items(
+            images,
+            t.item_off,
+            t.item_order,
+            self.kept,
+            t.item_tp,
+            t.item_part,
+            t.seg_start,
+            t._seg_blk,
+            t._sizes,
+            t._blk_off,
+            self._blk[0],
+            self._blk[1],
+        )
+        if self._scratch is None:
+            self._scratch = np.zeros(t.num_q + 1, np.int32)
+        sign = 1 if to_saver else -1
+        _kernels.shift_fv(images, t.fv_off, t.fv_qs, t.fv_w, t.q_end, self.fv, sign, self._scratch)
+
+    def swap_numpy(self, images: np.ndarray, to_saver: bool) -> None:
+        """``swap`` in numpy (the reference of the compiled one)."""
+        t = self.t
         it = t.item_order[_ranges(t.item_off[images], t.item_off[images + 1])]
         self.kept[it] ^= True
         sign = np.where(self.kept[it], 1, -1).astype(np.int32)
         dtp, dpt = sign * t.item_tp[it], sign * t.item_part[it]
-        for level in range(len(t.levels) - 1, -1, -1) if t._prune else ():
+        for level in range(len(t.levels) - 1, -1, -1):
             if level == len(t.levels) - 1:  # finest block: from the segment (a short search)
                 seg = np.searchsorted(t.seg_start, it, side="right") - 1
                 blk = t.levels[-1]["seg_blk"][seg] + (it - t.seg_start[seg]) // t.LEVELS[-1]

@@ -1,0 +1,182 @@
+"""Compiled (numba) loops of ``coco_sweep``'s incremental sweep: one swap, one pruned evaluation.
+
+Why compiled: at 118k images a sweep step moves ~1k images (~340k items, ~460k ``fv`` entries
+scattered over the whole table) and a point bounds ~70k coarse blocks; in numpy the scattered
+updates (``np.add.at``) and the per-level temporaries cost ~0.3 s a point, which puts a 4 x 100
+point sweep above its 60 s target (bench/cost_growth.py). These loops do the same work as
+``SweepTable._precision_numpy`` and ``_State.swap_numpy`` without temporaries and give the same
+floats (same integer counts, same ``k / (nv + eps)``); tests compare both paths bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def _segment_of(seg_start, item):
+    """Segment holding ``item``: the last s with seg_start[s] <= item (binary search)."""
+    lo, hi = 0, len(seg_start) - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if seg_start[mid] <= item:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def swap_items(images, item_off, item_order, kept, item_tp, item_part, seg_start, seg_blk,
+               sizes, blk_off, blk_tp, blk_pt):  # fmt: skip
+    """Flip the kept flag of every item of ``images`` and update the kept TPs / partials of
+    their block at every level (``blk_tp[blk_off[l] + seg_blk[l, s] + offset // sizes[l]]``)."""
+    for i in images:
+        for j in range(item_off[i], item_off[i + 1]):
+            it = item_order[j]
+            kept[it] = not kept[it]
+            sign = 1 if kept[it] else -1
+            dt = sign if item_tp[it] else 0
+            dp = sign if item_part[it] else 0
+            s = _segment_of(seg_start, it)
+            off = it - seg_start[s]
+            for lv in range(len(sizes)):
+                b = blk_off[lv] + seg_blk[lv, s] + off // sizes[lv]
+                blk_tp[b] += dt
+                blk_pt[b] += dp
+
+
+@njit(cache=True, nogil=True)
+def shift_fv(images, fv_off, fv_qs, fv_w, q_end, fv, sign, scratch):
+    """Add ``sign * fv_w`` of every fv entry of ``images`` to fv[qs:q_end[qs]] (a difference
+    array, then one running sum; ``scratch``: zeros of len(fv) + 1, left zeroed)."""
+    for a in range(fv_off.shape[0]):
+        for i in images:
+            for f in range(fv_off[a, i], fv_off[a, i + 1]):
+                q = fv_qs[f]
+                w = sign * fv_w[f]
+                scratch[q] += w
+                scratch[q_end[q]] -= w
+    run = 0
+    for q in range(len(fv)):
+        run += scratch[q]
+        scratch[q] = 0
+        fv[q] += run
+    scratch[len(fv)] = 0
+
+
+@njit(cache=True, nogil=True)
+def _upper(k, kt, p, first, kept, item_part, item_qr, fv, eps):
+    """Upper bound of the precision of a block's kept TPs: (k + kt) / (valid rows before + kt),
+    with k / p kept TPs / partials before the block (fv at its first item counts that item
+    already when it is kept and valid at every threshold)."""
+    own = 1 if kept[first] and not item_part[first] else 0
+    return (k + kt) / (fv[item_qr[first]] - own + p + kt + eps)
+
+
+@njit(cache=True, nogil=True)
+def bucket_maxima(nseg, seg_start, item_tp, item_part, item_qr, kept, fv, lut, seg_lut,
+                  seg_blk0, tp0, pt0, s0, seg_blk1, tp1, pt1, s1, nr, eps):  # fmt: skip
+    """Per (segment, recall bucket), the best precision of the kept TPs that can hold a maximum
+    of COCOeval's monotone precision (the others: 0 or lower); exact after the suffix maximum.
+
+    Two levels of blocks: ``s0`` items (``seg_blk0[s]``: first block of segment s, ``tp0`` /
+    ``pt0``: kept TPs / partials per block), each cut into blocks of ``s1`` items (``*1``).
+    Per segment: (1) lower bounds L (``SweepTable._precision_numpy``) of the level-0 blocks,
+    (2) those of the level-1 blocks inside the level-0 blocks not ruled out by (1): ``env``,
+    the suffix maximum of L per bucket, lower-bounds COCOeval's precision. (3) Blocks are walked
+    backwards keeping ``m``, the best exact precision after the current block (its TPs have
+    later buckets): a block whose upper bound U is < env[its last bucket] or <= m holds no TP
+    that sets a maximum and is skipped; the level-1 blocks left are evaluated exactly."""
+    q = np.zeros(nseg * nr)
+    low = np.zeros(nr)
+    env = np.zeros(nr)
+    n0 = seg_blk0[1:] - seg_blk0[:-1]
+    up0 = np.empty(n0.max() if len(n0) else 0)
+    ratio = s0 // s1
+    for s in range(nseg):
+        lo, hi = seg_start[s], seg_start[s + 1]
+        if lo == hi:
+            continue
+        c0, nc = seg_blk0[s], seg_blk0[s + 1] - seg_blk0[s]
+        f0, f1 = seg_blk1[s], seg_blk1[s + 1]
+        lut0, base = seg_lut[s], s * nr
+        low[:] = 0.0
+        k, p = 0, 0
+        for b in range(nc):  # (1) the block's last TP, counted at the block's end
+            kt, kp = tp0[c0 + b], pt0[c0 + b]
+            if kt > 0:
+                x = (k + kt) / (fv[item_qr[min(lo + (b + 1) * s0, hi) - 1]] + (p + kp) + eps)
+                r = lut[lut0 + k + kt]
+                if x > low[r]:
+                    low[r] = x
+            k += kt
+            p += kp
+        _suffix_max(low, env)
+        k, p = 0, 0
+        for b in range(nc):  # (2) level-1 lower bounds in the blocks still open
+            kt, kp = tp0[c0 + b], pt0[c0 + b]
+            up0[b] = -1.0
+            if kt > 0:
+                up0[b] = _upper(k, kt, p, lo + b * s0, kept, item_part, item_qr, fv, eps)
+                if up0[b] >= env[lut[lut0 + k + kt]]:
+                    ka, pa = k, p
+                    for b1 in range(f0 + b * ratio, min(f0 + (b + 1) * ratio, f1)):
+                        t1, q1 = tp1[b1], pt1[b1]
+                        if t1 > 0:
+                            last = min(lo + (b1 - f0 + 1) * s1, hi) - 1
+                            x = (ka + t1) / (fv[item_qr[last]] + (pa + q1) + eps)
+                            r = lut[lut0 + ka + t1]
+                            if x > low[r]:
+                                low[r] = x
+                        ka += t1
+                        pa += q1
+            k += kt
+            p += kp
+        _suffix_max(low, env)
+        m = -1.0
+        for b in range(nc - 1, -1, -1):  # (3)
+            kt, kp = tp0[c0 + b], pt0[c0 + b]
+            k -= kt
+            p -= kp
+            if kt == 0 or up0[b] <= m or up0[b] < env[lut[lut0 + k + kt]]:
+                continue
+            ka, pa = k + kt, p + kp
+            for b1 in range(min(f0 + (b + 1) * ratio, f1) - 1, f0 + b * ratio - 1, -1):
+                t1, q1 = tp1[b1], pt1[b1]
+                ka -= t1
+                pa -= q1
+                if t1 == 0:
+                    continue
+                first = lo + (b1 - f0) * s1
+                up = _upper(ka, t1, pa, first, kept, item_part, item_qr, fv, eps)
+                if up <= m or up < env[lut[lut0 + ka + t1]]:
+                    continue
+                kk, pp, best = ka, pa, -1.0
+                for it in range(first, min(first + s1, hi)):
+                    if not kept[it]:
+                        continue
+                    if item_part[it]:
+                        pp += 1
+                    if item_tp[it]:
+                        kk += 1
+                        pr = kk / (fv[item_qr[it]] + pp + eps)
+                        r = base + lut[lut0 + kk]
+                        if pr > q[r]:
+                            q[r] = pr
+                        if pr > best:
+                            best = pr
+                if best > m:
+                    m = best
+    return q
+
+
+@njit(cache=True, nogil=True)
+def _suffix_max(x, out):
+    """out[r] = max(x[r:])."""
+    run = 0.0
+    for r in range(len(x) - 1, -1, -1):
+        if x[r] > run:
+            run = x[r]
+        out[r] = run
