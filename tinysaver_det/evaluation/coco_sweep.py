@@ -39,6 +39,7 @@ from ..metrics.coco_fast import (
     _match,
     _mean_defined,
     _metrics_from_precision,
+    _pack_bits,
 )
 from .coco_marginal import MarginalIndex
 from .flat import category_ids_of, chunk_of
@@ -54,15 +55,6 @@ EPS = np.spacing(1)
 
 
 ALL_T = np.uint16((1 << T) - 1)
-
-
-def _bits(x: np.ndarray) -> np.ndarray:
-    """Bool (N, T[, A]) -> uint16 (N[, A]) with bit t set where x[:, t] is."""
-    p = np.packbits(x, axis=1, bitorder="little")  # (N, 2[, A]): bits 0-7, 8-15
-    out = p[:, 0].astype(np.uint16)
-    if p.shape[1] > 1:
-        out |= p[:, 1].astype(np.uint16) << 8
-    return out
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -88,7 +80,8 @@ def _group_parts(key_parts: list, num: int, value_parts: Sequence[list] = (), in
     """Stable grouping by key (0..num-1) of columns given in parts, one part at a time (parts are
     freed as used): ``(offsets, grouped)``, where rows of key i are ``offsets[i]:offsets[i+1]``
     of every grouped column (each of ``value_parts``, then the rows' original index if
-    ``index``). A counting sort: no full-length argsort or permutation."""
+    ``index``). A counting sort: no full-length argsort or permutation (compiled: no sort at
+    all)."""
     counts = np.zeros(num, np.int64)
     for k in key_parts:
         counts += np.bincount(k, minlength=num)
@@ -100,15 +93,23 @@ def _group_parts(key_parts: list, num: int, value_parts: Sequence[list] = (), in
         outs.append(np.empty(n, np.int32 if n < 2**31 else np.int64))
     lo = 0
     for j, k in enumerate(key_parts):
-        o = np.argsort(k, kind="stable")
-        ks = k[o]
-        pos = nxt[ks] + (np.arange(len(ks)) - np.searchsorted(ks, ks, side="left"))
-        for out, v in zip(outs, value_parts):
-            out[pos] = v[j][o]
-            v[j] = None
-        if index:
-            outs[-1][pos] = o + lo
-        nxt += np.bincount(k, minlength=num)
+        if _kernels is not None:  # compiled: one pass, no sort
+            pos = _kernels.key_positions(k, nxt)
+            for out, v in zip(outs, value_parts):
+                out[pos] = v[j]
+                v[j] = None
+            if index:
+                outs[-1][pos] = np.arange(lo, lo + len(k))
+        else:
+            o = np.argsort(k, kind="stable")
+            ks = k[o]
+            pos = nxt[ks] + (np.arange(len(ks)) - np.searchsorted(ks, ks, side="left"))
+            for out, v in zip(outs, value_parts):
+                out[pos] = v[j][o]
+                v[j] = None
+            if index:
+                outs[-1][pos] = o + lo
+            nxt += np.bincount(k, minlength=num)
         lo += len(k)
         key_parts[j] = None
     return offsets, outs
@@ -130,7 +131,7 @@ class SweepTable:
     ``coco_metrics(choice)`` one choice (0 = saver, 1 = base per image).
     """
 
-    LEVELS = (512, 64, 8)  # items per block at each level of bounds (see _precision)
+    LEVELS = (64, 8)  # items per block at each level of bounds (see _precision)
     # The bounds pay once a recall point spans enough items (measured: at 10k synthetic images,
     # ~36 items per segment and recall point, one full pass is faster; at 118k, ~420, 2x slower).
     PRUNE_ITEMS_PER_POINT = 100
@@ -298,8 +299,8 @@ class SweepTable:
                 table.rows_img[a],
                 table.rows_src[a],
                 table.rows_cat[a],
-                _bits(table.rows_tp[a]),
-                _bits(table.rows_valid[a]),
+                _pack_bits(table.rows_tp[a]),
+                _pack_bits(table.rows_valid[a]),
             )
             for a in range(A)
         )
@@ -357,14 +358,14 @@ class SweepTable:
             fg = _flatten_gt(gts, cat_ids)
             np.add.at(npig, fg.cat, fg.notig.astype(np.int64))
             for s, dets in enumerate((saver, base)):
-                m = _match(fg, dets, cat_ids, max_dets)
+                m = _match(fg, dets, cat_ids, max_dets, packed=True)
                 cols["img"].append((m.img + lo).astype(np.int32))
                 cols["src"].append(np.full(len(m.img), s, np.int8))
                 cols["cat"].append(m.cat.astype(np.int16 if len(cat_ids) < 2**15 else np.int32))
                 s32 = m.score.astype(np.float32)  # cached scores are float32: same order
                 cols["score"].append(s32 if (s32 == m.score).all() else m.score)
                 cols["rank"].append(m.rank.astype(np.int16 if max_dets < 2**15 else np.int32))
-                tp, valid = _bits(m.tp), _bits(~m.ig)
+                tp, valid = m.tp, ~m.ig & ALL_T
                 for a in range(A):  # one column per area, each freed once its area is done
                     cols[f"tp{a}"].append(tp[:, a].copy())
                     cols[f"valid{a}"].append(valid[:, a].copy())
@@ -494,10 +495,14 @@ class SweepTable:
             self.levels[lv0]["seg_blk"],
             st.blk_tp[lv0],
             st.blk_pt[lv0],
+            self.levels[lv0]["qr0"],
+            self.levels[lv0]["qrl"],
             self.LEVELS[lv0],
             self.levels[lv1]["seg_blk"],
             st.blk_tp[lv1],
             st.blk_pt[lv1],
+            self.levels[lv1]["qr0"],
+            self.levels[lv1]["qrl"],
             self.LEVELS[lv1],
             R,
             EPS,

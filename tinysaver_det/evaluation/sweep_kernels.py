@@ -15,6 +15,17 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
+def key_positions(keys, nxt):
+    """Positions of a stable counting sort: row i goes to nxt[keys[i]], which then advances."""
+    pos = np.empty(len(keys), np.int64)
+    for i in range(len(keys)):
+        k = keys[i]
+        pos[i] = nxt[k]
+        nxt[k] += 1
+    return pos
+
+
+@njit(cache=True, nogil=True)
 def _segment_of(seg_start, item):
     """Segment holding ``item``: the last s with seg_start[s] <= item (binary search)."""
     lo, hi = 0, len(seg_start) - 1
@@ -67,22 +78,17 @@ def shift_fv(images, fv_off, fv_qs, fv_w, q_end, fv, sign, scratch):
 
 
 @njit(cache=True, nogil=True)
-def _upper(k, kt, p, first, kept, item_part, item_qr, fv, eps):
-    """Upper bound of the precision of a block's kept TPs: (k + kt) / (valid rows before + kt),
-    with k / p kept TPs / partials before the block (fv at its first item counts that item
-    already when it is kept and valid at every threshold)."""
-    own = 1 if kept[first] and not item_part[first] else 0
-    return (k + kt) / (fv[item_qr[first]] - own + p + kt + eps)
-
-
-@njit(cache=True, nogil=True)
 def bucket_maxima(nseg, seg_start, item_tp, item_part, item_qr, kept, fv, lut, seg_lut,
-                  seg_blk0, tp0, pt0, s0, seg_blk1, tp1, pt1, s1, nr, eps):  # fmt: skip
+                  seg_blk0, tp0, pt0, qa0, qb0, s0, seg_blk1, tp1, pt1, qa1, qb1, s1,
+                  nr, eps):  # fmt: skip
     """Per (segment, recall bucket), the best precision of the kept TPs that can hold a maximum
     of COCOeval's monotone precision (the others: 0 or lower); exact after the suffix maximum.
 
     Two levels of blocks: ``s0`` items (``seg_blk0[s]``: first block of segment s, ``tp0`` /
-    ``pt0``: kept TPs / partials per block), each cut into blocks of ``s1`` items (``*1``).
+    ``pt0``: kept TPs / partials per block, ``qa0`` / ``qb0``: query row of its first / last
+    item), each cut into blocks of ``s1`` items (``*1``). A block's upper bound takes one valid
+    row less before it than fv counts at its first item (fv counts that item when it is kept
+    and valid at every threshold): never lower than the bound of ``_precision_numpy``.
     Per segment: (1) lower bounds L (``SweepTable._precision_numpy``) of the level-0 blocks,
     (2) those of the level-1 blocks inside the level-0 blocks not ruled out by (1): ``env``,
     the suffix maximum of L per bucket, lower-bounds COCOeval's precision. (3) Blocks are walked
@@ -107,7 +113,7 @@ def bucket_maxima(nseg, seg_start, item_tp, item_part, item_qr, kept, fv, lut, s
         for b in range(nc):  # (1) the block's last TP, counted at the block's end
             kt, kp = tp0[c0 + b], pt0[c0 + b]
             if kt > 0:
-                x = (k + kt) / (fv[item_qr[min(lo + (b + 1) * s0, hi) - 1]] + (p + kp) + eps)
+                x = (k + kt) / (fv[qb0[c0 + b]] + (p + kp) + eps)
                 r = lut[lut0 + k + kt]
                 if x > low[r]:
                     low[r] = x
@@ -119,14 +125,13 @@ def bucket_maxima(nseg, seg_start, item_tp, item_part, item_qr, kept, fv, lut, s
             kt, kp = tp0[c0 + b], pt0[c0 + b]
             up0[b] = -1.0
             if kt > 0:
-                up0[b] = _upper(k, kt, p, lo + b * s0, kept, item_part, item_qr, fv, eps)
+                up0[b] = (k + kt) / (fv[qa0[c0 + b]] - 1 + p + kt + eps)
                 if up0[b] >= env[lut[lut0 + k + kt]]:
                     ka, pa = k, p
                     for b1 in range(f0 + b * ratio, min(f0 + (b + 1) * ratio, f1)):
                         t1, q1 = tp1[b1], pt1[b1]
                         if t1 > 0:
-                            last = min(lo + (b1 - f0 + 1) * s1, hi) - 1
-                            x = (ka + t1) / (fv[item_qr[last]] + (pa + q1) + eps)
+                            x = (ka + t1) / (fv[qb1[b1]] + (pa + q1) + eps)
                             r = lut[lut0 + ka + t1]
                             if x > low[r]:
                                 low[r] = x
@@ -149,11 +154,11 @@ def bucket_maxima(nseg, seg_start, item_tp, item_part, item_qr, kept, fv, lut, s
                 pa -= q1
                 if t1 == 0:
                     continue
-                first = lo + (b1 - f0) * s1
-                up = _upper(ka, t1, pa, first, kept, item_part, item_qr, fv, eps)
+                up = (ka + t1) / (fv[qa1[b1]] - 1 + pa + t1 + eps)
                 if up <= m or up < env[lut[lut0 + ka + t1]]:
                     continue
                 kk, pp, best = ka, pa, -1.0
+                first = lo + (b1 - f0) * s1
                 for it in range(first, min(first + s1, hi)):
                     if not kept[it]:
                         continue

@@ -38,6 +38,11 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+try:  # compiled matching loop (requirements.txt); without numba the numpy path gives the same
+    from . import match_kernel as _kernel
+except ImportError:  # pragma: no cover - numba is a dependency
+    _kernel = None
+
 # Same expressions as pycocotools.cocoeval.Params.setDetParams, so the floats are identical.
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -178,11 +183,16 @@ def _match(
     cat_ids: np.ndarray,
     max_dets: int,
     areas: Sequence[int] = range(A),
+    compiled: bool = True,
+    packed: bool = False,
 ) -> _Matches:
     """COCOeval.evaluateImg for every (image, category) of one detection source at once.
 
-    Greedy matching is sequential in detection rank, so we step over rank (<= max_dets steps)
-    and handle every image, category, IoU threshold and area range of that rank in one go.
+    Greedy matching is sequential in detection rank: ``match_kernel.greedy_match`` loops over
+    the detections (compiled); the numpy path (``compiled=False``, also without numba) steps
+    over rank (<= max_dets steps) and handles every image, category, IoU threshold and area
+    range of that rank in one go. ``packed``: tp and ig as uint16 (N, A), bit t for IoU threshold
+    t (``_pack_bits``), instead of bool (N, T, A).
     """
     areas = list(areas)
     ncat = len(cat_ids)
@@ -193,7 +203,10 @@ def _match(
     boxes = _concat([d.boxes for d in dets], np.float64, (4,))
     key = img * ncat + cat
     # Stable sort by score desc within (image, category) = pycocotools' mergesort; then cut.
-    o = np.lexsort((-score, key))
+    if compiled and _kernel is not None and not np.isnan(score).any():  # same order, per image
+        o = _kernel.order_in_images(np.r_[0, np.cumsum(n)], cat, -score)
+    else:
+        o = np.lexsort((-score, key))
     key, img, cat, score, boxes = key[o], img[o], cat[o], score[o], boxes[o]
     first = np.searchsorted(key, key, side="left")
     rank = np.arange(len(key)) - first
@@ -209,6 +222,18 @@ def _match(
     p_iou = _pair_iou(boxes[p_det], gt.boxes[p_gt], gt.crowd[p_gt])
     cand = p_iou >= _MATCH_THRS.min()
     p_det, p_gt, p_iou = p_det[cand], p_gt[cand], p_iou[cand]
+    darea = boxes[:, 2] * boxes[:, 3]
+    rng = AREA_RNGS[areas]
+    out = (darea[:, None] < rng[:, 0]) | (darea[:, None] > rng[:, 1])  # (N, A')
+    if compiled and _kernel is not None:  # pairs are in (detection, annotation) order
+        pstart = np.searchsorted(p_det, np.arange(N + 1))
+        tp, ig = _kernel.greedy_match(
+            pstart, p_gt, p_iou, gt.notig[:, areas], gt.crowd, _MATCH_THRS, out, len(gt.img)
+        )
+        if not packed:
+            bit = (1 << np.arange(T, dtype=np.uint16))[None, :, None]
+            tp, ig = (tp[:, None, :] & bit) != 0, (ig[:, None, :] & bit) != 0
+        return _Matches(img, cat, score, rank, tp, ig)
     # Order pairs by (rank, det, iou, gt index): the max "key" below is pycocotools' choice.
     o = np.lexsort((p_gt, p_iou, p_det, rank[p_det]))
     p_det, p_gt, p_iou = p_det[o], p_gt[o], p_iou[o]
@@ -248,11 +273,20 @@ def _match(
         dtm[d] = best > 0
         mig[d] = (best > 0) & (best <= K)
 
-    darea = boxes[:, 2] * boxes[:, 3]
-    rng = AREA_RNGS[areas]
-    out = (darea[:, None] < rng[:, 0]) | (darea[:, None] > rng[:, 1])  # (N, A')
     ig = mig | (~dtm & out[:, None, :])
-    return _Matches(img, cat, score, rank, dtm & ~mig, ig)
+    tp = dtm & ~mig
+    if packed:
+        tp, ig = _pack_bits(tp), _pack_bits(ig)
+    return _Matches(img, cat, score, rank, tp, ig)
+
+
+def _pack_bits(x: np.ndarray) -> np.ndarray:
+    """Bool (N, T[, A]) -> uint16 (N[, A]) with bit t set where x[:, t] is."""
+    p = np.packbits(x, axis=1, bitorder="little")  # (N, 2[, A]): bits 0-7, 8-15
+    out = p[:, 0].astype(np.uint16)
+    if p.shape[1] > 1:
+        out |= p[:, 1].astype(np.uint16) << 8
+    return out
 
 
 def _category_ids(gts: Sequence[ImageGT], *dets_lists: Sequence[ImageDets]) -> np.ndarray:
