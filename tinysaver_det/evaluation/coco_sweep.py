@@ -376,16 +376,16 @@ class SweepTable:
             col[k] = np.concatenate(cols.pop(k)) if cols[k] else np.zeros(0, np.uint16)
         _release_free_memory()
         o = np.lexsort((col.pop("rank"), col["src"], col["img"], -col.pop("score"), col["cat"]))
-        col["o"] = o.astype(np.int32) if len(o) < 2**31 else o
-        del o
+        o = o.astype(np.int32) if len(o) < 2**31 else o
+        for k in ("img", "src", "cat"):  # sorted once; each area then compresses them in order
+            col[k] = col[k][o]
 
         def rows():  # one area at a time, then the columns are freed
             for a in range(A):
-                o = col["o"]
-                tp, valid = col.pop(f"tp{a}"), col.pop(f"valid{a}")
-                sel = o[valid[o] != 0]
-                yield col["img"][sel], col["src"][sel], col["cat"][sel], tp[sel], valid[sel]
-                del tp, valid, sel
+                tp, valid = col.pop(f"tp{a}")[o], col.pop(f"valid{a}")[o]
+                keep = valid != 0
+                yield col["img"][keep], col["src"][keep], col["cat"][keep], tp[keep], valid[keep]
+                del tp, valid, keep
             col.clear()
 
         return cls(lo, cat_ids, npig, rows())
@@ -443,7 +443,8 @@ class SweepTable:
 
     def _eval_blocks(
         self,
-        st: "_State",
+        kept: np.ndarray,
+        fv: np.ndarray,
         sel: np.ndarray,
         k_before: np.ndarray,
         p_before: np.ndarray,
@@ -456,7 +457,7 @@ class SweepTable:
         lo, hi = lv["start"][sel], lv["start"][sel + 1]
         idx = _ranges(lo, hi)
         owner = np.repeat(np.arange(len(sel)), hi - lo)
-        keep = st.kept[idx]
+        keep = kept[idx]
         idx, owner = idx[keep], owner[keep]
         tp = self.item_tp[idx]
         ctp = np.cumsum(tp, dtype=np.int64)
@@ -467,7 +468,7 @@ class SweepTable:
         j = np.flatnonzero(tp)
         o = owner[j]
         k = ctp[j] - ctp0[o] + k_before[o]
-        nv = st.fv[self.item_qr[idx[j]]] + (cpt[j] - cpt0[o] + p_before[o])
+        nv = fv[self.item_qr[idx[j]]] + (cpt[j] - cpt0[o] + p_before[o])
         pr = k / (nv + EPS)
         b = sel[o]
         flat = lv["seg"][b].astype(np.int64) * R + self.lut[lv["lut"][b] + k]
@@ -485,23 +486,17 @@ class SweepTable:
         q = _kernels.bucket_maxima(
             areas * T * len(self.cat_ids),
             self.seg_start,
-            self.item_tp,
-            self.item_part,
+            st.flags,
             self.item_qr,
-            st.kept,
             st.fv,
             self.lut,
             self.seg_lut,
             self.levels[lv0]["seg_blk"],
-            st.blk_tp[lv0],
-            st.blk_pt[lv0],
-            self.levels[lv0]["qr0"],
+            st.blk_level(lv0),
             self.levels[lv0]["qrl"],
             self.LEVELS[lv0],
             self.levels[lv1]["seg_blk"],
-            st.blk_tp[lv1],
-            st.blk_pt[lv1],
-            self.levels[lv1]["qr0"],
+            st.blk_level(lv1),
             self.levels[lv1]["qrl"],
             self.LEVELS[lv1],
             R,
@@ -524,6 +519,7 @@ class SweepTable:
         is never ruled out, so the result is exact. Cost O(coarse blocks + blocks left)."""
         ncat = len(self.cat_ids)
         nseg = areas * T * ncat
+        kept = st.kept
         lv = self.levels[0]
         nb = int(lv["seg_blk"][nseg])
         cand = np.arange(nb)
@@ -535,7 +531,7 @@ class SweepTable:
 
         k_before, p_before = before(ktp), before(kpt)
         if not self._prune:
-            return self._precision_full(st.kept, st.fv, areas)
+            return self._precision_full(kept, st.fv, areas)
         q = np.zeros(nseg * R)  # lower bounds qL
         for level, lv in enumerate(self.levels):
             if level:  # children of the blocks left; counts before them within their parent
@@ -554,12 +550,12 @@ class SweepTable:
                 q[f] = np.maximum(q[f], np.maximum.reduceat(low, run))
             # Valid rows before the block: fv at its first item, less that item if fv counts it.
             first = lv["start"][cand]
-            nv_b = st.fv[lv["qr0"][cand]] - (st.kept[first] & ~self.item_part[first]) + p_b
+            nv_b = st.fv[lv["qr0"][cand]] - (kept[first] & ~self.item_part[first]) + p_b
             up = k_hi / (nv_b + kt + EPS)
             keep = up >= _envelope(q)[flat]
             cand, k_before, p_before = cand[keep], k_b[keep], p_b[keep]
         q[:] = 0
-        self._eval_blocks(st, cand, k_before, p_before, q)
+        self._eval_blocks(kept, st.fv, cand, k_before, p_before, q)
         return self._finish(q, areas)
 
     def sweep_metrics(self, exit_step: np.ndarray, num_steps: int) -> List[Dict[str, float]]:
@@ -633,14 +629,24 @@ class _State:
 
     def __init__(self, t: SweepTable):
         self.t = t
-        self.kept = t.item_base.copy()
+        # Per item: bit 1 kept, 2 true positive, 4 partial (one byte for the compiled loops).
+        self.flags = t.item_base | (t.item_tp.view(np.uint8) << 1) | (t.item_part.view(np.uint8) << 2)
         self.fv = t._fv_all_base.copy()
-        # Per level, views of one flat array each (the compiled swap updates every level).
-        self._blk = [np.concatenate(x) for x in t._blk_base]
+        # Kept TPs (column 0) and partials (1) of every block of every level, one array; per
+        # level, views of its columns.
+        self._blk = np.stack([np.concatenate(x) for x in t._blk_base], axis=1)
         cut = t._blk_off
-        self.blk_tp = [self._blk[0][a:b] for a, b in zip(cut[:-1], cut[1:])]
-        self.blk_pt = [self._blk[1][a:b] for a, b in zip(cut[:-1], cut[1:])]
+        self.blk_tp = [self._blk[a:b, 0] for a, b in zip(cut[:-1], cut[1:])]
+        self.blk_pt = [self._blk[a:b, 1] for a, b in zip(cut[:-1], cut[1:])]
         self._scratch = None
+
+    @property
+    def kept(self) -> np.ndarray:
+        return (self.flags & 1).view(bool)
+
+    def blk_level(self, level: int) -> np.ndarray:
+        """(blocks, 2) kept TPs and partials of the blocks of one level."""
+        return self._blk[self.t._blk_off[level] : self.t._blk_off[level + 1]]
 
     def swap(self, images: np.ndarray, to_saver: bool) -> None:
         """Move ``images`` (all currently on the other source) to the saver or the base."""
@@ -654,15 +660,12 @@ class _State:
             images,
             t.item_off,
             t.item_order,
-            self.kept,
-            t.item_tp,
-            t.item_part,
+            self.flags,
             t.seg_start,
             t._seg_blk,
             t._sizes,
             t._blk_off,
-            self._blk[0],
-            self._blk[1],
+            self._blk,
         )
         if self._scratch is None:
             self._scratch = np.zeros(t.num_q + 1, np.int32)
@@ -673,8 +676,8 @@ class _State:
         """``swap`` in numpy (the reference of the compiled one)."""
         t = self.t
         it = t.item_order[_ranges(t.item_off[images], t.item_off[images + 1])]
-        self.kept[it] ^= True
-        sign = np.where(self.kept[it], 1, -1).astype(np.int32)
+        self.flags[it] ^= 1
+        sign = np.where(self.flags[it] & 1, 1, -1).astype(np.int32)
         dtp, dpt = sign * t.item_tp[it], sign * t.item_part[it]
         for level in range(len(t.levels) - 1, -1, -1):
             if level == len(t.levels) - 1:  # finest block: from the segment (a short search)

@@ -27,35 +27,34 @@ def key_positions(keys, nxt):
 
 @njit(cache=True, nogil=True)
 def _segment_of(seg_start, item):
-    """Segment holding ``item``: the last s with seg_start[s] <= item (binary search)."""
-    lo, hi = 0, len(seg_start) - 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if seg_start[mid] <= item:
-            lo = mid
-        else:
-            hi = mid
+    """Segment holding ``item``: the last s with seg_start[s] <= item (branch-free search)."""
+    lo, n = 0, len(seg_start) - 1
+    while n > 1:
+        half = n // 2
+        lo = lo + half if seg_start[lo + half] <= item else lo
+        n -= half
     return lo
 
 
 @njit(cache=True, nogil=True)
-def swap_items(images, item_off, item_order, kept, item_tp, item_part, seg_start, seg_blk,
-               sizes, blk_off, blk_tp, blk_pt):  # fmt: skip
-    """Flip the kept flag of every item of ``images`` and update the kept TPs / partials of
-    their block at every level (``blk_tp[blk_off[l] + seg_blk[l, s] + offset // sizes[l]]``)."""
+def swap_items(images, item_off, item_order, flags, seg_start, seg_blk, sizes, blk_off, blk):
+    """Flip the kept bit (1) of every item of ``images`` in ``flags`` (bit 2: TP, 4: partial)
+    and update the kept TPs / partials (``blk[:, 0]`` / ``blk[:, 1]``) of its block at every
+    level (``blk[blk_off[l] + seg_blk[l, s] + offset_in_segment // sizes[l]]``)."""
     for i in images:
         for j in range(item_off[i], item_off[i + 1]):
             it = item_order[j]
-            kept[it] = not kept[it]
-            sign = 1 if kept[it] else -1
-            dt = sign if item_tp[it] else 0
-            dp = sign if item_part[it] else 0
+            f = flags[it] ^ 1
+            flags[it] = f
+            sign = 2 * (f & 1) - 1
+            dt = sign * ((f >> 1) & 1)
+            dp = sign * ((f >> 2) & 1)
             s = _segment_of(seg_start, it)
             off = it - seg_start[s]
             for lv in range(len(sizes)):
                 b = blk_off[lv] + seg_blk[lv, s] + off // sizes[lv]
-                blk_tp[b] += dt
-                blk_pt[b] += dp
+                blk[b, 0] += dt
+                blk[b, 1] += dp
 
 
 @njit(cache=True, nogil=True)
@@ -78,28 +77,31 @@ def shift_fv(images, fv_off, fv_qs, fv_w, q_end, fv, sign, scratch):
 
 
 @njit(cache=True, nogil=True)
-def bucket_maxima(nseg, seg_start, item_tp, item_part, item_qr, kept, fv, lut, seg_lut,
-                  seg_blk0, tp0, pt0, qa0, qb0, s0, seg_blk1, tp1, pt1, qa1, qb1, s1,
-                  nr, eps):  # fmt: skip
+def bucket_maxima(nseg, seg_start, flags, item_qr, fv, lut, seg_lut, seg_blk0, blk0, qb0, s0,
+                  seg_blk1, blk1, qb1, s1, nr, eps):  # fmt: skip
     """Per (segment, recall bucket), the best precision of the kept TPs that can hold a maximum
     of COCOeval's monotone precision (the others: 0 or lower); exact after the suffix maximum.
 
-    Two levels of blocks: ``s0`` items (``seg_blk0[s]``: first block of segment s, ``tp0`` /
-    ``pt0``: kept TPs / partials per block, ``qa0`` / ``qb0``: query row of its first / last
-    item), each cut into blocks of ``s1`` items (``*1``). A block's upper bound takes one valid
-    row less before it than fv counts at its first item (fv counts that item when it is kept
-    and valid at every threshold): never lower than the bound of ``_precision_numpy``.
-    Per segment: (1) lower bounds L (``SweepTable._precision_numpy``) of the level-0 blocks,
-    (2) those of the level-1 blocks inside the level-0 blocks not ruled out by (1): ``env``,
-    the suffix maximum of L per bucket, lower-bounds COCOeval's precision. (3) Blocks are walked
-    backwards keeping ``m``, the best exact precision after the current block (its TPs have
-    later buckets): a block whose upper bound U is < env[its last bucket] or <= m holds no TP
-    that sets a maximum and is skipped; the level-1 blocks left are evaluated exactly."""
+    ``flags``: per item, bit 1 kept, 2 TP, 4 partial. Two levels of blocks: ``s0`` items
+    (``seg_blk0[s]``: first block of segment s, ``blk0[:, 0]`` / ``blk0[:, 1]``: kept TPs /
+    partials per block, ``qb0``: query row of its last item), each cut into blocks of ``s1``
+    items (``*1``). Per segment: (1) lower bounds L (as in
+    ``SweepTable._precision_numpy``) of the level-0 blocks, (2) those of the level-1 blocks
+    inside the level-0 blocks not ruled out by (1): ``env``, the suffix maximum of L per
+    bucket, lower-bounds COCOeval's precision. (3) Blocks are walked backwards keeping ``m``,
+    the best exact precision after the current block (its TPs have later buckets): a block
+    whose upper bound U is < env[its last bucket] or <= m holds no TP that sets a maximum and
+    is skipped; the level-1 blocks left are evaluated exactly. U counts as valid rows before a
+    block only fv at the previous block's last item (read for L; fv grows along a category)
+    plus the partials: a little above ``_precision_numpy``'s bound, still an upper bound."""
     q = np.zeros(nseg * nr)
     low = np.zeros(nr)
     env = np.zeros(nr)
     n0 = seg_blk0[1:] - seg_blk0[:-1]
+    n1 = seg_blk1[1:] - seg_blk1[:-1]
     up0 = np.empty(n0.max() if len(n0) else 0)
+    fe0 = np.empty(len(up0))  # fv at each level-0 block's last item
+    fe1 = np.empty(n1.max() if len(n1) else 0)  # the same for level-1 blocks (open ones)
     ratio = s0 // s1
     for s in range(nseg):
         lo, hi = seg_start[s], seg_start[s + 1]
@@ -111,9 +113,10 @@ def bucket_maxima(nseg, seg_start, item_tp, item_part, item_qr, kept, fv, lut, s
         low[:] = 0.0
         k, p = 0, 0
         for b in range(nc):  # (1) the block's last TP, counted at the block's end
-            kt, kp = tp0[c0 + b], pt0[c0 + b]
+            kt, kp = blk0[c0 + b, 0], blk0[c0 + b, 1]
+            fe0[b] = fv[qb0[c0 + b]]
             if kt > 0:
-                x = (k + kt) / (fv[qb0[c0 + b]] + (p + kp) + eps)
+                x = (k + kt) / (fe0[b] + (p + kp) + eps)
                 r = lut[lut0 + k + kt]
                 if x > low[r]:
                     low[r] = x
@@ -122,16 +125,17 @@ def bucket_maxima(nseg, seg_start, item_tp, item_part, item_qr, kept, fv, lut, s
         _suffix_max(low, env)
         k, p = 0, 0
         for b in range(nc):  # (2) level-1 lower bounds in the blocks still open
-            kt, kp = tp0[c0 + b], pt0[c0 + b]
+            kt, kp = blk0[c0 + b, 0], blk0[c0 + b, 1]
             up0[b] = -1.0
             if kt > 0:
-                up0[b] = (k + kt) / (fv[qa0[c0 + b]] - 1 + p + kt + eps)
+                up0[b] = (k + kt) / ((fe0[b - 1] if b else 0.0) + p + kt + eps)
                 if up0[b] >= env[lut[lut0 + k + kt]]:
                     ka, pa = k, p
                     for b1 in range(f0 + b * ratio, min(f0 + (b + 1) * ratio, f1)):
-                        t1, q1 = tp1[b1], pt1[b1]
+                        t1, q1 = blk1[b1, 0], blk1[b1, 1]
+                        fe1[b1 - f0] = fv[qb1[b1]]
                         if t1 > 0:
-                            x = (ka + t1) / (fv[qb1[b1]] + (pa + q1) + eps)
+                            x = (ka + t1) / (fe1[b1 - f0] + (pa + q1) + eps)
                             r = lut[lut0 + ka + t1]
                             if x > low[r]:
                                 low[r] = x
@@ -142,36 +146,38 @@ def bucket_maxima(nseg, seg_start, item_tp, item_part, item_qr, kept, fv, lut, s
         _suffix_max(low, env)
         m = -1.0
         for b in range(nc - 1, -1, -1):  # (3)
-            kt, kp = tp0[c0 + b], pt0[c0 + b]
+            kt, kp = blk0[c0 + b, 0], blk0[c0 + b, 1]
             k -= kt
             p -= kp
             if kt == 0 or up0[b] <= m or up0[b] < env[lut[lut0 + k + kt]]:
                 continue
             ka, pa = k + kt, p + kp
-            for b1 in range(min(f0 + (b + 1) * ratio, f1) - 1, f0 + b * ratio - 1, -1):
-                t1, q1 = tp1[b1], pt1[b1]
+            first1 = f0 + b * ratio
+            for b1 in range(min(first1 + ratio, f1) - 1, first1 - 1, -1):
+                t1, q1 = blk1[b1, 0], blk1[b1, 1]
                 ka -= t1
                 pa -= q1
                 if t1 == 0:
                     continue
-                up = (ka + t1) / (fv[qa1[b1]] - 1 + pa + t1 + eps)
+                if b1 > first1:
+                    before = fe1[b1 - f0 - 1]
+                else:
+                    before = fe0[b - 1] if b else 0.0
+                up = (ka + t1) / (before + pa + t1 + eps)
                 if up <= m or up < env[lut[lut0 + ka + t1]]:
                     continue
                 kk, pp, best = ka, pa, -1.0
                 first = lo + (b1 - f0) * s1
-                for it in range(first, min(first + s1, hi)):
-                    if not kept[it]:
-                        continue
-                    if item_part[it]:
-                        pp += 1
-                    if item_tp[it]:
-                        kk += 1
-                        pr = kk / (fv[item_qr[it]] + pp + eps)
-                        r = base + lut[lut0 + kk]
-                        if pr > q[r]:
-                            q[r] = pr
-                        if pr > best:
-                            best = pr
+                for it in range(first, min(first + s1, hi)):  # branch-free: kept bits mix
+                    f = flags[it]
+                    tp = (f >> 1) & f & 1
+                    pp += (f >> 2) & f & 1
+                    kk += tp
+                    pr = kk / (fv[item_qr[it]] + pp + eps)
+                    pr = pr if tp else -1.0
+                    r = base + lut[lut0 + kk]
+                    q[r] = max(q[r], pr)
+                    best = max(best, pr)
                 if best > m:
                     m = best
     return q

@@ -151,16 +151,35 @@ def _cat_index(cats: np.ndarray, cat_ids: np.ndarray) -> np.ndarray:
     return np.searchsorted(cat_ids, cats)
 
 
+def _flat_columns(x, names: Sequence[str], dtypes: Sequence, shapes: Sequence) -> tuple:
+    """(rows per image, then each column concatenated) of a sequence of ImageGT / ImageDets, or
+    of a flat container with the same fields and ``offsets`` (``evaluation.flat``)."""
+    if hasattr(x, "offsets"):  # flat: already one array per field
+        o = np.asarray(x.offsets)
+        cols = [
+            np.asarray(getattr(x, k)[o[0] : o[-1]]).astype(d, copy=False).reshape((-1,) + sh)
+            for k, d, sh in zip(names, dtypes, shapes)
+        ]
+        return (np.diff(o), *cols)
+    n = [len(getattr(i, names[0])) for i in x]
+    cols = [_concat([getattr(i, k) for i in x], d, sh) for k, d, sh in zip(names, dtypes, shapes)]
+    return (n, *cols)
+
+
 def _flatten_gt(gts: Sequence[ImageGT], cat_ids: np.ndarray) -> _FlatGT:
-    """Concatenate ground truth, sorted by (image, category) keeping annotation order."""
-    n = [len(g.boxes) for g in gts]
+    """Concatenate ground truth, sorted by (image, category) keeping annotation order. ``gts``:
+    ImageGT per image or a flat container (``evaluation.flat.FlatGT``)."""
+    n, cats, boxes, crowd, area = _flat_columns(
+        gts,
+        ("category_ids", "boxes", "iscrowd", "area"),
+        (np.int64, np.float64, bool, np.float64),
+        ((), (4,), (), ()),
+    )
     img = np.repeat(np.arange(len(gts)), n)
-    cat = _cat_index(_concat([g.category_ids for g in gts], np.int64), cat_ids)
+    cat = _cat_index(cats, cat_ids)
     key = img * len(cat_ids) + cat
     o = np.argsort(key, kind="stable")
-    boxes = _concat([g.boxes for g in gts], np.float64, (4,))[o]
-    crowd = _concat([g.iscrowd for g in gts], bool)[o]
-    area = _concat([g.area for g in gts], np.float64)[o]
+    boxes, crowd, area = boxes[o], crowd[o], area[o]
     out_rng = (area[:, None] < AREA_RNGS[:, 0]) | (area[:, None] > AREA_RNGS[:, 1])
     return _FlatGT(img[o], cat[o], boxes, crowd, ~(crowd[:, None] | out_rng), key[o])
 
@@ -196,11 +215,11 @@ def _match(
     """
     areas = list(areas)
     ncat = len(cat_ids)
-    n = [len(d.boxes) for d in dets]
+    n, cat, score, boxes = _flat_columns(
+        dets, ("category_ids", "scores", "boxes"), (np.int64, np.float64, np.float64), ((), (), (4,))
+    )
     img = np.repeat(np.arange(len(dets)), n)
-    cat = _cat_index(_concat([d.category_ids for d in dets], np.int64), cat_ids)
-    score = _concat([d.scores for d in dets], np.float64)
-    boxes = _concat([d.boxes for d in dets], np.float64, (4,))
+    cat = _cat_index(cat, cat_ids)
     key = img * ncat + cat
     # Stable sort by score desc within (image, category) = pycocotools' mergesort; then cut.
     if compiled and _kernel is not None and not np.isnan(score).any():  # same order, per image
