@@ -158,7 +158,9 @@ class SweepTable:
         q_off = 0
         for a, (img, src, cat, tp, valid) in enumerate(rows):
             part = valid != ALL_T
-            qrows = np.flatnonzero((tp != 0) | part)  # query rows of area a
+            isq = (tp != 0) | part
+            qrows = np.flatnonzero(isq)  # query rows of area a
+            q_before = np.cumsum(isq, dtype=np.int32) - isq  # query rows before each row
             q_of_row = np.full(len(img), -1, np.int32)
             q_of_row[qrows] = np.arange(len(qrows)) + q_off
             for t in range(T):
@@ -174,11 +176,12 @@ class SweepTable:
             # A fully valid row counts for the query rows at or after it in its category, up to
             # the category's end (q_end). In slices: the temporaries stay a few tens of MB.
             qcat = cat[qrows]
-            q_end.append((np.searchsorted(qcat, qcat, side="right") + q_off).astype(np.int32))
+            cat_end = np.searchsorted(qcat, np.arange(ncat), side="right")
+            q_end.append((cat_end[qcat] + q_off).astype(np.int32))
             f_qs, f_img, f_w = [], [], []
             for lo in range(0, len(img), _SLICE):
                 rows_f = np.flatnonzero(~part[lo : lo + _SLICE]) + lo
-                qs = np.searchsorted(qrows, rows_f)
+                qs = q_before[rows_f]  # the first query row at or after the row
                 live = qs < len(qrows)
                 live[live] = qcat[qs[live]] == cat[rows_f[live]]
                 rows_f = rows_f[live]
@@ -193,7 +196,7 @@ class SweepTable:
             fv["off"].append(off + n_fv)
             n_fv += len(f_qs)
             q_off += len(qrows)
-            del img, src, cat, tp, valid, part, qrows, q_of_row, qcat
+            del img, src, cat, tp, valid, part, isq, q_before, qrows, q_of_row, qcat
             _release_free_memory()
 
         def cat_(parts, dt):  # concatenate one field and free its parts
@@ -375,7 +378,17 @@ class SweepTable:
         for k in list(cols):
             col[k] = np.concatenate(cols.pop(k)) if cols[k] else np.zeros(0, np.uint16)
         _release_free_memory()
-        o = np.lexsort((col.pop("rank"), col["src"], col["img"], -col.pop("score"), col["cat"]))
+        score = col.pop("score")
+        if _kernels is not None and score.dtype == np.float32 and not np.isnan(score).any():
+            col.pop("rank")  # the rows are in rank order within each (image, source, category)
+            n = len(score)
+            o = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+            o = _kernels.accumulate_order(
+                col["img"], col["src"], col["cat"], score.view(np.uint32), lo, len(cat_ids), o
+            )
+        else:
+            o = np.lexsort((col.pop("rank"), col["src"], col["img"], -score, col["cat"]))
+        del score
         o = o.astype(np.int32) if len(o) < 2**31 else o
         for k in ("img", "src", "cat"):  # sorted once; each area then compresses them in order
             col[k] = col[k][o]

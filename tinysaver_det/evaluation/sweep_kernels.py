@@ -26,6 +26,51 @@ def key_positions(keys, nxt):
 
 
 @njit(cache=True, nogil=True)
+def _desc_key(bits):
+    """uint32 key ascending as the float32 with these bits descends (-0.0 as 0.0; no NaN)."""
+    if bits == 0x80000000:
+        bits = 0
+    up = ~bits if bits & 0x80000000 else bits | 0x80000000  # ascending with the float
+    return ~up & 0xFFFFFFFF
+
+
+@njit(cache=True, nogil=True)
+def accumulate_order(img, src, cat, score_bits, num_img, ncat, order):
+    """np.lexsort((rank, src, img, -score, cat)) for rows given per image and source in rank
+    order within each category (as build_streaming collects them): stable counting sorts by
+    (image, source), then the score's low and high 16 bits (descending), then the category.
+    ``score_bits``: float32 scores viewed as uint32, none NaN. ``order``: arange(rows) of an
+    integer type that holds them (overwritten)."""
+    n = len(img)
+    out = np.empty_like(order)
+    for p in range(4):
+        nb = 2 * num_img if p == 0 else (65536 if p < 3 else ncat)
+        pos = np.zeros(nb + 1, np.int64)
+        for j in range(n):
+            pos[_pass_key(p, order[j], img, src, cat, score_bits) + 1] += 1
+        for b in range(nb):
+            pos[b + 1] += pos[b]
+        for j in range(n):
+            i = order[j]
+            k = _pass_key(p, i, img, src, cat, score_bits)
+            out[pos[k]] = i
+            pos[k] += 1
+        order, out = out, order
+    return order
+
+
+@njit(cache=True, nogil=True)
+def _pass_key(p, i, img, src, cat, score_bits):
+    if p == 0:
+        return 2 * np.int64(img[i]) + src[i]
+    if p == 1:
+        return np.int64(_desc_key(score_bits[i]) & 0xFFFF)
+    if p == 2:
+        return np.int64(_desc_key(score_bits[i]) >> 16)
+    return np.int64(cat[i])
+
+
+@njit(cache=True, nogil=True)
 def _segment_of(seg_start, item):
     """Segment holding ``item``: the last s with seg_start[s] <= item (branch-free search)."""
     lo, n = 0, len(seg_start) - 1
@@ -60,14 +105,24 @@ def swap_items(images, item_off, item_order, flags, seg_start, seg_blk, sizes, b
 @njit(cache=True, nogil=True)
 def shift_fv(images, fv_off, fv_qs, fv_w, q_end, fv, sign, scratch):
     """Add ``sign * fv_w`` of every fv entry of ``images`` to fv[qs:q_end[qs]] (a difference
-    array, then one running sum; ``scratch``: zeros of len(fv) + 1, left zeroed)."""
+    array, then one running sum; ``scratch``: zeros of len(fv) + 1, left zeroed). Entries are
+    grouped by area, then image, in row order (``SweepTable.__init__``)."""
     for a in range(fv_off.shape[0]):
         for i in images:
+            # An image's entries ascend in q and its categories with them: q_end changes only
+            # where a category ends, and its -w are summed until then.
+            end, acc = -1, 0
             for f in range(fv_off[a, i], fv_off[a, i + 1]):
                 q = fv_qs[f]
                 w = sign * fv_w[f]
                 scratch[q] += w
-                scratch[q_end[q]] -= w
+                if q >= end:
+                    if end >= 0:
+                        scratch[end] -= acc
+                    end, acc = q_end[q], 0
+                acc += w
+            if end >= 0:
+                scratch[end] -= acc
     run = 0
     for q in range(len(fv)):
         run += scratch[q]
