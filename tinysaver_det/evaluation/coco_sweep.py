@@ -349,7 +349,7 @@ class SweepTable:
             cat=[],
             score=[],
             rank=[],
-            **{f"{x}{a}": [] for x in ("tp", "valid") for a in range(A)},
+            **{f"tv{a}": [] for a in range(A)},  # per area: tp bits | valid bits << 16
         )
         lo = 0
         for gts, saver, base in chunks:
@@ -370,13 +370,13 @@ class SweepTable:
                 cols["rank"].append(m.rank.astype(np.int16 if max_dets < 2**15 else np.int32))
                 tp, valid = m.tp, ~m.ig & ALL_T
                 for a in range(A):  # one column per area, each freed once its area is done
-                    cols[f"tp{a}"].append(tp[:, a].copy())
-                    cols[f"valid{a}"].append(valid[:, a].copy())
+                    cols[f"tv{a}"].append(tp[:, a] | valid[:, a].astype(np.uint32) << 16)
                 del m, tp, valid
             lo += len(gts)
         col = {}
         for k in list(cols):
-            col[k] = np.concatenate(cols.pop(k)) if cols[k] else np.zeros(0, np.uint16)
+            empty = np.zeros(0, np.uint32 if k.startswith("tv") else np.uint16)
+            col[k] = np.concatenate(cols.pop(k)) if cols[k] else empty
         _release_free_memory()
         score = col.pop("score")
         if _kernels is not None and score.dtype == np.float32 and not np.isnan(score).any():
@@ -395,10 +395,12 @@ class SweepTable:
 
         def rows():  # one area at a time, then the columns are freed
             for a in range(A):
-                tp, valid = col.pop(f"tp{a}")[o], col.pop(f"valid{a}")[o]
-                keep = valid != 0
-                yield col["img"][keep], col["src"][keep], col["cat"][keep], tp[keep], valid[keep]
-                del tp, valid, keep
+                tv = col.pop(f"tv{a}")[o]  # one gather for both
+                keep = tv >= 1 << 16  # valid at some threshold
+                tv = tv[keep]
+                tp, valid = tv.astype(np.uint16), (tv >> 16).astype(np.uint16)
+                yield col["img"][keep], col["src"][keep], col["cat"][keep], tp, valid
+                del tv, tp, valid, keep
             col.clear()
 
         return cls(lo, cat_ids, npig, rows())

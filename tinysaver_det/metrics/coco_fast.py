@@ -220,6 +220,25 @@ def _match(
     )
     img = np.repeat(np.arange(len(dets)), n)
     cat = _cat_index(cat, cat_ids)
+    if compiled and _kernel is not None and not np.isnan(score).any():  # all in one loop
+        keep, rank, img, tp, ig = _kernel.match_source(
+            np.r_[0, np.cumsum(n)],
+            cat,
+            -score,
+            np.ascontiguousarray(boxes),
+            ncat,
+            max_dets,
+            gt.key,
+            gt.boxes,
+            gt.crowd,
+            gt.notig[:, areas],
+            _MATCH_THRS,
+            AREA_RNGS[areas],
+        )
+        if not packed:
+            bit = (1 << np.arange(T, dtype=np.uint16))[None, :, None]
+            tp, ig = (tp[:, None, :] & bit) != 0, (ig[:, None, :] & bit) != 0
+        return _Matches(img, cat[keep], score[keep], rank, tp, ig)
     key = img * ncat + cat
     # Stable sort by score desc within (image, category) = pycocotools' mergesort; then cut.
     if compiled and _kernel is not None and not np.isnan(score).any():  # same order, per image
