@@ -76,7 +76,13 @@ def _release_free_memory() -> None:
         pass
 
 
-def _group_parts(key_parts: list, num: int, value_parts: Sequence[list] = (), index: bool = False):
+def _group_parts(
+    key_parts: list,
+    num: int,
+    value_parts: Sequence[list] = (),
+    index: bool = False,
+    compiled: bool = True,
+):
     """Stable grouping by key (0..num-1) of columns given in parts, one part at a time (parts are
     freed as used): ``(offsets, grouped)``, where rows of key i are ``offsets[i]:offsets[i+1]``
     of every grouped column (each of ``value_parts``, then the rows' original index if
@@ -93,7 +99,7 @@ def _group_parts(key_parts: list, num: int, value_parts: Sequence[list] = (), in
         outs.append(np.empty(n, np.int32 if n < 2**31 else np.int64))
     lo = 0
     for j, k in enumerate(key_parts):
-        if _kernels is not None:  # compiled: one pass, no sort
+        if compiled and _kernels is not None:  # one pass, no sort
             pos = _kernels.key_positions(k, nxt)
             for out, v in zip(outs, value_parts):
                 out[pos] = v[j]
