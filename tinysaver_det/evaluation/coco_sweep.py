@@ -651,7 +651,9 @@ class _State:
     def __init__(self, t: SweepTable):
         self.t = t
         # Per item: bit 1 kept, 2 true positive, 4 partial (one byte for the compiled loops).
-        self.flags = t.item_base | (t.item_tp.view(np.uint8) << 1) | (t.item_part.view(np.uint8) << 2)
+        self.flags = (
+            t.item_base | (t.item_tp.view(np.uint8) << 1) | (t.item_part.view(np.uint8) << 2)
+        )
         self.fv = t._fv_all_base.copy()
         # Kept TPs (column 0) and partials (1) of every block of every level, one array; per
         # level, views of its columns.

@@ -216,7 +216,10 @@ def _match(
     areas = list(areas)
     ncat = len(cat_ids)
     n, cat, score, boxes = _flat_columns(
-        dets, ("category_ids", "scores", "boxes"), (np.int64, np.float64, np.float64), ((), (), (4,))
+        dets,
+        ("category_ids", "scores", "boxes"),
+        (np.int64, np.float64, np.float64),
+        ((), (), (4,)),
     )
     img = np.repeat(np.arange(len(dets)), n)
     cat = _cat_index(cat, cat_ids)

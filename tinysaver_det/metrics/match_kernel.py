@@ -15,10 +15,10 @@ from numba import njit
 
 @njit(cache=True, nogil=True)
 def greedy_match(pstart, p_gt, p_iou, notig, crowd, thr, out_area, num_gt):
-    """tp, ig (N, A) uint16, bit t for IoU threshold t, of N detections in (image, category, score desc) order; detection d's
-    candidate ground truths (IoU >= min(thr)) are ``p_gt[pstart[d]:pstart[d+1]]`` in annotation
-    order with IoUs ``p_iou``; ``notig`` (G, A): counted in area a; ``out_area`` (N, A): the
-    detection's area is outside area range a.
+    """tp, ig (N, A) uint16 (bit t: IoU threshold t) of N detections in (image, category, score
+    desc) order; detection d's candidate ground truths (IoU >= min(thr)) are
+    ``p_gt[pstart[d]:pstart[d+1]]`` in annotation order with IoUs ``p_iou``; ``notig`` (G, A):
+    counted in area a; ``out_area`` (N, A): the detection's area is outside area range a.
 
     As evaluateImg, per threshold and area: counted ground truths come first, then ignored
     ones; among those not yet matched (crowd: always available) the last with the highest IoU
