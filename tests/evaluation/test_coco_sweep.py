@@ -216,7 +216,7 @@ def test_group_parts_is_a_stable_sort_by_key(compiled):
 
 
 class NumpySweep(SweepTable):
-    """The numpy reference of the compiled swap and evaluation (sweep_kernels)."""
+    """The numpy reference of the compiled build, swap and evaluation (sweep_kernels)."""
 
     COMPILED = False
 
@@ -224,13 +224,16 @@ class NumpySweep(SweepTable):
 @pytest.mark.parametrize("levels", [(64, 8), (4, 2, 1), (6, 3), (5,)])
 @pytest.mark.parametrize("seed", range(3))
 def test_compiled_walk_equals_the_numpy_walk(levels, seed):
-    """Along a random walk there and back, the compiled swap leaves the numpy swap's state (kept
-    bits, fv, block counts at every level) and the compiled evaluation gives the numpy one's
-    precision, bit for bit, for every block layout (one level, two, three)."""
+    """The compiled build gives the numpy build's table; along a random walk there and back, the
+    compiled swap leaves the numpy swap's state (kept bits, fv, block counts at every level) and
+    the compiled evaluation gives the numpy one's precision, bit for bit, for every block layout
+    (one level, two, three)."""
     gts, a, b, _ = random_dataset(500 + seed, n_img=50, ncat=3)
     fast = type("Fast", (SweepTable,), dict(LEVELS=levels, PRUNE_ITEMS_PER_POINT=0))
     slow = type("Slow", (NumpySweep,), dict(LEVELS=levels, PRUNE_ITEMS_PER_POINT=0))
     tf, ts = fast.build(gts, a, b, chunk=11), slow.build(gts, a, b, chunk=11)
+    for name in ("item_tp", "item_part", "item_qr", "item_base", "item_order", "fv_qs", "fv_w"):
+        assert np.array_equal(getattr(tf, name), getattr(ts, name)), name  # numpy build too
     sf, ss = _State(tf), _State(ts)
     rng = np.random.default_rng(seed)
     moves = [(m, True) for m in np.array_split(rng.permutation(len(gts)), 5)]

@@ -142,7 +142,7 @@ class SweepTable:
     # ~36 items per segment and recall point, one full pass is faster; at 118k, ~420, 2x slower).
     PRUNE_ITEMS_PER_POINT = 100
     EXACT_MARGINAL_IMAGES = 2000  # marginal_ap's default: exact up to this many images
-    COMPILED = True  # use sweep_kernels (numba) when installed; False: the numpy path
+    COMPILED = True  # compiled loops (sweep_kernels, match_kernel) when numba is installed
 
     def __init__(
         self, num_images: int, cat_ids: np.ndarray, npig: np.ndarray, rows: Iterable[tuple]
@@ -167,18 +167,25 @@ class SweepTable:
             isq = (tp != 0) | part
             qrows = np.flatnonzero(isq)  # query rows of area a
             q_before = np.cumsum(isq, dtype=np.int32) - isq  # query rows before each row
-            q_of_row = np.full(len(img), -1, np.int32)
-            q_of_row[qrows] = np.arange(len(qrows)) + q_off
-            for t in range(T):
-                tp_t = (tp >> t) & 1 != 0
-                sel = np.flatnonzero(tp_t | (part & ((valid >> t) & 1 != 0)))
-                items["seg"].append(((a * T + t) * ncat + cat[sel]).astype(seg_dt))
-                items["tp"].append(tp_t[sel])
-                items["part"].append(part[sel])
-                items["qr"].append(q_of_row[sel])
-                items["img"].append(img[sel].astype(np.int32))
-                items["src"].append(src[sel].astype(np.int8))
-                del tp_t, sel
+            if self.COMPILED and _kernels is not None:  # one compiled pass per threshold
+                cols = _kernels.area_items(tp, valid, cat, img, src, q_off, a * T * ncat, ncat, T)
+                for k, x in zip(("seg", "tp", "part", "qr", "img", "src"), cols):
+                    items[k].append(x.astype(seg_dt) if k == "seg" else x)
+                del cols
+            else:
+                q_of_row = np.full(len(img), -1, np.int32)
+                q_of_row[qrows] = np.arange(len(qrows)) + q_off
+                for t in range(T):
+                    tp_t = (tp >> t) & 1 != 0
+                    sel = np.flatnonzero(tp_t | (part & ((valid >> t) & 1 != 0)))
+                    items["seg"].append(((a * T + t) * ncat + cat[sel]).astype(seg_dt))
+                    items["tp"].append(tp_t[sel])
+                    items["part"].append(part[sel])
+                    items["qr"].append(q_of_row[sel])
+                    items["img"].append(img[sel].astype(np.int32))
+                    items["src"].append(src[sel].astype(np.int8))
+                    del tp_t, sel
+                del q_of_row
             # A fully valid row counts for the query rows at or after it in its category, up to
             # the category's end (q_end). In slices: the temporaries stay a few tens of MB.
             qcat = cat[qrows]
@@ -196,13 +203,13 @@ class SweepTable:
                 f_w.append(np.where(src[rows_f] == 0, 1, -1).astype(np.int8))  # +1: to saver
                 del rows_f, qs, live
             # Grouped by image within the area: a moved image's entries are 4 ranges.
-            off, (f_qs, f_w) = _group_parts(f_img, num_images, [f_qs, f_w])
+            off, (f_qs, f_w) = _group_parts(f_img, num_images, [f_qs, f_w], compiled=self.COMPILED)
             fv["qs"].append(f_qs)
             fv["w"].append(f_w)
             fv["off"].append(off + n_fv)
             n_fv += len(f_qs)
             q_off += len(qrows)
-            del img, src, cat, tp, valid, part, isq, q_before, qrows, q_of_row, qcat
+            del img, src, cat, tp, valid, part, isq, q_before, qrows, qcat
             _release_free_memory()
 
         def cat_(parts, dt):  # concatenate one field and free its parts
@@ -218,7 +225,9 @@ class SweepTable:
         self.num_q = q_off
         self.seg_start = np.searchsorted(self.item_seg, np.arange(self.num_segs + 1))
         del items["seg"], items["tp"], items["part"], items["qr"], items["src"]
-        self.item_off, (self.item_order,) = _group_parts(items.pop("img"), num_images, index=True)
+        self.item_off, (self.item_order,) = _group_parts(
+            items.pop("img"), num_images, index=True, compiled=self.COMPILED
+        )
         del items
         self.fv_off = (
             np.stack(fv.pop("off")) if fv["qs"] else np.zeros((0, num_images + 1), np.int64)
@@ -367,7 +376,7 @@ class SweepTable:
             fg = _flatten_gt(gts, cat_ids)
             np.add.at(npig, fg.cat, fg.notig.astype(np.int64))
             for s, dets in enumerate((saver, base)):
-                m = _match(fg, dets, cat_ids, max_dets, packed=True)
+                m = _match(fg, dets, cat_ids, max_dets, compiled=cls.COMPILED, packed=True)
                 cols["img"].append((m.img + lo).astype(np.int32))
                 cols["src"].append(np.full(len(m.img), s, np.int8))
                 cols["cat"].append(m.cat.astype(np.int16 if len(cat_ids) < 2**15 else np.int32))
@@ -385,7 +394,8 @@ class SweepTable:
             col[k] = np.concatenate(cols.pop(k)) if cols[k] else empty
         _release_free_memory()
         score = col.pop("score")
-        if _kernels is not None and score.dtype == np.float32 and not np.isnan(score).any():
+        fast = cls.COMPILED and _kernels is not None
+        if fast and score.dtype == np.float32 and not np.isnan(score).any():
             col.pop("rank")  # the rows are in rank order within each (image, source, category)
             n = len(score)
             o = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)

@@ -26,6 +26,44 @@ def key_positions(keys, nxt):
 
 
 @njit(cache=True, nogil=True)
+def area_items(tp, valid, cat, img, src, q_first, seg_first, ncat, nt):
+    """The items of one area range (``SweepTable.__init__``), threshold by threshold in row
+    order: rows that are a TP at t, or valid at t but not at every threshold (partial).
+    Returns (segment, tp, partial, query row, image, source) per item; ``q_first``: the
+    query row of the area's first query row (rows with tp at some t or partial), segment =
+    seg_first + t * ncat + category; ``nt``: IoU thresholds (bits)."""
+    all_t = (1 << nt) - 1
+    n = 0
+    for i in range(len(tp)):
+        part = valid[i] != all_t
+        for t in range(nt):
+            n += (tp[i] >> t) & 1 or (part and (valid[i] >> t) & 1)
+    seg = np.empty(n, np.int32)
+    is_tp = np.empty(n, np.bool_)
+    is_part = np.empty(n, np.bool_)
+    qr = np.empty(n, np.int32)
+    im = np.empty(n, np.int32)
+    sr = np.empty(n, np.int8)
+    j = 0
+    for t in range(nt):
+        q = q_first
+        for i in range(len(tp)):
+            part = valid[i] != all_t
+            hit = (tp[i] >> t) & 1
+            if hit or (part and (valid[i] >> t) & 1):
+                seg[j] = seg_first + t * ncat + cat[i]
+                is_tp[j] = hit
+                is_part[j] = part
+                qr[j] = q
+                im[j] = img[i]
+                sr[j] = src[i]
+                j += 1
+            if tp[i] != 0 or part:
+                q += 1
+    return seg, is_tp, is_part, qr, im, sr
+
+
+@njit(cache=True, nogil=True)
 def _desc_key(bits):
     """uint32 key ascending as the float32 with these bits descends (-0.0 as 0.0; no NaN)."""
     if bits == 0x80000000:
