@@ -17,6 +17,13 @@ For a kept true positive: k = kept true positives so far, nv = kept valid rows s
 precision = k / (nv + eps), exactly as pycocotools (tp / (fp + tp + eps), fp + tp == nv).
 Segments are cut into nested blocks of ``SweepTable.LEVELS`` items.
 
+Compiled loops (numba; ``sweep_kernels``, ``metrics.match_kernel``): the step (flip the moved
+images' items, update block counts and ``fv``), the pruned evaluation, and the build's matching,
+accumulate-order sort, grouping and item extraction. In numpy these were scattered updates and
+per-level temporaries: 0.31 s a point and 65 s of build at 118k synthetic images (2-core CPU,
+bench/cost_growth.py), now ~0.12 s and ~22 s. ``SweepTable.COMPILED = False`` (or no numba)
+runs the numpy reference of each, which the tests compare with the compiled one bit for bit.
+
 ``build`` matches images in chunks and keeps only compact arrays (118k images with two sources
 of 100 detections each: about 1 GB of table, 2.7 GB peak with the imports; bench/cost_growth).
 """

@@ -15,6 +15,9 @@ sweeps: a compact, chunk-built table walked incrementally; calibration uses it.)
 box, ~10 GT and 100 detections per image, 2 sources): per-image AP of 5k images 0.49 s;
 MatchTable.build 2.4 s and one sweep point 0.14 s at 5k images (0.03 s at 1k, 0.58 s at 20k).
 
+Matching loops over detections in compiled code (``match_kernel``, numba) where installed;
+``_match(..., compiled=False)`` is the vectorised numpy reference (tests compare both).
+
 Semantics are those of pycocotools 2.0 ``COCOeval(iouType='bbox')`` with default parameters
 and are tested against it (``tests/evaluation/test_coco_fast.py``): same IoU (crowd union =
 detection area), same greedy matching (ignored ground truth sorted last, crowd regions may
