@@ -51,10 +51,20 @@ from ..metrics.coco_fast import (
 from .coco_marginal import MarginalIndex
 from .flat import category_ids_of, chunk_of
 
-try:  # compiled loops (requirements.txt); without numba the numpy path gives the same results
-    from . import sweep_kernels as _kernels
-except ImportError:  # pragma: no cover - numba is a dependency
-    _kernels = None
+_KERNELS = []  # sweep_kernels once imported (None without numba)
+
+
+def _kernels():
+    """The compiled loops (numba, requirements.txt), imported on first use (as
+    ``coco_fast._match_kernel``). None without numba: the numpy paths give the same results."""
+    if not _KERNELS:
+        try:
+            from . import sweep_kernels
+        except ImportError:  # pragma: no cover - numba is a dependency
+            sweep_kernels = None
+        _KERNELS.append(sweep_kernels)
+    return _KERNELS[0]
+
 
 R = len(REC_THRS)
 _SLICE = 1 << 22  # rows per slice of the table's fully-valid pass
@@ -106,8 +116,8 @@ def _group_parts(
         outs.append(np.empty(n, np.int32 if n < 2**31 else np.int64))
     lo = 0
     for j, k in enumerate(key_parts):
-        if compiled and _kernels is not None:  # one pass, no sort
-            pos = _kernels.key_positions(k, nxt)
+        if compiled and _kernels() is not None:  # one pass, no sort
+            pos = _kernels().key_positions(k, nxt)
             for out, v in zip(outs, value_parts):
                 out[pos] = v[j]
                 v[j] = None
@@ -174,8 +184,8 @@ class SweepTable:
             isq = (tp != 0) | part
             qrows = np.flatnonzero(isq)  # query rows of area a
             q_before = np.cumsum(isq, dtype=np.int32) - isq  # query rows before each row
-            if self.COMPILED and _kernels is not None:  # one compiled pass per threshold
-                cols = _kernels.area_items(tp, valid, cat, img, src, q_off, a * T * ncat, ncat, T)
+            if self.COMPILED and _kernels() is not None:  # one compiled pass per threshold
+                cols = _kernels().area_items(tp, valid, cat, img, src, q_off, a * T * ncat, ncat, T)
                 for k, x in zip(("seg", "tp", "part", "qr", "img", "src"), cols):
                     items[k].append(x.astype(seg_dt) if k == "seg" else x)
                 del cols
@@ -401,12 +411,12 @@ class SweepTable:
             col[k] = np.concatenate(cols.pop(k)) if cols[k] else empty
         _release_free_memory()
         score = col.pop("score")
-        fast = cls.COMPILED and _kernels is not None
+        fast = cls.COMPILED and _kernels() is not None
         if fast and score.dtype == np.float32 and not np.isnan(score).any():
             col.pop("rank")  # the rows are in rank order within each (image, source, category)
             n = len(score)
             o = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
-            o = _kernels.accumulate_order(
+            o = _kernels().accumulate_order(
                 col["img"], col["src"], col["cat"], score.view(np.uint32), lo, len(cat_ids), o
             )
         else:
@@ -518,10 +528,10 @@ class SweepTable:
     def _precision(self, st: "_State", areas: int = A) -> np.ndarray:
         """COCOeval precision (T, 101, K, areas) of a choice: the compiled pruned evaluation
         (``sweep_kernels.bucket_maxima``, same bounds as ``_precision_numpy``) where available."""
-        if not self.COMPILED or _kernels is None:
+        if not self.COMPILED or _kernels() is None:
             return self._precision_numpy(st, areas)
         lv0, lv1 = max(len(self.levels) - 2, 0), len(self.levels) - 1  # the two finest levels
-        q = _kernels.bucket_maxima(
+        q = _kernels().bucket_maxima(
             areas * T * len(self.cat_ids),
             self.seg_start,
             st.flags,
@@ -693,10 +703,10 @@ class _State:
         if not len(images):
             return
         t = self.t
-        if not t.COMPILED or _kernels is None:
+        if not t.COMPILED or _kernels() is None:
             return self.swap_numpy(images, to_saver)
         images = np.asarray(images, np.int64)
-        _kernels.swap_items(
+        _kernels().swap_items(
             images,
             t.item_off,
             t.item_order,
@@ -710,7 +720,9 @@ class _State:
         if self._scratch is None:
             self._scratch = np.zeros(t.num_q + 1, np.int32)
         sign = 1 if to_saver else -1
-        _kernels.shift_fv(images, t.fv_off, t.fv_qs, t.fv_w, t.q_end, self.fv, sign, self._scratch)
+        _kernels().shift_fv(
+            images, t.fv_off, t.fv_qs, t.fv_w, t.q_end, self.fv, sign, self._scratch
+        )
 
     def swap_numpy(self, images: np.ndarray, to_saver: bool) -> None:
         """``swap`` in numpy (the reference of the compiled one)."""

@@ -41,10 +41,21 @@ from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-try:  # compiled matching loop (requirements.txt); without numba the numpy path gives the same
-    from . import match_kernel as _kernel
-except ImportError:  # pragma: no cover - numba is a dependency
-    _kernel = None
+_KERNEL = []  # match_kernel once imported (None without numba)
+
+
+def _match_kernel():
+    """The compiled matching loops (numba, requirements.txt), imported on first use: numba adds
+    ~110 MB of RSS that processes which never match (evaluator training) need not pay. None
+    without numba: the numpy path gives the same matches."""
+    if not _KERNEL:
+        try:
+            from . import match_kernel
+        except ImportError:  # pragma: no cover - numba is a dependency
+            match_kernel = None
+        _KERNEL.append(match_kernel)
+    return _KERNEL[0]
+
 
 # Same expressions as pycocotools.cocoeval.Params.setDetParams, so the floats are identical.
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -218,6 +229,7 @@ def _match(
     """
     areas = list(areas)
     ncat = len(cat_ids)
+    kernel = _match_kernel() if compiled else None
     n, cat, score, boxes = _flat_columns(
         dets,
         ("category_ids", "scores", "boxes"),
@@ -226,8 +238,8 @@ def _match(
     )
     img = np.repeat(np.arange(len(dets)), n)
     cat = _cat_index(cat, cat_ids)
-    if compiled and _kernel is not None and not np.isnan(score).any():  # all in one loop
-        keep, rank, img, tp, ig = _kernel.match_source(
+    if kernel is not None and not np.isnan(score).any():  # all in one loop
+        keep, rank, img, tp, ig = kernel.match_source(
             np.r_[0, np.cumsum(n)],
             cat,
             -score,
@@ -247,8 +259,8 @@ def _match(
         return _Matches(img, cat[keep], score[keep], rank, tp, ig)
     key = img * ncat + cat
     # Stable sort by score desc within (image, category) = pycocotools' mergesort; then cut.
-    if compiled and _kernel is not None and not np.isnan(score).any():  # same order, per image
-        o = _kernel.order_in_images(np.r_[0, np.cumsum(n)], cat, -score)
+    if kernel is not None and not np.isnan(score).any():  # same order, per image
+        o = kernel.order_in_images(np.r_[0, np.cumsum(n)], cat, -score)
     else:
         o = np.lexsort((-score, key))
     key, img, cat, score, boxes = key[o], img[o], cat[o], score[o], boxes[o]
@@ -269,9 +281,9 @@ def _match(
     darea = boxes[:, 2] * boxes[:, 3]
     rng = AREA_RNGS[areas]
     out = (darea[:, None] < rng[:, 0]) | (darea[:, None] > rng[:, 1])  # (N, A')
-    if compiled and _kernel is not None:  # pairs are in (detection, annotation) order
+    if kernel is not None:  # pairs are in (detection, annotation) order
         pstart = np.searchsorted(p_det, np.arange(N + 1))
-        tp, ig = _kernel.greedy_match(
+        tp, ig = kernel.greedy_match(
             pstart, p_gt, p_iou, gt.notig[:, areas], gt.crowd, _MATCH_THRS, out, len(gt.img)
         )
         if not packed:
