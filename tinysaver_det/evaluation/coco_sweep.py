@@ -626,8 +626,8 @@ class SweepTable:
 
         ``exact=True``: one swap, one pruned area-'all' evaluation and one swap back per image;
         tested against pycocotools; quadratic in the images (bench/cost_growth.py, 2-core CPU:
-        ~3 ms per image at 1k images, 0.12 s at 118k, ~3.9 h for all). ``exact=False``:
-        ``marginal_ap_bound``'s value, near-linear (~1.8 ms per image), never above the exact
+        ~1 ms per image at 1k images, 0.04 s at 118k, ~1.3 h for all). ``exact=False``:
+        ``marginal_ap_bound``'s value, near-linear (~1.7 ms per image), never above the exact
         one and below it by at most that method's per-image bound. Default: exact up to
         ``EXACT_MARGINAL_IMAGES`` images, where the approximation's error is not yet small (mean
         error 2.3% of the mean value at 1k synthetic images, 0.6% at 10k, 0.1% at 118k)."""
