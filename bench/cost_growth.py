@@ -185,9 +185,9 @@ def sweep_table(folder, key):
 
     def parts():
         for f, a in chunks(folder, key, key_columns()):
-            gts = gt_of(folder, f).chunk(0, int((a["view"] == 0).sum()))
+            gts = gt_of(folder, f).view(0, int((a["view"] == 0).sum()))  # flat: no object per image
             n = len(gts)
-            yield gts, view0_dets(a, "saver").chunk(0, n), view0_dets(a, "base").chunk(0, n)
+            yield gts, view0_dets(a, "saver").view(0, n), view0_dets(a, "base").view(0, n)
 
     return SweepTable.build_streaming(parts(), np.arange(1, NCAT + 1))
 

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from test_coco_fast import KEYS, as_metrics, assert_metrics, cocoeval, merged, random_dataset
 
+from tinysaver_det.evaluation import sweep_kernels
 from tinysaver_det.evaluation.calibration import sweep
-from tinysaver_det.evaluation.coco_sweep import SweepTable, _State, exit_steps
+from tinysaver_det.evaluation.coco_sweep import SweepTable, _group_parts, _State, exit_steps
+from tinysaver_det.evaluation.flat import FlatDets, FlatGT
 from tinysaver_det.metrics.coco_fast import ImageDets, ImageGT, MatchTable
 
 
@@ -201,14 +203,118 @@ def test_block_sizes_must_nest():
         Bad.build(gts, a, b)
 
 
-def test_group_parts_is_a_stable_sort_by_key():
-    from tinysaver_det.evaluation.coco_sweep import _group_parts
-
+@pytest.mark.parametrize("compiled", [True, False])
+def test_group_parts_is_a_stable_sort_by_key(compiled):
     rng = np.random.default_rng(0)
     keys = [rng.integers(0, 7, n).astype(np.int32) for n in (0, 5, 40, 13)]
     vals = [rng.random(len(k)) for k in keys]
     allk, allv = np.concatenate(keys), np.concatenate(vals)
     o = np.argsort(allk, kind="stable")
-    off, (v, idx) = _group_parts(list(keys), 9, [list(vals)], index=True)
+    off, (v, idx) = _group_parts(list(keys), 9, [list(vals)], index=True, compiled=compiled)
     assert np.array_equal(off, np.r_[0, np.cumsum(np.bincount(allk, minlength=9))])
     assert np.array_equal(v, allv[o]) and np.array_equal(idx, o)
+
+
+class NumpySweep(SweepTable):
+    """The numpy reference of the compiled build, swap and evaluation (sweep_kernels)."""
+
+    COMPILED = False
+
+
+@pytest.mark.parametrize("levels", [(64, 8), (4, 2, 1), (6, 3), (5,)])
+@pytest.mark.parametrize("seed", range(3))
+def test_compiled_walk_equals_the_numpy_walk(levels, seed):
+    """The compiled build gives the numpy build's table; along a random walk there and back, the
+    compiled swap leaves the numpy swap's state (kept bits, fv, block counts at every level) and
+    the compiled evaluation gives the numpy one's precision, bit for bit, for every block layout
+    (one level, two, three)."""
+    gts, a, b, _ = random_dataset(500 + seed, n_img=50, ncat=3)
+    fast = type("Fast", (SweepTable,), dict(LEVELS=levels, PRUNE_ITEMS_PER_POINT=0))
+    slow = type("Slow", (NumpySweep,), dict(LEVELS=levels, PRUNE_ITEMS_PER_POINT=0))
+    tf, ts = fast.build(gts, a, b, chunk=11), slow.build(gts, a, b, chunk=11)
+    for name in ("item_tp", "item_part", "item_qr", "item_base", "item_order", "fv_qs", "fv_w"):
+        assert np.array_equal(getattr(tf, name), getattr(ts, name)), name  # numpy build too
+    sf, ss = _State(tf), _State(ts)
+    rng = np.random.default_rng(seed)
+    moves = [(m, True) for m in np.array_split(rng.permutation(len(gts)), 5)]
+    moves += [(m, False) for m in np.array_split(rng.permutation(len(gts)), 3)]
+    base = np.ones(len(gts), bool)
+    for moved, to_saver in moves:
+        moved = moved[base[moved] == to_saver]  # images on the other source
+        base[moved] = not to_saver
+        sf.swap(moved, to_saver)
+        ss.swap(moved, to_saver)
+        assert np.array_equal(sf.flags, ss.flags) and np.array_equal(sf.fv, ss.fv)
+        assert np.array_equal(sf._blk, ss._blk)
+        got = tf._precision(sf)
+        assert np.array_equal(got, ts._precision(ss))
+        assert np.array_equal(got, tf._precision_numpy(sf))
+        assert np.array_equal(got, tf._precision_full(sf.kept, sf.fv))
+        assert np.array_equal(tf._precision(sf, areas=1), got[..., :1])
+
+
+def as_float32_scores(dets, rng):
+    """The same detections with float32 scores (as a cache stores them): ties and +-0.0."""
+    out = []
+    for d in dets:
+        s = np.round(rng.random(len(d.scores)), 1).astype(np.float32)
+        s[rng.random(len(s)) < 0.1] = -0.0
+        out.append(ImageDets(d.boxes, s.astype(np.float64), d.category_ids))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_float32_scores_sorted_as_pycocotools_accumulate(seed):
+    """Float32 scores take the compiled counting sort of build_streaming (sweep_kernels.
+    accumulate_order); with many ties across images and sources and -0.0 == 0.0, every choice
+    still gives MatchTable's metrics bit for bit and pycocotools' within its float tolerance."""
+    rng = np.random.default_rng(seed)
+    gts, a, b, cats = random_dataset(600 + seed, n_img=30)
+    a, b = as_float32_scores(a, rng), as_float32_scores(b, rng)
+    table = MatchTable.build(gts, {"saver": a, "base": b})
+    built = SweepTable.build(gts, a, b, chunk=7)
+    for c in (rng.integers(0, 2, len(gts)), np.zeros(len(gts), int), np.ones(len(gts), int)):
+        same(built.coco_metrics(c), table.coco_metrics(c))
+    choice = rng.integers(0, 2, len(gts))
+    want = as_metrics(cocoeval(gts, merged(choice, [a, b]), cats))
+    assert_metrics(built.coco_metrics(choice), want)
+
+
+def test_accumulate_order_is_the_lexsort_of_accumulate():
+    rng = np.random.default_rng(0)
+    n_img, ncat, n = 40, 5, 3000
+    img = np.sort(rng.integers(0, n_img, n)).astype(np.int32)
+    src = rng.integers(0, 2, n).astype(np.int8)
+    cat = rng.integers(0, ncat, n).astype(np.int16)
+    o = np.lexsort((cat, src, img))  # per image and source, by category; rank within it
+    img, src, cat = img[o], src[o], cat[o]
+    key = (img.astype(np.int64) * 2 + src) * ncat + cat
+    rank = np.arange(n) - np.searchsorted(key, key)
+    score = np.round(rng.normal(size=n), 1).astype(np.float32)
+    score[rng.random(n) < 0.05] = -0.0
+    want = np.lexsort((rank, src, img, -score, cat))
+    order = np.arange(n, dtype=np.int32)
+    got = sweep_kernels.accumulate_order(img, src, cat, score.view(np.uint32), n_img, ncat, order)
+    assert np.array_equal(got, want)
+
+
+def test_flat_chunks_build_the_same_table():
+    """build from flat containers (chunks read without an object per image) equals build from
+    lists of images."""
+    gts, a, b, _ = random_dataset(31, n_img=23)
+
+    def flat_dets(ds):
+        off = np.r_[0, np.cumsum([len(d.scores) for d in ds])]
+        cols = [np.concatenate([getattr(d, k) for d in ds]) for k in ("boxes", "scores")]
+        return FlatDets(*cols, np.concatenate([d.category_ids for d in ds]), off)
+
+    off = np.r_[0, np.cumsum([len(g.category_ids) for g in gts])]
+    cols = [np.concatenate([getattr(g, k) for g in gts]) for k in ("boxes", "category_ids")]
+    crowd = np.concatenate([g.iscrowd for g in gts])
+    flat_gt = FlatGT(*cols, crowd, np.concatenate([g.area for g in gts]), off)
+    want = SweepTable.build(gts, a, b, chunk=6)
+    got = SweepTable.build(flat_gt, flat_dets(a), flat_dets(b), chunk=6)
+    for name in ("item_tp", "item_part", "item_qr", "item_order", "fv_qs", "fv_w", "q_end"):
+        assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    choice = np.random.default_rng(0).integers(0, 2, len(gts))
+    same(got.coco_metrics(choice), want.coco_metrics(choice))

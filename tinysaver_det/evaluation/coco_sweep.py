@@ -17,6 +17,13 @@ For a kept true positive: k = kept true positives so far, nv = kept valid rows s
 precision = k / (nv + eps), exactly as pycocotools (tp / (fp + tp + eps), fp + tp == nv).
 Segments are cut into nested blocks of ``SweepTable.LEVELS`` items.
 
+Compiled loops (numba; ``sweep_kernels``, ``metrics.match_kernel``): the step (flip the moved
+images' items, update block counts and ``fv``), the pruned evaluation, and the build's matching,
+accumulate-order sort, grouping and item extraction. In numpy these were scattered updates and
+per-level temporaries: 0.31 s a point and 65 s of build at 118k synthetic images (2-core CPU,
+bench/cost_growth.py), now ~0.12 s and ~22 s. ``SweepTable.COMPILED = False`` (or no numba)
+runs the numpy reference of each, which the tests compare with the compiled one bit for bit.
+
 ``build`` matches images in chunks and keeps only compact arrays (118k images with two sources
 of 100 detections each: about 1 GB of table, 2.7 GB peak with the imports; bench/cost_growth).
 """
@@ -39,9 +46,25 @@ from ..metrics.coco_fast import (
     _match,
     _mean_defined,
     _metrics_from_precision,
+    _pack_bits,
 )
 from .coco_marginal import MarginalIndex
 from .flat import category_ids_of, chunk_of
+
+_KERNELS = []  # sweep_kernels once imported (None without numba)
+
+
+def _kernels():
+    """The compiled loops (numba, requirements.txt), imported on first use (as
+    ``coco_fast._match_kernel``). None without numba: the numpy paths give the same results."""
+    if not _KERNELS:
+        try:
+            from . import sweep_kernels
+        except ImportError:  # pragma: no cover - numba is a dependency
+            sweep_kernels = None
+        _KERNELS.append(sweep_kernels)
+    return _KERNELS[0]
+
 
 R = len(REC_THRS)
 _SLICE = 1 << 22  # rows per slice of the table's fully-valid pass
@@ -49,15 +72,6 @@ EPS = np.spacing(1)
 
 
 ALL_T = np.uint16((1 << T) - 1)
-
-
-def _bits(x: np.ndarray) -> np.ndarray:
-    """Bool (N, T[, A]) -> uint16 (N[, A]) with bit t set where x[:, t] is."""
-    p = np.packbits(x, axis=1, bitorder="little")  # (N, 2[, A]): bits 0-7, 8-15
-    out = p[:, 0].astype(np.uint16)
-    if p.shape[1] > 1:
-        out |= p[:, 1].astype(np.uint16) << 8
-    return out
 
 
 def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -79,11 +93,18 @@ def _release_free_memory() -> None:
         pass
 
 
-def _group_parts(key_parts: list, num: int, value_parts: Sequence[list] = (), index: bool = False):
+def _group_parts(
+    key_parts: list,
+    num: int,
+    value_parts: Sequence[list] = (),
+    index: bool = False,
+    compiled: bool = True,
+):
     """Stable grouping by key (0..num-1) of columns given in parts, one part at a time (parts are
     freed as used): ``(offsets, grouped)``, where rows of key i are ``offsets[i]:offsets[i+1]``
     of every grouped column (each of ``value_parts``, then the rows' original index if
-    ``index``). A counting sort: no full-length argsort or permutation."""
+    ``index``). A counting sort: no full-length argsort or permutation (compiled: no sort at
+    all)."""
     counts = np.zeros(num, np.int64)
     for k in key_parts:
         counts += np.bincount(k, minlength=num)
@@ -95,15 +116,23 @@ def _group_parts(key_parts: list, num: int, value_parts: Sequence[list] = (), in
         outs.append(np.empty(n, np.int32 if n < 2**31 else np.int64))
     lo = 0
     for j, k in enumerate(key_parts):
-        o = np.argsort(k, kind="stable")
-        ks = k[o]
-        pos = nxt[ks] + (np.arange(len(ks)) - np.searchsorted(ks, ks, side="left"))
-        for out, v in zip(outs, value_parts):
-            out[pos] = v[j][o]
-            v[j] = None
-        if index:
-            outs[-1][pos] = o + lo
-        nxt += np.bincount(k, minlength=num)
+        if compiled and _kernels() is not None:  # one pass, no sort
+            pos = _kernels().key_positions(k, nxt)
+            for out, v in zip(outs, value_parts):
+                out[pos] = v[j]
+                v[j] = None
+            if index:
+                outs[-1][pos] = np.arange(lo, lo + len(k))
+        else:
+            o = np.argsort(k, kind="stable")
+            ks = k[o]
+            pos = nxt[ks] + (np.arange(len(ks)) - np.searchsorted(ks, ks, side="left"))
+            for out, v in zip(outs, value_parts):
+                out[pos] = v[j][o]
+                v[j] = None
+            if index:
+                outs[-1][pos] = o + lo
+            nxt += np.bincount(k, minlength=num)
         lo += len(k)
         key_parts[j] = None
     return offsets, outs
@@ -125,11 +154,12 @@ class SweepTable:
     ``coco_metrics(choice)`` one choice (0 = saver, 1 = base per image).
     """
 
-    LEVELS = (512, 64, 8)  # items per block at each level of bounds (see _precision)
+    LEVELS = (64, 8)  # items per block at each level of bounds (see _precision)
     # The bounds pay once a recall point spans enough items (measured: at 10k synthetic images,
     # ~36 items per segment and recall point, one full pass is faster; at 118k, ~420, 2x slower).
     PRUNE_ITEMS_PER_POINT = 100
     EXACT_MARGINAL_IMAGES = 2000  # marginal_ap's default: exact up to this many images
+    COMPILED = True  # compiled loops (sweep_kernels, match_kernel) when numba is installed
 
     def __init__(
         self, num_images: int, cat_ids: np.ndarray, npig: np.ndarray, rows: Iterable[tuple]
@@ -151,27 +181,37 @@ class SweepTable:
         q_off = 0
         for a, (img, src, cat, tp, valid) in enumerate(rows):
             part = valid != ALL_T
-            qrows = np.flatnonzero((tp != 0) | part)  # query rows of area a
-            q_of_row = np.full(len(img), -1, np.int32)
-            q_of_row[qrows] = np.arange(len(qrows)) + q_off
-            for t in range(T):
-                tp_t = (tp >> t) & 1 != 0
-                sel = np.flatnonzero(tp_t | (part & ((valid >> t) & 1 != 0)))
-                items["seg"].append(((a * T + t) * ncat + cat[sel]).astype(seg_dt))
-                items["tp"].append(tp_t[sel])
-                items["part"].append(part[sel])
-                items["qr"].append(q_of_row[sel])
-                items["img"].append(img[sel].astype(np.int32))
-                items["src"].append(src[sel].astype(np.int8))
-                del tp_t, sel
+            isq = (tp != 0) | part
+            qrows = np.flatnonzero(isq)  # query rows of area a
+            q_before = np.cumsum(isq, dtype=np.int32) - isq  # query rows before each row
+            if self.COMPILED and _kernels() is not None:  # one compiled pass per threshold
+                cols = _kernels().area_items(tp, valid, cat, img, src, q_off, a * T * ncat, ncat, T)
+                for k, x in zip(("seg", "tp", "part", "qr", "img", "src"), cols):
+                    items[k].append(x.astype(seg_dt) if k == "seg" else x)
+                del cols
+            else:
+                q_of_row = np.full(len(img), -1, np.int32)
+                q_of_row[qrows] = np.arange(len(qrows)) + q_off
+                for t in range(T):
+                    tp_t = (tp >> t) & 1 != 0
+                    sel = np.flatnonzero(tp_t | (part & ((valid >> t) & 1 != 0)))
+                    items["seg"].append(((a * T + t) * ncat + cat[sel]).astype(seg_dt))
+                    items["tp"].append(tp_t[sel])
+                    items["part"].append(part[sel])
+                    items["qr"].append(q_of_row[sel])
+                    items["img"].append(img[sel].astype(np.int32))
+                    items["src"].append(src[sel].astype(np.int8))
+                    del tp_t, sel
+                del q_of_row
             # A fully valid row counts for the query rows at or after it in its category, up to
             # the category's end (q_end). In slices: the temporaries stay a few tens of MB.
             qcat = cat[qrows]
-            q_end.append((np.searchsorted(qcat, qcat, side="right") + q_off).astype(np.int32))
+            cat_end = np.searchsorted(qcat, np.arange(ncat), side="right")
+            q_end.append((cat_end[qcat] + q_off).astype(np.int32))
             f_qs, f_img, f_w = [], [], []
             for lo in range(0, len(img), _SLICE):
                 rows_f = np.flatnonzero(~part[lo : lo + _SLICE]) + lo
-                qs = np.searchsorted(qrows, rows_f)
+                qs = q_before[rows_f]  # the first query row at or after the row
                 live = qs < len(qrows)
                 live[live] = qcat[qs[live]] == cat[rows_f[live]]
                 rows_f = rows_f[live]
@@ -180,13 +220,13 @@ class SweepTable:
                 f_w.append(np.where(src[rows_f] == 0, 1, -1).astype(np.int8))  # +1: to saver
                 del rows_f, qs, live
             # Grouped by image within the area: a moved image's entries are 4 ranges.
-            off, (f_qs, f_w) = _group_parts(f_img, num_images, [f_qs, f_w])
+            off, (f_qs, f_w) = _group_parts(f_img, num_images, [f_qs, f_w], compiled=self.COMPILED)
             fv["qs"].append(f_qs)
             fv["w"].append(f_w)
             fv["off"].append(off + n_fv)
             n_fv += len(f_qs)
             q_off += len(qrows)
-            del img, src, cat, tp, valid, part, qrows, q_of_row, qcat
+            del img, src, cat, tp, valid, part, isq, q_before, qrows, qcat
             _release_free_memory()
 
         def cat_(parts, dt):  # concatenate one field and free its parts
@@ -202,7 +242,9 @@ class SweepTable:
         self.num_q = q_off
         self.seg_start = np.searchsorted(self.item_seg, np.arange(self.num_segs + 1))
         del items["seg"], items["tp"], items["part"], items["qr"], items["src"]
-        self.item_off, (self.item_order,) = _group_parts(items.pop("img"), num_images, index=True)
+        self.item_off, (self.item_order,) = _group_parts(
+            items.pop("img"), num_images, index=True, compiled=self.COMPILED
+        )
         del items
         self.fv_off = (
             np.stack(fv.pop("off")) if fv["qs"] else np.zeros((0, num_images + 1), np.int64)
@@ -262,6 +304,10 @@ class SweepTable:
                 np.searchsorted(up["start"], down["start"][:-1], side="right") - 1
             ).astype(np.int32)
         del self.item_seg  # seg_start gives it
+        # The same layout as flat arrays for the compiled loops (sweep_kernels).
+        self._sizes = np.array(self.LEVELS, np.int64)
+        self._seg_blk = np.stack([lv["seg_blk"] for lv in self.levels])
+        self._blk_off = np.r_[0, np.cumsum([len(lv["seg"]) for lv in self.levels])].astype(np.int64)
         used = np.count_nonzero(n)
         self._prune = len(self.item_tp) >= self.PRUNE_ITEMS_PER_POINT * R * max(used, 1)
         self._blk_base = (
@@ -288,8 +334,8 @@ class SweepTable:
                 table.rows_img[a],
                 table.rows_src[a],
                 table.rows_cat[a],
-                _bits(table.rows_tp[a]),
-                _bits(table.rows_valid[a]),
+                _pack_bits(table.rows_tp[a]),
+                _pack_bits(table.rows_valid[a]),
             )
             for a in range(A)
         )
@@ -335,7 +381,7 @@ class SweepTable:
             cat=[],
             score=[],
             rank=[],
-            **{f"{x}{a}": [] for x in ("tp", "valid") for a in range(A)},
+            **{f"tv{a}": [] for a in range(A)},  # per area: tp bits | valid bits << 16
         )
         lo = 0
         for gts, saver, base in chunks:
@@ -347,34 +393,47 @@ class SweepTable:
             fg = _flatten_gt(gts, cat_ids)
             np.add.at(npig, fg.cat, fg.notig.astype(np.int64))
             for s, dets in enumerate((saver, base)):
-                m = _match(fg, dets, cat_ids, max_dets)
+                m = _match(fg, dets, cat_ids, max_dets, compiled=cls.COMPILED, packed=True)
                 cols["img"].append((m.img + lo).astype(np.int32))
                 cols["src"].append(np.full(len(m.img), s, np.int8))
                 cols["cat"].append(m.cat.astype(np.int16 if len(cat_ids) < 2**15 else np.int32))
                 s32 = m.score.astype(np.float32)  # cached scores are float32: same order
                 cols["score"].append(s32 if (s32 == m.score).all() else m.score)
                 cols["rank"].append(m.rank.astype(np.int16 if max_dets < 2**15 else np.int32))
-                tp, valid = _bits(m.tp), _bits(~m.ig)
+                tp, valid = m.tp, ~m.ig & ALL_T
                 for a in range(A):  # one column per area, each freed once its area is done
-                    cols[f"tp{a}"].append(tp[:, a].copy())
-                    cols[f"valid{a}"].append(valid[:, a].copy())
+                    cols[f"tv{a}"].append(tp[:, a] | valid[:, a].astype(np.uint32) << 16)
                 del m, tp, valid
             lo += len(gts)
         col = {}
         for k in list(cols):
-            col[k] = np.concatenate(cols.pop(k)) if cols[k] else np.zeros(0, np.uint16)
+            empty = np.zeros(0, np.uint32 if k.startswith("tv") else np.uint16)
+            col[k] = np.concatenate(cols.pop(k)) if cols[k] else empty
         _release_free_memory()
-        o = np.lexsort((col.pop("rank"), col["src"], col["img"], -col.pop("score"), col["cat"]))
-        col["o"] = o.astype(np.int32) if len(o) < 2**31 else o
-        del o
+        score = col.pop("score")
+        fast = cls.COMPILED and _kernels() is not None
+        if fast and score.dtype == np.float32 and not np.isnan(score).any():
+            col.pop("rank")  # the rows are in rank order within each (image, source, category)
+            n = len(score)
+            o = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+            o = _kernels().accumulate_order(
+                col["img"], col["src"], col["cat"], score.view(np.uint32), lo, len(cat_ids), o
+            )
+        else:
+            o = np.lexsort((col.pop("rank"), col["src"], col["img"], -score, col["cat"]))
+        del score
+        o = o.astype(np.int32) if len(o) < 2**31 else o
+        for k in ("img", "src", "cat"):  # sorted once; each area then compresses them in order
+            col[k] = col[k][o]
 
         def rows():  # one area at a time, then the columns are freed
             for a in range(A):
-                o = col["o"]
-                tp, valid = col.pop(f"tp{a}"), col.pop(f"valid{a}")
-                sel = o[valid[o] != 0]
-                yield col["img"][sel], col["src"][sel], col["cat"][sel], tp[sel], valid[sel]
-                del tp, valid, sel
+                tv = col.pop(f"tv{a}")[o]  # one gather for both
+                keep = tv >= 1 << 16  # valid at some threshold
+                tv = tv[keep]
+                tp, valid = tv.astype(np.uint16), (tv >> 16).astype(np.uint16)
+                yield col["img"][keep], col["src"][keep], col["cat"][keep], tp, valid
+                del tv, tp, valid, keep
             col.clear()
 
         return cls(lo, cat_ids, npig, rows())
@@ -432,7 +491,8 @@ class SweepTable:
 
     def _eval_blocks(
         self,
-        st: "_State",
+        kept: np.ndarray,
+        fv: np.ndarray,
         sel: np.ndarray,
         k_before: np.ndarray,
         p_before: np.ndarray,
@@ -445,7 +505,7 @@ class SweepTable:
         lo, hi = lv["start"][sel], lv["start"][sel + 1]
         idx = _ranges(lo, hi)
         owner = np.repeat(np.arange(len(sel)), hi - lo)
-        keep = st.kept[idx]
+        keep = kept[idx]
         idx, owner = idx[keep], owner[keep]
         tp = self.item_tp[idx]
         ctp = np.cumsum(tp, dtype=np.int64)
@@ -456,7 +516,7 @@ class SweepTable:
         j = np.flatnonzero(tp)
         o = owner[j]
         k = ctp[j] - ctp0[o] + k_before[o]
-        nv = st.fv[self.item_qr[idx[j]]] + (cpt[j] - cpt0[o] + p_before[o])
+        nv = fv[self.item_qr[idx[j]]] + (cpt[j] - cpt0[o] + p_before[o])
         pr = k / (nv + EPS)
         b = sel[o]
         flat = lv["seg"][b].astype(np.int64) * R + self.lut[lv["lut"][b] + k]
@@ -466,6 +526,33 @@ class SweepTable:
             q[f] = np.maximum(q[f], np.maximum.reduceat(pr, run))
 
     def _precision(self, st: "_State", areas: int = A) -> np.ndarray:
+        """COCOeval precision (T, 101, K, areas) of a choice: the compiled pruned evaluation
+        (``sweep_kernels.bucket_maxima``, same bounds as ``_precision_numpy``) where available."""
+        if not self.COMPILED or _kernels() is None:
+            return self._precision_numpy(st, areas)
+        lv0, lv1 = max(len(self.levels) - 2, 0), len(self.levels) - 1  # the two finest levels
+        q = _kernels().bucket_maxima(
+            areas * T * len(self.cat_ids),
+            self.seg_start,
+            st.flags,
+            self.item_qr,
+            st.fv,
+            self.lut,
+            self.seg_lut,
+            self.levels[lv0]["seg_blk"],
+            st.blk_level(lv0),
+            self.levels[lv0]["qrl"],
+            self.LEVELS[lv0],
+            self.levels[lv1]["seg_blk"],
+            st.blk_level(lv1),
+            self.levels[lv1]["qrl"],
+            self.LEVELS[lv1],
+            R,
+            EPS,
+        )
+        return self._finish(q, areas)
+
+    def _precision_numpy(self, st: "_State", areas: int = A) -> np.ndarray:
         """COCOeval precision (T, 101, K, areas) of a choice, evaluating only some blocks exactly.
 
         Per segment, q[r] = max precision of the kept true positives (TPs) with recall bucket
@@ -480,6 +567,7 @@ class SweepTable:
         is never ruled out, so the result is exact. Cost O(coarse blocks + blocks left)."""
         ncat = len(self.cat_ids)
         nseg = areas * T * ncat
+        kept = st.kept
         lv = self.levels[0]
         nb = int(lv["seg_blk"][nseg])
         cand = np.arange(nb)
@@ -491,7 +579,7 @@ class SweepTable:
 
         k_before, p_before = before(ktp), before(kpt)
         if not self._prune:
-            return self._precision_full(st.kept, st.fv, areas)
+            return self._precision_full(kept, st.fv, areas)
         q = np.zeros(nseg * R)  # lower bounds qL
         for level, lv in enumerate(self.levels):
             if level:  # children of the blocks left; counts before them within their parent
@@ -510,12 +598,12 @@ class SweepTable:
                 q[f] = np.maximum(q[f], np.maximum.reduceat(low, run))
             # Valid rows before the block: fv at its first item, less that item if fv counts it.
             first = lv["start"][cand]
-            nv_b = st.fv[lv["qr0"][cand]] - (st.kept[first] & ~self.item_part[first]) + p_b
+            nv_b = st.fv[lv["qr0"][cand]] - (kept[first] & ~self.item_part[first]) + p_b
             up = k_hi / (nv_b + kt + EPS)
             keep = up >= _envelope(q)[flat]
             cand, k_before, p_before = cand[keep], k_b[keep], p_b[keep]
         q[:] = 0
-        self._eval_blocks(st, cand, k_before, p_before, q)
+        self._eval_blocks(kept, st.fv, cand, k_before, p_before, q)
         return self._finish(q, areas)
 
     def sweep_metrics(self, exit_step: np.ndarray, num_steps: int) -> List[Dict[str, float]]:
@@ -538,8 +626,8 @@ class SweepTable:
 
         ``exact=True``: one swap, one pruned area-'all' evaluation and one swap back per image;
         tested against pycocotools; quadratic in the images (bench/cost_growth.py, 2-core CPU:
-        ~3 ms per image at 1k images, 0.12 s at 118k, ~3.9 h for all). ``exact=False``:
-        ``marginal_ap_bound``'s value, near-linear (~1.8 ms per image), never above the exact
+        ~1 ms per image at 1k images, 0.04 s at 118k, ~1.3 h for all). ``exact=False``:
+        ``marginal_ap_bound``'s value, near-linear (~1.7 ms per image), never above the exact
         one and below it by at most that method's per-image bound. Default: exact up to
         ``EXACT_MARGINAL_IMAGES`` images, where the approximation's error is not yet small (mean
         error 2.3% of the mean value at 1k synthetic images, 0.6% at 10k, 0.1% at 118k)."""
@@ -589,21 +677,61 @@ class _State:
 
     def __init__(self, t: SweepTable):
         self.t = t
-        self.kept = t.item_base.copy()
+        # Per item: bit 1 kept, 2 true positive, 4 partial (one byte for the compiled loops).
+        self.flags = (
+            t.item_base | (t.item_tp.view(np.uint8) << 1) | (t.item_part.view(np.uint8) << 2)
+        )
         self.fv = t._fv_all_base.copy()
-        self.blk_tp = [x.copy() for x in t._blk_base[0]]  # per level
-        self.blk_pt = [x.copy() for x in t._blk_base[1]]
+        # Kept TPs (column 0) and partials (1) of every block of every level, one array; per
+        # level, views of its columns.
+        self._blk = np.stack([np.concatenate(x) for x in t._blk_base], axis=1)
+        cut = t._blk_off
+        self.blk_tp = [self._blk[a:b, 0] for a, b in zip(cut[:-1], cut[1:])]
+        self.blk_pt = [self._blk[a:b, 1] for a, b in zip(cut[:-1], cut[1:])]
+        self._scratch = None
+
+    @property
+    def kept(self) -> np.ndarray:
+        return (self.flags & 1).view(bool)
+
+    def blk_level(self, level: int) -> np.ndarray:
+        """(blocks, 2) kept TPs and partials of the blocks of one level."""
+        return self._blk[self.t._blk_off[level] : self.t._blk_off[level + 1]]
 
     def swap(self, images: np.ndarray, to_saver: bool) -> None:
         """Move ``images`` (all currently on the other source) to the saver or the base."""
         if not len(images):
             return
         t = self.t
+        if not t.COMPILED or _kernels() is None:
+            return self.swap_numpy(images, to_saver)
+        images = np.asarray(images, np.int64)
+        _kernels().swap_items(
+            images,
+            t.item_off,
+            t.item_order,
+            self.flags,
+            t.seg_start,
+            t._seg_blk,
+            t._sizes,
+            t._blk_off,
+            self._blk,
+        )
+        if self._scratch is None:
+            self._scratch = np.zeros(t.num_q + 1, np.int32)
+        sign = 1 if to_saver else -1
+        _kernels().shift_fv(
+            images, t.fv_off, t.fv_qs, t.fv_w, t.q_end, self.fv, sign, self._scratch
+        )
+
+    def swap_numpy(self, images: np.ndarray, to_saver: bool) -> None:
+        """``swap`` in numpy (the reference of the compiled one)."""
+        t = self.t
         it = t.item_order[_ranges(t.item_off[images], t.item_off[images + 1])]
-        self.kept[it] ^= True
-        sign = np.where(self.kept[it], 1, -1).astype(np.int32)
+        self.flags[it] ^= 1
+        sign = np.where(self.flags[it] & 1, 1, -1).astype(np.int32)
         dtp, dpt = sign * t.item_tp[it], sign * t.item_part[it]
-        for level in range(len(t.levels) - 1, -1, -1) if t._prune else ():
+        for level in range(len(t.levels) - 1, -1, -1):
             if level == len(t.levels) - 1:  # finest block: from the segment (a short search)
                 seg = np.searchsorted(t.seg_start, it, side="right") - 1
                 blk = t.levels[-1]["seg_blk"][seg] + (it - t.seg_start[seg]) // t.LEVELS[-1]

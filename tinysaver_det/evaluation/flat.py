@@ -47,6 +47,12 @@ class FlatDets:
         columns = (self.boxes, self.scores, self.category_ids)
         return _per_image(ImageDets, columns, self.offsets, lo, hi)
 
+    def view(self, lo: int, hi: int) -> "FlatDets":
+        """Images lo..hi-1 as a FlatDets (no object per image; the matching reads it as is)."""
+        o = np.asarray(self.offsets[lo : hi + 1])
+        cols = [np.asarray(x[o[0] : o[-1]]) for x in (self.boxes, self.scores, self.category_ids)]
+        return FlatDets(*cols, o - o[0])
+
 
 @dataclass
 class FlatGT:
@@ -69,10 +75,16 @@ class FlatGT:
             ImageGT, (self.boxes, self.category_ids, self.iscrowd, self.area), self.offsets, lo, hi
         )
 
+    def view(self, lo: int, hi: int) -> "FlatGT":
+        """Images lo..hi-1 as a FlatGT (no object per image)."""
+        o = np.asarray(self.offsets[lo : hi + 1])
+        columns = (self.boxes, self.category_ids, self.iscrowd, self.area)
+        return FlatGT(*[np.asarray(x[o[0] : o[-1]]) for x in columns], o - o[0])
 
-def chunk_of(x, lo: int, hi: int) -> list:
-    """Images lo..hi-1 of a flat container or of a plain sequence."""
-    return x.chunk(lo, hi) if hasattr(x, "chunk") else list(x[lo:hi])
+
+def chunk_of(x, lo: int, hi: int):
+    """Images lo..hi-1 of a flat container (as a flat container) or of a plain sequence."""
+    return x.view(lo, hi) if hasattr(x, "view") else list(x[lo:hi])
 
 
 def category_ids_of(*containers) -> np.ndarray:

@@ -15,6 +15,9 @@ sweeps: a compact, chunk-built table walked incrementally; calibration uses it.)
 box, ~10 GT and 100 detections per image, 2 sources): per-image AP of 5k images 0.49 s;
 MatchTable.build 2.4 s and one sweep point 0.14 s at 5k images (0.03 s at 1k, 0.58 s at 20k).
 
+Matching loops over detections in compiled code (``match_kernel``, numba) where installed;
+``_match(..., compiled=False)`` is the vectorised numpy reference (tests compare both).
+
 Semantics are those of pycocotools 2.0 ``COCOeval(iouType='bbox')`` with default parameters
 and are tested against it (``tests/evaluation/test_coco_fast.py``): same IoU (crowd union =
 detection area), same greedy matching (ignored ground truth sorted last, crowd regions may
@@ -37,6 +40,22 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
+
+_KERNEL = []  # match_kernel once imported (None without numba)
+
+
+def _match_kernel():
+    """The compiled matching loops (numba, requirements.txt), imported on first use: numba adds
+    ~110 MB of RSS that processes which never match (evaluator training) need not pay. None
+    without numba: the numpy path gives the same matches."""
+    if not _KERNEL:
+        try:
+            from . import match_kernel
+        except ImportError:  # pragma: no cover - numba is a dependency
+            match_kernel = None
+        _KERNEL.append(match_kernel)
+    return _KERNEL[0]
+
 
 # Same expressions as pycocotools.cocoeval.Params.setDetParams, so the floats are identical.
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
@@ -146,16 +165,35 @@ def _cat_index(cats: np.ndarray, cat_ids: np.ndarray) -> np.ndarray:
     return np.searchsorted(cat_ids, cats)
 
 
+def _flat_columns(x, names: Sequence[str], dtypes: Sequence, shapes: Sequence) -> tuple:
+    """(rows per image, then each column concatenated) of a sequence of ImageGT / ImageDets, or
+    of a flat container with the same fields and ``offsets`` (``evaluation.flat``)."""
+    if hasattr(x, "offsets"):  # flat: already one array per field
+        o = np.asarray(x.offsets)
+        cols = [
+            np.asarray(getattr(x, k)[o[0] : o[-1]]).astype(d, copy=False).reshape((-1,) + sh)
+            for k, d, sh in zip(names, dtypes, shapes)
+        ]
+        return (np.diff(o), *cols)
+    n = [len(getattr(i, names[0])) for i in x]
+    cols = [_concat([getattr(i, k) for i in x], d, sh) for k, d, sh in zip(names, dtypes, shapes)]
+    return (n, *cols)
+
+
 def _flatten_gt(gts: Sequence[ImageGT], cat_ids: np.ndarray) -> _FlatGT:
-    """Concatenate ground truth, sorted by (image, category) keeping annotation order."""
-    n = [len(g.boxes) for g in gts]
+    """Concatenate ground truth, sorted by (image, category) keeping annotation order. ``gts``:
+    ImageGT per image or a flat container (``evaluation.flat.FlatGT``)."""
+    n, cats, boxes, crowd, area = _flat_columns(
+        gts,
+        ("category_ids", "boxes", "iscrowd", "area"),
+        (np.int64, np.float64, bool, np.float64),
+        ((), (4,), (), ()),
+    )
     img = np.repeat(np.arange(len(gts)), n)
-    cat = _cat_index(_concat([g.category_ids for g in gts], np.int64), cat_ids)
+    cat = _cat_index(cats, cat_ids)
     key = img * len(cat_ids) + cat
     o = np.argsort(key, kind="stable")
-    boxes = _concat([g.boxes for g in gts], np.float64, (4,))[o]
-    crowd = _concat([g.iscrowd for g in gts], bool)[o]
-    area = _concat([g.area for g in gts], np.float64)[o]
+    boxes, crowd, area = boxes[o], crowd[o], area[o]
     out_rng = (area[:, None] < AREA_RNGS[:, 0]) | (area[:, None] > AREA_RNGS[:, 1])
     return _FlatGT(img[o], cat[o], boxes, crowd, ~(crowd[:, None] | out_rng), key[o])
 
@@ -178,22 +216,53 @@ def _match(
     cat_ids: np.ndarray,
     max_dets: int,
     areas: Sequence[int] = range(A),
+    compiled: bool = True,
+    packed: bool = False,
 ) -> _Matches:
     """COCOeval.evaluateImg for every (image, category) of one detection source at once.
 
-    Greedy matching is sequential in detection rank, so we step over rank (<= max_dets steps)
-    and handle every image, category, IoU threshold and area range of that rank in one go.
+    Greedy matching is sequential in detection rank: ``match_kernel.greedy_match`` loops over
+    the detections (compiled); the numpy path (``compiled=False``, also without numba) steps
+    over rank (<= max_dets steps) and handles every image, category, IoU threshold and area
+    range of that rank in one go. ``packed``: tp and ig as uint16 (N, A), bit t for IoU threshold
+    t (``_pack_bits``), instead of bool (N, T, A).
     """
     areas = list(areas)
     ncat = len(cat_ids)
-    n = [len(d.boxes) for d in dets]
+    kernel = _match_kernel() if compiled else None
+    n, cat, score, boxes = _flat_columns(
+        dets,
+        ("category_ids", "scores", "boxes"),
+        (np.int64, np.float64, np.float64),
+        ((), (), (4,)),
+    )
     img = np.repeat(np.arange(len(dets)), n)
-    cat = _cat_index(_concat([d.category_ids for d in dets], np.int64), cat_ids)
-    score = _concat([d.scores for d in dets], np.float64)
-    boxes = _concat([d.boxes for d in dets], np.float64, (4,))
+    cat = _cat_index(cat, cat_ids)
+    if kernel is not None and not np.isnan(score).any():  # all in one loop
+        keep, rank, img, tp, ig = kernel.match_source(
+            np.r_[0, np.cumsum(n)],
+            cat,
+            -score,
+            np.ascontiguousarray(boxes),
+            ncat,
+            max_dets,
+            gt.key,
+            gt.boxes,
+            gt.crowd,
+            gt.notig[:, areas],
+            _MATCH_THRS,
+            AREA_RNGS[areas],
+        )
+        if not packed:
+            bit = (1 << np.arange(T, dtype=np.uint16))[None, :, None]
+            tp, ig = (tp[:, None, :] & bit) != 0, (ig[:, None, :] & bit) != 0
+        return _Matches(img, cat[keep], score[keep], rank, tp, ig)
     key = img * ncat + cat
     # Stable sort by score desc within (image, category) = pycocotools' mergesort; then cut.
-    o = np.lexsort((-score, key))
+    if kernel is not None and not np.isnan(score).any():  # same order, per image
+        o = kernel.order_in_images(np.r_[0, np.cumsum(n)], cat, -score)
+    else:
+        o = np.lexsort((-score, key))
     key, img, cat, score, boxes = key[o], img[o], cat[o], score[o], boxes[o]
     first = np.searchsorted(key, key, side="left")
     rank = np.arange(len(key)) - first
@@ -209,6 +278,18 @@ def _match(
     p_iou = _pair_iou(boxes[p_det], gt.boxes[p_gt], gt.crowd[p_gt])
     cand = p_iou >= _MATCH_THRS.min()
     p_det, p_gt, p_iou = p_det[cand], p_gt[cand], p_iou[cand]
+    darea = boxes[:, 2] * boxes[:, 3]
+    rng = AREA_RNGS[areas]
+    out = (darea[:, None] < rng[:, 0]) | (darea[:, None] > rng[:, 1])  # (N, A')
+    if kernel is not None:  # pairs are in (detection, annotation) order
+        pstart = np.searchsorted(p_det, np.arange(N + 1))
+        tp, ig = kernel.greedy_match(
+            pstart, p_gt, p_iou, gt.notig[:, areas], gt.crowd, _MATCH_THRS, out, len(gt.img)
+        )
+        if not packed:
+            bit = (1 << np.arange(T, dtype=np.uint16))[None, :, None]
+            tp, ig = (tp[:, None, :] & bit) != 0, (ig[:, None, :] & bit) != 0
+        return _Matches(img, cat, score, rank, tp, ig)
     # Order pairs by (rank, det, iou, gt index): the max "key" below is pycocotools' choice.
     o = np.lexsort((p_gt, p_iou, p_det, rank[p_det]))
     p_det, p_gt, p_iou = p_det[o], p_gt[o], p_iou[o]
@@ -248,11 +329,20 @@ def _match(
         dtm[d] = best > 0
         mig[d] = (best > 0) & (best <= K)
 
-    darea = boxes[:, 2] * boxes[:, 3]
-    rng = AREA_RNGS[areas]
-    out = (darea[:, None] < rng[:, 0]) | (darea[:, None] > rng[:, 1])  # (N, A')
     ig = mig | (~dtm & out[:, None, :])
-    return _Matches(img, cat, score, rank, dtm & ~mig, ig)
+    tp = dtm & ~mig
+    if packed:
+        tp, ig = _pack_bits(tp), _pack_bits(ig)
+    return _Matches(img, cat, score, rank, tp, ig)
+
+
+def _pack_bits(x: np.ndarray) -> np.ndarray:
+    """Bool (N, T[, A]) -> uint16 (N[, A]) with bit t set where x[:, t] is."""
+    p = np.packbits(x, axis=1, bitorder="little")  # (N, 2[, A]): bits 0-7, 8-15
+    out = p[:, 0].astype(np.uint16)
+    if p.shape[1] > 1:
+        out |= p[:, 1].astype(np.uint16) << 8
+    return out
 
 
 def _category_ids(gts: Sequence[ImageGT], *dets_lists: Sequence[ImageDets]) -> np.ndarray:
