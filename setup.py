@@ -19,5 +19,6 @@ setup(
         "tqdm",
         "opencv-python-headless",
         "scipy",
+        "numba>=0.61.2",
     ],
 )
