@@ -11,7 +11,7 @@ which equals MatchTable and pycocotools).
 
 import multiprocessing
 import os
-from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -31,23 +31,8 @@ def resample_indices(num_images: int, samples: int, seed: int = 0) -> List[np.nd
     return [np.sort(rng.integers(0, num_images, num_images)) for _ in range(samples)]
 
 
-def resampled_tables(
-    gts: Sequence[ImageGT],
-    saver: Sequence[ImageDets],
-    base: Sequence[ImageDets],
-    samples: int,
-    seed: int = 0,
-) -> Iterator[Tuple[np.ndarray, SweepTable]]:
-    """
-    `samples` resamples of the images with replacement, each as (sorted image indices, its
-    SweepTable): matched once, then any number of exit sets or sweeps per resample.
-    """
-    return (
-        (idx, _table(gts, saver, base, idx)) for idx in resample_indices(len(gts), samples, seed)
-    )
-
-
 def _table(gts, saver, base, idx: np.ndarray) -> SweepTable:
+    """The SweepTable of one resample: matched once, then any number of exit sets or sweeps."""
     return SweepTable.build([gts[i] for i in idx], [saver[i] for i in idx], [base[i] for i in idx])
 
 
@@ -76,10 +61,10 @@ def map_resamples(
     workers: int = 1,
 ) -> List[object]:
     """
-    ``fn(idx, table)`` of every resample (resampled_tables), in resample order. Resamples are
-    independent and each is single-threaded numpy, so `workers` forked processes share them; the
-    resampled indices are drawn here, so the results do not depend on `workers`. Where processes
-    cannot be forked (not Linux/macOS), or for one worker, they run here one after the other.
+    ``fn(idx, table)`` of every resample (resample_indices, and its SweepTable), in resample
+    order. Resamples are independent and each is single-threaded numpy, so `workers` forked
+    processes share them; the indices are drawn here, so the results do not depend on `workers`.
+    Where processes cannot be forked (not Linux/macOS), or for one worker, they run here in turn.
     """
     indices = resample_indices(len(gts), samples, seed)
     workers = min(workers, samples)
