@@ -23,6 +23,16 @@ INSTANT = {
 # The demo's quick variant generates its data at this scale; the fixture generates the same splits,
 # so the demo reuses them.
 QUICK_SCALE = 0.02
+# Options of a TinySaver config for its detectors as initialised, on the CPU: the configs name the
+# checkpoints that `make demo` trains, which a test does not have.
+UNTRAINED_ON_CPU = [
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.TINYSAVER.SAVER.WEIGHTS",
+    "",
+    "MODEL.TINYSAVER.BASE.WEIGHTS",
+    "",
+]
 TOOLS = os.path.join(os.path.dirname(__file__), "..", "tools")
 
 

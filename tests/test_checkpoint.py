@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from conftest import UNTRAINED_ON_CPU
 from torch import nn
 
 from tinysaver_det.checkpoint import CheckedCheckpointer, load_tinysaver_weights
@@ -35,12 +36,7 @@ def test_missing_sub_model_weights_name_their_key(tmp_path, part):
     cfg = load_config(
         str(TINYSAVER_YAML),
         [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.TINYSAVER.SAVER.WEIGHTS",
-            "",
-            "MODEL.TINYSAVER.BASE.WEIGHTS",
-            "",
+            *UNTRAINED_ON_CPU,
             f"MODEL.TINYSAVER.{part}.WEIGHTS",
             str(tmp_path / "gone.pth"),
         ],

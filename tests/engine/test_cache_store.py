@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import UNTRAINED_ON_CPU
 
 import tinysaver_det  # noqa: F401
 from detectron2.modeling import build_model
@@ -107,12 +108,7 @@ def cfg(tmp_path):
     return load_config(
         CONFIG,
         [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.TINYSAVER.SAVER.WEIGHTS",
-            "",
-            "MODEL.TINYSAVER.BASE.WEIGHTS",
-            "",
+            *UNTRAINED_ON_CPU,
             "MODEL.TINYSAVER.CACHE.CHUNK_SIZE",
             "2",
             "MODEL.TINYSAVER.CACHE.DIR",

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import UNTRAINED_ON_CPU
 
 import tinysaver_det  # noqa: F401
 from detectron2.modeling import build_model
@@ -66,12 +67,7 @@ def test_calibration_against_a_blind_base_warns(tmp_path, caplog_all):
     cfg = load_config(
         CONFIG,
         [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.TINYSAVER.SAVER.WEIGHTS",
-            "",
-            "MODEL.TINYSAVER.BASE.WEIGHTS",
-            "",
+            *UNTRAINED_ON_CPU,
             "OUTPUT_DIR",
             str(tmp_path / "out"),
             "MODEL.TINYSAVER.CALIBRATION.FLOPS_IMAGES",

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from conftest import UNTRAINED_ON_CPU
 
 import tinysaver_det  # noqa: F401
 from tinysaver_det.config import load_config
@@ -32,12 +33,7 @@ def oracle_cfg(dataset, out, router="oracle"):
     return load_config(
         CONFIG,
         [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.TINYSAVER.SAVER.WEIGHTS",
-            "",
-            "MODEL.TINYSAVER.BASE.WEIGHTS",
-            "",
+            *UNTRAINED_ON_CPU,
             "MODEL.TINYSAVER.ROUTER",
             router,
             "MODEL.TINYSAVER.THRESHOLD",

@@ -6,7 +6,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
-from conftest import QUICK_SCALE
+from conftest import QUICK_SCALE, UNTRAINED_ON_CPU
 
 import tinysaver_det  # noqa: F401
 from detectron2.modeling import build_model
@@ -42,12 +42,7 @@ def cfg(tmp_path):
     cfg = load_config(
         CONFIG,
         [
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.TINYSAVER.SAVER.WEIGHTS",
-            "",
-            "MODEL.TINYSAVER.BASE.WEIGHTS",
-            "",
+            *UNTRAINED_ON_CPU,
             "MODEL.TINYSAVER.CACHE.CHUNK_SIZE",
             "4",
             "MODEL.TINYSAVER.CACHE.DIR",

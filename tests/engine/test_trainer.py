@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_tool
+from conftest import UNTRAINED_ON_CPU, load_tool
 
 import tinysaver_det  # noqa: F401  (registers the meta-architecture, heads and datasets)
 from detectron2.engine import default_argument_parser
@@ -18,17 +18,7 @@ SAVER_INSTANT_YAML = REPO / "configs" / "Synthetic" / "saver_instant_test.yaml"
 
 def args_for(out: Path, *opts, eval_only=True):
     argv = ["--config-file", str(TINYSAVER_YAML)] + (["--eval-only"] if eval_only else [])
-    argv += [
-        "MODEL.DEVICE",
-        "cpu",
-        "OUTPUT_DIR",
-        str(out),
-        "MODEL.TINYSAVER.SAVER.WEIGHTS",
-        "",
-        "MODEL.TINYSAVER.BASE.WEIGHTS",
-        "",
-        *map(str, opts),
-    ]
+    argv += [*UNTRAINED_ON_CPU, "OUTPUT_DIR", str(out), *map(str, opts)]
     return default_argument_parser().parse_args(argv)
 
 
