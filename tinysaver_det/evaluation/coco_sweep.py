@@ -47,23 +47,15 @@ from ..metrics.coco_fast import (
     _mean_defined,
     _metrics_from_precision,
     _pack_bits,
+    compiled_module,
 )
 from .coco_marginal import MarginalIndex
 from .flat import category_ids_of, chunk_of
 
-_KERNELS = []  # sweep_kernels once imported (None without numba)
-
 
 def _kernels():
-    """The compiled loops (numba, requirements.txt), imported on first use (as
-    ``coco_fast._match_kernel``). None without numba: the numpy paths give the same results."""
-    if not _KERNELS:
-        try:
-            from . import sweep_kernels
-        except ImportError:  # pragma: no cover - numba is a dependency
-            sweep_kernels = None
-        _KERNELS.append(sweep_kernels)
-    return _KERNELS[0]
+    """The compiled loops of the sweep (coco_fast.compiled_module): None without numba."""
+    return compiled_module("tinysaver_det.evaluation.sweep_kernels")
 
 
 R = len(REC_THRS)

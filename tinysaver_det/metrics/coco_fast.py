@@ -36,25 +36,27 @@ only where it is undefined (no ground truth in its area range). Evaluation follo
 
 from __future__ import annotations
 
+import functools
+import importlib
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-_KERNEL = []  # match_kernel once imported (None without numba)
+
+@functools.lru_cache(maxsize=None)
+def compiled_module(name: str):
+    """A module of compiled loops (numba, requirements.txt), imported on first use: numba adds
+    ~110 MB of RSS that processes which never match (evaluator training) need not pay. None
+    without numba: the numpy paths give the same results."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
 
 
 def _match_kernel():
-    """The compiled matching loops (numba, requirements.txt), imported on first use: numba adds
-    ~110 MB of RSS that processes which never match (evaluator training) need not pay. None
-    without numba: the numpy path gives the same matches."""
-    if not _KERNEL:
-        try:
-            from . import match_kernel
-        except ImportError:  # pragma: no cover - numba is a dependency
-            match_kernel = None
-        _KERNEL.append(match_kernel)
-    return _KERNEL[0]
+    return compiled_module("tinysaver_det.metrics.match_kernel")
 
 
 # Same expressions as pycocotools.cocoeval.Params.setDetParams, so the floats are identical.
