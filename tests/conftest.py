@@ -23,6 +23,17 @@ INSTANT = {
 # The demo's quick variant generates its data at this scale; the fixture generates the same splits,
 # so the demo reuses them.
 QUICK_SCALE = 0.02
+# COCO-sized configs kept cheap in tests: the architecture stays, the images shrink.
+TINY_INPUT = [
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "96",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "INPUT.MAX_SIZE_TEST",
+    "96",
+]
 # Options of a TinySaver config for its detectors as initialised, on the CPU: the configs name the
 # checkpoints that `make demo` trains, which a test does not have.
 UNTRAINED_ON_CPU = [

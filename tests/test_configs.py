@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_INPUT
 
 import tinysaver_det  # noqa: F401  (registers the meta-architecture, heads and datasets)
 from detectron2.modeling import build_model
@@ -26,18 +27,7 @@ FRAGMENTS = {
 BCCD_ABSENT = not os.path.isdir(os.path.join(default_shared_root(), "bccd"))
 NO_DATASETS = ["MODEL.TINYSAVER.DATA.COCO_DATASETS", "[]"]
 # Keep the COCO-sized configs cheap: the architecture stays, the images shrink.
-SMALL = NO_DATASETS + [
-    "MODEL.DEVICE",
-    "cpu",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(64,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "96",
-    "INPUT.MIN_SIZE_TEST",
-    "64",
-    "INPUT.MAX_SIZE_TEST",
-    "96",
-]
+SMALL = NO_DATASETS + ["MODEL.DEVICE", "cpu", *TINY_INPUT]
 
 
 def _rel(path: Path) -> str:

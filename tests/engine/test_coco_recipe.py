@@ -16,6 +16,7 @@ import sys
 
 import pytest
 import yaml
+from conftest import TINY_INPUT
 
 from tinysaver_det.data.datasets import default_shared_root
 
@@ -31,16 +32,6 @@ pytestmark = pytest.mark.skipif(
 TRAIN = "coco128_train2017"
 CALIB = "coco_2017_val_subset158_calib"
 EVAL = "coco_2017_val_subset158_eval"
-TINY_INPUT = [
-    "INPUT.MIN_SIZE_TRAIN",
-    "(64,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "96",
-    "INPUT.MIN_SIZE_TEST",
-    "64",
-    "INPUT.MAX_SIZE_TEST",
-    "96",
-]
 TINY_SOLVER = [
     "SOLVER.MAX_ITER",
     "2",
