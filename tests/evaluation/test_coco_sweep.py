@@ -1,6 +1,7 @@
 """coco_sweep: the incremental threshold sweep equals MatchTable.coco_metrics and pycocotools."""
 
 import math
+import multiprocessing
 
 import numpy as np
 import pytest
@@ -221,17 +222,23 @@ class NumpySweep(SweepTable):
     COMPILED = False
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("levels", [(64, 8), (4, 2, 1), (6, 3), (5,)])
 @pytest.mark.parametrize("seed", range(3))
-def test_compiled_walk_equals_the_numpy_walk(levels, seed):
+def test_compiled_walk_equals_the_numpy_walk(levels, seed, threads):
     """The compiled build gives the numpy build's table; along a random walk there and back, the
     compiled swap leaves the numpy swap's state (kept bits, fv, block counts at every level) and
     the compiled evaluation gives the numpy one's precision, bit for bit, for every block layout
-    (one level, two, three)."""
+    (one level, two, three), in one thread and in two (each on a group of area ranges)."""
     gts, a, b, _ = random_dataset(500 + seed, n_img=50, ncat=3)
-    fast = type("Fast", (SweepTable,), dict(LEVELS=levels, PRUNE_ITEMS_PER_POINT=0))
+    fast = type(
+        "Fast", (SweepTable,), dict(LEVELS=levels, PRUNE_ITEMS_PER_POINT=0, THREADS=threads)
+    )
     slow = type("Slow", (NumpySweep,), dict(LEVELS=levels, PRUNE_ITEMS_PER_POINT=0))
     tf, ts = fast.build(gts, a, b, chunk=11), slow.build(gts, a, b, chunk=11)
+    groups = tf._area_groups()
+    assert len(groups) == threads and groups[0][0] == 0 and groups[-1][1] == 4  # A area ranges
+    assert all(g[1] == h[0] for g, h in zip(groups, groups[1:]))
     for name in ("item_tp", "item_part", "item_qr", "item_base", "item_order", "fv_qs", "fv_w"):
         assert np.array_equal(getattr(tf, name), getattr(ts, name)), name  # numpy build too
     sf, ss = _State(tf), _State(ts)
@@ -251,6 +258,26 @@ def test_compiled_walk_equals_the_numpy_walk(levels, seed):
         assert np.array_equal(got, tf._precision_numpy(sf))
         assert np.array_equal(got, tf._precision_full(sf.kept, sf.fv))
         assert np.array_equal(tf._precision(sf, areas=1), got[..., :1])
+
+
+def _sweep_in_child(gts, a, b, step):
+    return SweepTable.build(gts, a, b).sweep_metrics(step, 3)
+
+
+@pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="needs fork (Linux/macOS)"
+)
+def test_two_thread_sweep_in_a_forked_child_after_the_parent_ran_one():
+    """The threads of the parent's two-thread sweeps do not survive a fork; a forked child (as
+    bootstrap workers are, though they use one thread) makes its own and gets the same metrics,
+    without hanging on the parent's dead pool."""
+    gts, a, b, _ = random_dataset(700, n_img=40)
+    step = np.random.default_rng(0).integers(0, 4, len(gts))
+    assert len(SweepTable.build(gts, a, b)._area_groups()) == 2  # the parent's pool exists
+    want = SweepTable.build(gts, a, b).sweep_metrics(step, 3)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_sweep_in_child, (gts, a, b, step)).get(timeout=120)
+    assert got == want
 
 
 def as_float32_scores(dets, rng):

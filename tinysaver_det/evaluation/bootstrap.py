@@ -45,6 +45,11 @@ def _run_resample(idx: np.ndarray):
     return fn(idx, _table(gts, saver, base, idx))
 
 
+def _one_sweep_thread() -> None:
+    """In a worker process: the processes already use the cores, so each sweep one thread."""
+    SweepTable.THREADS = 1
+
+
 def default_workers() -> int:
     """Processes for bootstrap resamples: one per CPU core (each resample is single-threaded
     numpy), at most 8."""
@@ -73,7 +78,7 @@ def map_resamples(
     global _JOB
     _JOB = (fn, gts, saver, base)  # inherited by the forked workers, never pickled
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with multiprocessing.get_context("fork").Pool(workers, _one_sweep_thread) as pool:
             return pool.map(_run_resample, indices, chunksize=max(1, samples // (4 * workers)))
     finally:
         _JOB = ()

@@ -21,8 +21,10 @@ Compiled loops (numba; ``sweep_kernels``, ``metrics.match_kernel``): the step (f
 images' items, update block counts and ``fv``), the pruned evaluation, and the build's matching,
 accumulate-order sort, grouping and item extraction. In numpy these were scattered updates and
 per-level temporaries: 0.31 s a point and 65 s of build at 118k synthetic images (2-core CPU,
-bench/cost_growth.py), now ~0.12 s and ~22 s. ``SweepTable.COMPILED = False`` (or no numba)
-runs the numpy reference of each, which the tests compare with the compiled one bit for bit.
+bench/cost_growth.py), now ~0.12 s and ~22 s, and ~0.075 s and ~20 s in two threads
+(``SweepTable.THREADS``: disjoint groups of area ranges, and saver and base matched side by
+side). ``SweepTable.COMPILED = False`` (or no numba) runs the numpy reference of each, which the
+tests compare with the compiled one bit for bit.
 
 ``build`` matches images in chunks and keeps only compact arrays (118k images with two sources
 of 100 detections each: about 1 GB of table, 2.7 GB peak with the imports; bench/cost_growth).
@@ -31,6 +33,8 @@ of 100 detections each: about 1 GB of table, 2.7 GB peak with the imports; bench
 from __future__ import annotations
 
 import ctypes
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
@@ -73,6 +77,25 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     offs = np.repeat(starts - np.cumsum(n) + n, n)
     return offs + np.arange(int(n.sum()))
+
+
+_POOL = (None, None)  # (pid, ThreadPoolExecutor): a forked child makes its own
+
+
+def _run_parallel(calls: list) -> None:
+    """Run the calls (functions without arguments) in threads, the first one here; the compiled
+    kernels release the GIL, so two calls on disjoint data use two cores."""
+    global _POOL
+    if len(calls) == 1:
+        return calls[0]()
+    pid, pool = _POOL
+    if pid != os.getpid():  # a pool's threads do not survive a fork
+        pool = ThreadPoolExecutor(max_workers=len(calls) - 1, thread_name_prefix="sweep")
+        _POOL = (os.getpid(), pool)
+    futures = [pool.submit(c) for c in calls[1:]]
+    calls[0]()
+    for f in futures:
+        f.result()
 
 
 def _release_free_memory() -> None:
@@ -152,6 +175,11 @@ class SweepTable:
     PRUNE_ITEMS_PER_POINT = 100
     EXACT_MARGINAL_IMAGES = 2000  # marginal_ap's default: exact up to this many images
     COMPILED = True  # compiled loops (sweep_kernels, match_kernel) when numba is installed
+    # Compiled sweeps split the area ranges in two groups of about equal items ('all' against
+    # the other three) and step and evaluate them in two threads, and the build matches saver
+    # and base in two: a sweep point 1.6x as fast at 118k images on 2 cores (bench/cost_growth).
+    # 1: one thread (bootstrap workers, which are processes already).
+    THREADS = 2
 
     def __init__(
         self, num_images: int, cat_ids: np.ndarray, npig: np.ndarray, rows: Iterable[tuple]
@@ -171,7 +199,9 @@ class SweepTable:
         q_end = []
         n_fv = 0
         q_off = 0
+        area_q = []  # first query row of each area
         for a, (img, src, cat, tp, valid) in enumerate(rows):
+            area_q.append(q_off)
             part = valid != ALL_T
             isq = (tp != 0) | part
             qrows = np.flatnonzero(isq)  # query rows of area a
@@ -232,6 +262,7 @@ class SweepTable:
         self.item_qr = cat_(items["qr"], np.int32)
         self.item_base = cat_(items["src"], np.int8) == 1
         self.num_q = q_off
+        self.area_q = np.r_[area_q, [q_off] * (A + 1 - len(area_q))].astype(np.int64)
         self.seg_start = np.searchsorted(self.item_seg, np.arange(self.num_segs + 1))
         del items["seg"], items["tp"], items["part"], items["qr"], items["src"]
         self.item_off, (self.item_order,) = _group_parts(
@@ -306,6 +337,22 @@ class SweepTable:
             self._per_level(self.item_base & self.item_tp),
             self._per_level(self.item_base & self.item_part),
         )
+
+    @classmethod
+    def _threads(cls) -> int:
+        """Threads for the compiled loops (which release the GIL): ``THREADS``, at most 2."""
+        return min(max(int(cls.THREADS), 1), 2) if cls.COMPILED and _kernels() is not None else 1
+
+    def _area_groups(self, areas: int = A) -> List[tuple]:
+        """Area ranges ``(a0, a1)`` of the first ``areas`` stepped and evaluated by one thread
+        each: two of about equal items, or one (one thread or one area)."""
+        if self._threads() < 2 or areas < 2:
+            return [(0, areas)]
+        per = T * len(self.cat_ids)  # segments per area (area-major)
+        first = self.seg_start[np.arange(areas + 1) * per]  # first item of each area
+        larger = [max(first[c] - first[0], first[areas] - first[c]) for c in range(1, areas)]
+        cut = 1 + int(np.argmin(larger))
+        return [(0, cut), (cut, areas)]
 
     def _per_level(self, w: np.ndarray) -> List[np.ndarray]:
         """Per level (coarse to fine), the sum of ``w`` (bool per item) over each block."""
@@ -384,8 +431,16 @@ class SweepTable:
                 )
             fg = _flatten_gt(gts, cat_ids)
             np.add.at(npig, fg.cat, fg.notig.astype(np.int64))
-            for s, dets in enumerate((saver, base)):
-                m = _match(fg, dets, cat_ids, max_dets, compiled=cls.COMPILED, packed=True)
+            matches = [None, None]
+
+            def match(s, dets):
+                return lambda: matches.__setitem__(
+                    s, _match(fg, dets, cat_ids, max_dets, compiled=cls.COMPILED, packed=True)
+                )
+
+            calls = [match(0, saver), match(1, base)]  # in two threads, or one after the other
+            _run_parallel(calls if cls._threads() > 1 else [lambda: [c() for c in calls]])
+            for s, m in enumerate(matches):
                 cols["img"].append((m.img + lo).astype(np.int32))
                 cols["src"].append(np.full(len(m.img), s, np.int8))
                 cols["cat"].append(m.cat.astype(np.int16 if len(cat_ids) < 2**15 else np.int32))
@@ -523,8 +578,17 @@ class SweepTable:
         if not self.COMPILED or _kernels() is None:
             return self._precision_numpy(st, areas)
         lv0, lv1 = max(len(self.levels) - 2, 0), len(self.levels) - 1  # the two finest levels
-        q = _kernels().bucket_maxima(
-            areas * T * len(self.cat_ids),
+        per = T * len(self.cat_ids)  # segments per area
+        q = np.zeros(areas * per * R)
+        _run_parallel([self._bucket_maxima(st, a0 * per, a1 * per, lv0, lv1, q)
+                       for a0, a1 in self._area_groups(areas)])  # fmt: skip
+        return self._finish(q, areas)
+
+    def _bucket_maxima(self, st: "_State", seg_lo: int, seg_hi: int, lv0: int, lv1: int, q):
+        """``sweep_kernels.bucket_maxima`` of segments [seg_lo, seg_hi), to run later."""
+        return lambda: _kernels().bucket_maxima(
+            seg_lo,
+            seg_hi,
             self.seg_start,
             st.flags,
             self.item_qr,
@@ -541,8 +605,8 @@ class SweepTable:
             self.LEVELS[lv1],
             R,
             EPS,
+            q,
         )
-        return self._finish(q, areas)
 
     def _precision_numpy(self, st: "_State", areas: int = A) -> np.ndarray:
         """COCOeval precision (T, 101, K, areas) of a choice, evaluating only some blocks exactly.
@@ -698,23 +762,46 @@ class _State:
         if not t.COMPILED or _kernels() is None:
             return self.swap_numpy(images, to_saver)
         images = np.asarray(images, np.int64)
-        _kernels().swap_items(
-            images,
-            t.item_off,
-            t.item_order,
-            self.flags,
-            t.seg_start,
-            t._seg_blk,
-            t._sizes,
-            t._blk_off,
-            self._blk,
-        )
         if self._scratch is None:
             self._scratch = np.zeros(t.num_q + 1, np.int32)
-        sign = 1 if to_saver else -1
-        _kernels().shift_fv(
-            images, t.fv_off, t.fv_qs, t.fv_w, t.q_end, self.fv, sign, self._scratch
-        )
+        _run_parallel([self._swap(images, to_saver, a0, a1) for a0, a1 in t._area_groups()])
+
+    def _swap(self, images: np.ndarray, to_saver: bool, a0: int, a1: int):
+        """The compiled swap of the items and ``fv`` of areas [a0, a1), to run later."""
+        t, k = self.t, _kernels()
+        first = t.seg_start[np.array([a0, a1]) * T * len(t.cat_ids)]  # the areas' items
+        areas_fv = min(a1, len(t.fv_off))  # fv_off has no rows without detections
+
+        def run():
+            k.swap_items(
+                images,
+                t.item_off,
+                t.item_order,
+                self.flags,
+                t.seg_start,
+                t._seg_blk,
+                t._sizes,
+                t._blk_off,
+                self._blk,
+                first[0],
+                first[1],
+            )
+            k.shift_fv(
+                images,
+                t.fv_off,
+                t.fv_qs,
+                t.fv_w,
+                t.q_end,
+                self.fv,
+                1 if to_saver else -1,
+                self._scratch,
+                a0,
+                areas_fv,
+                t.area_q[a0],
+                t.area_q[a1],
+            )
+
+        return run
 
     def swap_numpy(self, images: np.ndarray, to_saver: bool) -> None:
         """``swap`` in numpy (the reference of the compiled one)."""

@@ -120,13 +120,18 @@ def _segment_of(seg_start, item):
 
 
 @njit(cache=True, nogil=True)
-def swap_items(images, item_off, item_order, flags, seg_start, seg_blk, sizes, blk_off, blk):
+def swap_items(images, item_off, item_order, flags, seg_start, seg_blk, sizes, blk_off, blk,
+               item_lo, item_hi):  # fmt: skip
     """Flip the kept bit (1) of every item of ``images`` in ``flags`` (bit 2: TP, 4: partial)
     and update the kept TPs / partials (``blk[:, 0]`` / ``blk[:, 1]``) of its block at every
-    level (``blk[blk_off[l] + seg_blk[l, s] + offset_in_segment // sizes[l]]``)."""
+    level (``blk[blk_off[l] + seg_blk[l, s] + offset_in_segment // sizes[l]]``). Only items in
+    ``[item_lo, item_hi)``: calls on disjoint ranges of whole segments touch disjoint memory,
+    so they can run in parallel threads."""
     for i in images:
         for j in range(item_off[i], item_off[i + 1]):
             it = item_order[j]
+            if it < item_lo or it >= item_hi:
+                continue
             f = flags[it] ^ 1
             flags[it] = f
             sign = 2 * (f & 1) - 1
@@ -141,11 +146,13 @@ def swap_items(images, item_off, item_order, flags, seg_start, seg_blk, sizes, b
 
 
 @njit(cache=True, nogil=True)
-def shift_fv(images, fv_off, fv_qs, fv_w, q_end, fv, sign, scratch):
+def shift_fv(images, fv_off, fv_qs, fv_w, q_end, fv, sign, scratch, a_lo, a_hi, q_lo, q_hi):
     """Add ``sign * fv_w`` of every fv entry of ``images`` to fv[qs:q_end[qs]] (a difference
     array, then one running sum; ``scratch``: zeros of len(fv) + 1, left zeroed). Entries are
-    grouped by area, then image, in row order (``SweepTable.__init__``)."""
-    for a in range(fv_off.shape[0]):
+    grouped by area, then image, in row order (``SweepTable.__init__``). Only areas
+    ``[a_lo, a_hi)``, whose query rows are ``[q_lo, q_hi)`` (a range never ends past its
+    area's rows), so calls on disjoint areas can run in parallel threads."""
+    for a in range(a_lo, a_hi):
         for i in images:
             # An image's entries ascend in q and its categories with them: q_end changes only
             # where a category ends, and its -w are summed until then.
@@ -155,25 +162,26 @@ def shift_fv(images, fv_off, fv_qs, fv_w, q_end, fv, sign, scratch):
                 w = sign * fv_w[f]
                 scratch[q] += w
                 if q >= end:
-                    if end >= 0:
+                    if 0 <= end < q_hi:
                         scratch[end] -= acc
                     end, acc = q_end[q], 0
                 acc += w
-            if end >= 0:
+            if 0 <= end < q_hi:  # at q_hi: past the running sum below
                 scratch[end] -= acc
     run = 0
-    for q in range(len(fv)):
+    for q in range(q_lo, q_hi):
         run += scratch[q]
         scratch[q] = 0
         fv[q] += run
-    scratch[len(fv)] = 0
 
 
 @njit(cache=True, nogil=True)
-def bucket_maxima(nseg, seg_start, flags, item_qr, fv, lut, seg_lut, seg_blk0, blk0, qb0, s0,
-                  seg_blk1, blk1, qb1, s1, nr, eps):  # fmt: skip
+def bucket_maxima(seg_lo, seg_hi, seg_start, flags, item_qr, fv, lut, seg_lut, seg_blk0, blk0,
+                  qb0, s0, seg_blk1, blk1, qb1, s1, nr, eps, q):  # fmt: skip
     """Per (segment, recall bucket), the best precision of the kept TPs that can hold a maximum
     of COCOeval's monotone precision (the others: 0 or lower); exact after the suffix maximum.
+    Segments ``[seg_lo, seg_hi)``, written to ``q[s * nr:(s + 1) * nr]`` (zeros on entry):
+    calls on disjoint segments can run in parallel threads.
 
     ``flags``: per item, bit 1 kept, 2 TP, 4 partial. Two levels of blocks: ``s0`` items
     (``seg_blk0[s]``: first block of segment s, ``blk0[:, 0]`` / ``blk0[:, 1]``: kept TPs /
@@ -187,7 +195,6 @@ def bucket_maxima(nseg, seg_start, flags, item_qr, fv, lut, seg_lut, seg_blk0, b
     is skipped; the level-1 blocks left are evaluated exactly. U counts as valid rows before a
     block only fv at the previous block's last item (read for L; fv grows along a category)
     plus the partials: a little above ``_precision_numpy``'s bound, still an upper bound."""
-    q = np.zeros(nseg * nr)
     low = np.zeros(nr)
     env = np.zeros(nr)
     n0 = seg_blk0[1:] - seg_blk0[:-1]
@@ -196,7 +203,7 @@ def bucket_maxima(nseg, seg_start, flags, item_qr, fv, lut, seg_lut, seg_blk0, b
     fe0 = np.empty(len(up0))  # fv at each level-0 block's last item
     fe1 = np.empty(n1.max() if len(n1) else 0)  # the same for level-1 blocks (open ones)
     ratio = s0 // s1
-    for s in range(nseg):
+    for s in range(seg_lo, seg_hi):
         lo, hi = seg_start[s], seg_start[s + 1]
         if lo == hi:
             continue
@@ -273,7 +280,6 @@ def bucket_maxima(nseg, seg_start, flags, item_qr, fv, lut, seg_lut, seg_blk0, b
                     best = max(best, pr)
                 if best > m:
                     m = best
-    return q
 
 
 @njit(cache=True, nogil=True)
