@@ -82,20 +82,18 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 _POOL = (None, None)  # (pid, ThreadPoolExecutor): a forked child makes its own
 
 
-def _run_parallel(calls: list) -> None:
-    """Run the calls (functions without arguments) in threads, the first one here; the compiled
-    kernels release the GIL, so two calls on disjoint data use two cores."""
+def _run_parallel(calls: list) -> list:
+    """The results of the calls (functions without arguments), run in threads, the first one
+    here; the compiled kernels release the GIL, so two calls on disjoint data use two cores."""
     global _POOL
     if len(calls) == 1:
-        return calls[0]()
+        return [calls[0]()]
     pid, pool = _POOL
     if pid != os.getpid():  # a pool's threads do not survive a fork
         pool = ThreadPoolExecutor(max_workers=len(calls) - 1, thread_name_prefix="sweep")
         _POOL = (os.getpid(), pool)
     futures = [pool.submit(c) for c in calls[1:]]
-    calls[0]()
-    for f in futures:
-        f.result()
+    return [calls[0]()] + [f.result() for f in futures]
 
 
 def _release_free_memory() -> None:
@@ -431,15 +429,11 @@ class SweepTable:
                 )
             fg = _flatten_gt(gts, cat_ids)
             np.add.at(npig, fg.cat, fg.notig.astype(np.int64))
-            matches = [None, None]
-
-            def match(s, dets):
-                return lambda: matches.__setitem__(
-                    s, _match(fg, dets, cat_ids, max_dets, compiled=cls.COMPILED, packed=True)
-                )
-
-            calls = [match(0, saver), match(1, base)]  # in two threads, or one after the other
-            _run_parallel(calls if cls._threads() > 1 else [lambda: [c() for c in calls]])
+            both = [
+                lambda d=dets: _match(fg, d, cat_ids, max_dets, compiled=cls.COMPILED, packed=True)
+                for dets in (saver, base)
+            ]  # in two threads, or one after the other
+            matches = _run_parallel(both) if cls._threads() > 1 else [m() for m in both]
             for s, m in enumerate(matches):
                 cols["img"].append((m.img + lo).astype(np.int32))
                 cols["src"].append(np.full(len(m.img), s, np.int8))
@@ -451,6 +445,7 @@ class SweepTable:
                 for a in range(A):  # one column per area, each freed once its area is done
                     cols[f"tv{a}"].append(tp[:, a] | valid[:, a].astype(np.uint32) << 16)
                 del m, tp, valid
+            del matches, both
             lo += len(gts)
         col = {}
         for k in list(cols):
