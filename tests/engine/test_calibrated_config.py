@@ -76,6 +76,9 @@ def test_calibrated_config_loads_and_evaluates_from_another_directory(tmp_path, 
     assert os.path.realpath(deployed.OUTPUT_DIR) != os.path.realpath(cal)
     for key, value in trained.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
+    # The same routing as the trained model at the calibrated threshold (at its config's own
+    # threshold an image scoring between the two would take the other detector).
+    trained.threshold = model.threshold
     with torch.no_grad():
         expected, outputs = trained(images()), model(images())
     assert len(outputs) == 2
