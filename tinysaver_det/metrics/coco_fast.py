@@ -240,7 +240,7 @@ def _match(
     )
     img = np.repeat(np.arange(len(dets)), n)
     cat = _cat_index(cat, cat_ids)
-    if kernel is not None and not np.isnan(score).any():  # all in one loop
+    if kernel is not None and not np.isnan(score).any():  # one compiled loop (NaN: sorted below)
         keep, rank, img, tp, ig = kernel.match_source(
             np.r_[0, np.cumsum(n)],
             cat,
@@ -256,15 +256,11 @@ def _match(
             AREA_RNGS[areas],
         )
         if not packed:
-            bit = (1 << np.arange(T, dtype=np.uint16))[None, :, None]
-            tp, ig = (tp[:, None, :] & bit) != 0, (ig[:, None, :] & bit) != 0
+            tp, ig = _unpack_bits(tp), _unpack_bits(ig)
         return _Matches(img, cat[keep], score[keep], rank, tp, ig)
     key = img * ncat + cat
     # Stable sort by score desc within (image, category) = pycocotools' mergesort; then cut.
-    if kernel is not None and not np.isnan(score).any():  # same order, per image
-        o = kernel.order_in_images(np.r_[0, np.cumsum(n)], cat, -score)
-    else:
-        o = np.lexsort((-score, key))
+    o = np.lexsort((-score, key))
     key, img, cat, score, boxes = key[o], img[o], cat[o], score[o], boxes[o]
     first = np.searchsorted(key, key, side="left")
     rank = np.arange(len(key)) - first
@@ -289,8 +285,7 @@ def _match(
             pstart, p_gt, p_iou, gt.notig[:, areas], gt.crowd, _MATCH_THRS, out, len(gt.img)
         )
         if not packed:
-            bit = (1 << np.arange(T, dtype=np.uint16))[None, :, None]
-            tp, ig = (tp[:, None, :] & bit) != 0, (ig[:, None, :] & bit) != 0
+            tp, ig = _unpack_bits(tp), _unpack_bits(ig)
         return _Matches(img, cat, score, rank, tp, ig)
     # Order pairs by (rank, det, iou, gt index): the max "key" below is pycocotools' choice.
     o = np.lexsort((p_gt, p_iou, p_det, rank[p_det]))
@@ -336,6 +331,11 @@ def _match(
     if packed:
         tp, ig = _pack_bits(tp), _pack_bits(ig)
     return _Matches(img, cat, score, rank, tp, ig)
+
+
+def _unpack_bits(x: np.ndarray) -> np.ndarray:
+    """uint16 (N, A) -> bool (N, T, A): the inverse of ``_pack_bits``."""
+    return (x[:, None, :] & (1 << np.arange(T, dtype=np.uint16))[None, :, None]) != 0
 
 
 def _pack_bits(x: np.ndarray) -> np.ndarray:
