@@ -204,7 +204,7 @@ class SweepTable:
             isq = (tp != 0) | part
             qrows = np.flatnonzero(isq)  # query rows of area a
             q_before = np.cumsum(isq, dtype=np.int32) - isq  # query rows before each row
-            if self.COMPILED and _kernels() is not None:  # one compiled pass per threshold
+            if self._compiled():  # one compiled pass per threshold
                 cols = _kernels().area_items(tp, valid, cat, img, src, q_off, a * T * ncat, ncat, T)
                 for k, x in zip(("seg", "tp", "part", "qr", "img", "src"), cols):
                     items[k].append(x.astype(seg_dt) if k == "seg" else x)
@@ -337,9 +337,14 @@ class SweepTable:
         )
 
     @classmethod
+    def _compiled(cls) -> bool:
+        """Whether the compiled loops run: ``COMPILED`` and numba installed."""
+        return cls.COMPILED and _kernels() is not None
+
+    @classmethod
     def _threads(cls) -> int:
         """Threads for the compiled loops (which release the GIL): ``THREADS``, at most 2."""
-        return min(max(int(cls.THREADS), 1), 2) if cls.COMPILED and _kernels() is not None else 1
+        return min(max(int(cls.THREADS), 1), 2) if cls._compiled() else 1
 
     def _area_groups(self, areas: int = A) -> List[tuple]:
         """Area ranges ``(a0, a1)`` of the first ``areas`` stepped and evaluated by one thread
@@ -453,8 +458,7 @@ class SweepTable:
             col[k] = np.concatenate(cols.pop(k)) if cols[k] else empty
         _release_free_memory()
         score = col.pop("score")
-        fast = cls.COMPILED and _kernels() is not None
-        if fast and score.dtype == np.float32 and not np.isnan(score).any():
+        if cls._compiled() and score.dtype == np.float32 and not np.isnan(score).any():
             col.pop("rank")  # the rows are in rank order within each (image, source, category)
             n = len(score)
             o = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
@@ -570,7 +574,7 @@ class SweepTable:
     def _precision(self, st: "_State", areas: int = A) -> np.ndarray:
         """COCOeval precision (T, 101, K, areas) of a choice: the compiled pruned evaluation
         (``sweep_kernels.bucket_maxima``, same bounds as ``_precision_numpy``) where available."""
-        if not self.COMPILED or _kernels() is None:
+        if not self._compiled():
             return self._precision_numpy(st, areas)
         lv0, lv1 = max(len(self.levels) - 2, 0), len(self.levels) - 1  # the two finest levels
         per = T * len(self.cat_ids)  # segments per area
@@ -754,7 +758,7 @@ class _State:
         if not len(images):
             return
         t = self.t
-        if not t.COMPILED or _kernels() is None:
+        if not t._compiled():
             return self.swap_numpy(images, to_saver)
         images = np.asarray(images, np.int64)
         if self._scratch is None:
