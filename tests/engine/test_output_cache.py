@@ -130,6 +130,50 @@ def test_cache_is_reused_and_resumes_missing_chunks(cfg, model, dataset):
     )
 
 
+def counting_saver_runs(model, monkeypatch) -> dict:
+    """Counts the saver's forward passes of `model` (each still runs the real saver)."""
+    calls = {"n": 0}
+    real = model.run_saver
+
+    def run_saver(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "run_saver", run_saver)
+    return calls
+
+
+def test_a_cache_with_the_base_reuses_the_saver_only_cache(
+    cfg, model, dataset, monkeypatch, tmp_path
+):
+    OutputCache(cfg, dataset, views=2, model=model).load_or_build()  # the saver's half, ahead
+    apart = cfg.clone()
+    apart.MODEL.TINYSAVER.CACHE.DIR = str(tmp_path / "from_scratch")
+    scratch = OutputCache(apart, dataset, views=2, with_base=True, model=model).load_arrays()
+    saver_runs = counting_saver_runs(model, monkeypatch)
+    reused = OutputCache(cfg, dataset, views=2, with_base=True, model=model).load_arrays()
+    assert saver_runs["n"] == 0  # only the base ran
+    assert sorted(reused) == sorted(scratch)
+    for column, values in scratch.items():
+        np.testing.assert_array_equal(reused[column], values, err_msg=column)
+
+
+def test_a_saver_only_cache_of_another_saver_is_not_reused(
+    cfg, model, dataset, monkeypatch, tmp_path
+):
+    torch.manual_seed(1)
+    other = build_model(load_config(CONFIG, ["MODEL.DEVICE", "cpu"])).eval()
+    theirs = OutputCache(cfg, dataset, views=1, model=other).load_arrays()
+    apart = cfg.clone()
+    apart.MODEL.TINYSAVER.CACHE.DIR = str(tmp_path / "from_scratch")
+    scratch = OutputCache(apart, dataset, views=1, with_base=True, model=model).load_arrays()
+    saver_runs = counting_saver_runs(model, monkeypatch)
+    mine = OutputCache(cfg, dataset, views=1, with_base=True, model=model).load_arrays()
+    assert saver_runs["n"] == 6  # every image ran this model's saver
+    np.testing.assert_array_equal(mine["summary"], scratch["summary"])
+    assert not np.array_equal(mine["summary"], theirs["summary"])
+
+
 def test_interrupted_build_keeps_finished_chunks(cfg, model, dataset, monkeypatch):
     cache = OutputCache(cfg, dataset, views=1, model=model)
     calls = {"n": 0}

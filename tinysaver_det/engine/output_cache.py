@@ -8,7 +8,9 @@ Layout of one cache (a folder):
     ...
 A chunk is the unit of work: an interrupted build resumes by computing the chunks that are missing.
 A folder whose key differs (other weights, configs, dataset, views) is refused, never reused; so is
-a cache of an older format. A chunk that cannot be read is recomputed; an unreadable manifest is
+a cache of an older format. A cache with the base takes the saver's records of a chunk from the
+saver-only cache of the same dataset and views when that chunk exists for the same saver: the
+saver's half can be built while the base still trains. A chunk that cannot be read is recomputed; an unreadable manifest is
 rewritten (both with a warning naming the file).
 
 Design call: the evaluator trains on cached summaries rather than on images with the saver run on
@@ -246,12 +248,32 @@ class OutputCache:
         self, c: int, model, dataset_dicts: List[dict], gts: List[ImageGT], key: Dict
     ) -> None:
         lo, hi = c * self.chunk_size, min(len(dataset_dicts), (c + 1) * self.chunk_size)
-        records = [
-            r
-            for i in range(lo, hi)
-            for r in self._image_records(model, dataset_dicts[i], gts[i], i)
-        ]
+        saver_records = self._saver_only_records(c, key) if self.with_base else None
+        records = []
+        for i in range(lo, hi):
+            done = None
+            if saver_records is not None:
+                done = saver_records[(i - lo) * self.views : (i - lo + 1) * self.views]
+            records += self._image_records(model, dataset_dicts[i], gts[i], i, done)
         write_chunk(self._chunk_path(c), key, records_to_arrays(records))
+
+    def _saver_only_records(self, c: int, key: Dict) -> Optional[List[dict]]:
+        """
+        The saver's records of chunk `c` from the saver-only cache of the same dataset and views,
+        if that chunk exists and was built by the same saver: a cache with the base then runs only
+        the base. This is how the saver's half is built while the base still trains (tools/demo.py).
+        """
+        saver_key = dict(key, with_base=False, base_weights=None, base_config=None)
+        path = os.path.join(
+            cache_dir_for(self.cfg, self.dataset_name, self.views, False), f"chunk_{c:05d}.npz"
+        )
+        if not os.path.isfile(path):
+            return None
+        try:
+            return arrays_to_records(read_chunk(path, saver_key))
+        except (UnreadableChunk, ValueError) as e:  # another saver, or a broken file: recompute
+            logger.info(f"Not reusing the saver's outputs in {path}: {e}")
+            return None
 
     def _check_or_write_manifest(self, key: Dict) -> None:
         path = self._manifest_path()
@@ -295,49 +317,56 @@ class OutputCache:
         with numpy_global_seed((index * 1009 + view) % 2**32):
             return mapper(dict(dataset_dict))
 
-    def _image_records(self, model, dataset_dict: dict, gt: ImageGT, index: int) -> List[dict]:
-        to_dataset_id = self._to_dataset_id
+    def _image_records(
+        self,
+        model,
+        dataset_dict: dict,
+        gt: ImageGT,
+        index: int,
+        saver_records: Optional[List[dict]] = None,
+    ) -> List[dict]:
+        """
+        One record per view. `saver_records`: this image's records from a saver-only cache, so
+        only the base runs (their views went through the same seeded mapping).
+        """
         records = []
         for view in range(self.views):
-            if view == 0:
-                # The plain image, outputs in the original frame, scored against the dataset's
-                # own GT.
-                inputs = self._mapped(dataset_dict, index, view)
-                saver_out, summary = model.run_saver([inputs])
-                saver = saver_out[0]["instances"]
-                saver_dets = detections_record(saver, to_dataset_id)
-                record = {
-                    "image_id": dataset_dict.get("image_id", index),
-                    "index": index,
-                    "view": 0,
-                    "saver": saver_dets,
-                    "saver_ap": per_image_ap(gt, record_dets(saver_dets)),
-                }
-                if self.with_base:
-                    base = model.run_base([inputs])[0]["instances"]
-                    base_dets = detections_record(base, to_dataset_id)
-                    record["base"] = base_dets
-                    record["base_ap"] = per_image_ap(gt, record_dets(base_dets))
-            else:
+            inputs = self._mapped(dataset_dict, index, view)
+            if view > 0:
                 # An augmented view: outputs and GT both in the augmented tensor's frame.
-                inputs = self._mapped(dataset_dict, index, view)
                 inputs = {k: v for k, v in inputs.items() if k not in ("height", "width")}
-                saver_out, summary = model.run_saver([inputs])
-                saver = saver_out[0]["instances"]
-                view_gt = gt_from_instances(inputs["instances"])
-                record = {
-                    "image_id": dataset_dict.get("image_id", index),
-                    "index": index,
-                    "view": view,
-                    "saver_ap": per_image_ap(view_gt, dets_from_predictions(saver.to("cpu"))),
-                }
-                if self.with_base:
-                    base = model.run_base([inputs])[0]["instances"]
+            if saver_records is None:
+                record = self._saver_record(model, inputs, dataset_dict, gt, index, view)
+            else:
+                record = dict(saver_records[view])
+            if self.with_base:
+                base = model.run_base([inputs])[0]["instances"]
+                if view == 0:
+                    record["base"] = detections_record(base, self._to_dataset_id)
+                    record["base_ap"] = per_image_ap(gt, record_dets(record["base"]))
+                else:
+                    view_gt = gt_from_instances(inputs["instances"])
                     record["base_ap"] = per_image_ap(view_gt, dets_from_predictions(base.to("cpu")))
-            record["summary"] = summary[0].cpu()
-            record["confidence"] = float(confidence_score(saver))
             records.append(record)
         return records
+
+    def _saver_record(
+        self, model, inputs: dict, dataset_dict: dict, gt: ImageGT, index: int, view: int
+    ) -> dict:
+        """The saver's outputs on one view: view 0 in the original frame, scored against the
+        dataset's own GT; other views against the GT of the augmented tensor."""
+        saver_out, summary = model.run_saver([inputs])
+        saver = saver_out[0]["instances"]
+        record = {"image_id": dataset_dict.get("image_id", index), "index": index, "view": view}
+        if view == 0:
+            record["saver"] = detections_record(saver, self._to_dataset_id)
+            record["saver_ap"] = per_image_ap(gt, record_dets(record["saver"]))
+        else:
+            view_gt = gt_from_instances(inputs["instances"])
+            record["saver_ap"] = per_image_ap(view_gt, dets_from_predictions(saver.to("cpu")))
+        record["summary"] = summary[0].cpu()
+        record["confidence"] = float(confidence_score(saver))
+        return record
 
 
 class CachedExamples(torch.utils.data.Dataset):
