@@ -20,6 +20,7 @@ from tinysaver_det.modeling.meta_arch import (
     SUMMARY_KEY,
     TARGET_KEY,
     gt_in_output_frame,
+    padded_shape,
     resize_inputs,
 )
 from tinysaver_det.modeling.routing import stable_uniform
@@ -180,6 +181,51 @@ def test_same_size_images_match_the_saver_run_on_the_whole_resized_batch(model, 
         ref = model.saver(resize_inputs(same, model.saver_input_size))
     for out, r in zip(run(model, same), ref):
         assert_same_instances(out["instances"], r["instances"])
+
+
+def test_images_that_pad_alike_share_one_batch_and_get_their_own_results(model):
+    # Two sizes that stay different after each sub-model's resize but pad to one multiple of 32:
+    # one call per sub-model, and each image's result is the one it gets alone.
+    pair = make_inputs([(150, 160), (150, 165)], seed=3)
+    for resize, detector in ((model.saver_inputs, model.saver), (model.base_inputs, model.base)):
+        a, b = (x["image"] for x in resize(pair))
+        assert a.shape != b.shape
+        assert padded_shape(detector, a) == padded_shape(detector, b)
+    calls = []
+    hooks = [
+        m.register_forward_hook(lambda _m, i, _o, name=name: calls.append((name, len(i[0]))))
+        for name, m in (("saver", model.saver), ("base", model.base))
+    ]
+    model.threshold = INF
+    try:
+        outputs = run(model, pair)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == [("saver", 2), ("base", 2)]
+    for out, ref in zip(outputs, alone(model.base, pair, model.base_input_size)):
+        assert_same_instances(out["instances"], ref["instances"])
+    model.threshold = -INF
+    for out, ref in zip(run(model, pair), alone(model.saver, pair, model.saver_input_size)):
+        assert_same_instances(out["instances"], ref["instances"])
+
+
+def test_padded_shape_follows_the_backbones_padding():
+    class Backbone:
+        size_divisibility, padding_constraints = 32, {}
+
+    class Detector:
+        backbone = Backbone()
+
+    image = torch.zeros(3, 96, 109)
+    assert padded_shape(Detector(), image) == (96, 128)
+    Backbone.padding_constraints = {"size_divisibility": 64}
+    assert padded_shape(Detector(), image) == (128, 128)
+    Backbone.padding_constraints = {"square_size": 1024}
+    assert padded_shape(Detector(), image) == (1024, 1024)
+    Backbone.size_divisibility, Backbone.padding_constraints = 0, {}
+    assert padded_shape(Detector(), image) == (96, 109)
+    assert padded_shape(object(), image) == (96, 109)  # no detectron2 backbone: the exact shape
 
 
 def test_threshold_inf_every_image_goes_to_the_base(model, inputs, base_alone, base_calls):

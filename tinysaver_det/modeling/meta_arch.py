@@ -107,6 +107,26 @@ def resize_inputs(
     return out
 
 
+def padded_shape(detector: nn.Module, image: torch.Tensor) -> Tuple[int, int]:
+    """
+    The shape detectron2's ImageList.from_tensors pads `image` to when the detector runs on it alone
+    (its backbone's size_divisibility and padding_constraints). Images of one padded shape can share
+    a batch and each still gets exactly the padding it gets alone; a detector without a detectron2
+    backbone is grouped by the exact shape.
+    """
+    h, w = (int(v) for v in image.shape[-2:])
+    backbone = getattr(detector, "backbone", None)
+    if backbone is None:
+        return h, w
+    constraints = backbone.padding_constraints or {}
+    if constraints.get("square_size", 0) > 0:
+        h = w = constraints["square_size"]
+    stride = constraints.get("size_divisibility", backbone.size_divisibility)
+    if stride > 1:
+        h, w = -(-h // stride) * stride, -(-w // stride) * stride
+    return h, w
+
+
 def channels_differ(parent_format: str, sub_format: str) -> bool:
     """Whether a sub-model needs the channels reversed (only RGB <-> BGR is supported)."""
     if parent_format == sub_format:
@@ -248,13 +268,14 @@ class TinySaverRCNN(nn.Module):
 
     def run_saver(self, batched_inputs: Sequence[dict]) -> Tuple[List[dict], torch.Tensor]:
         """
-        Run the saver on every image, in groups of equal size so no image sees another's padding.
-        Returns its outputs (input order) and the evaluator's summary of each image, (N, D).
+        Run the saver on every image, in groups of equal padded size (padded_shape), so each image
+        gets the padding it gets alone. Returns its outputs (input order) and the evaluator's
+        summary of each image, (N, D).
         """
         inputs = self.saver_inputs(batched_inputs)
         outputs: List[Optional[dict]] = [None] * len(inputs)
         summary: List[Optional[torch.Tensor]] = [None] * len(inputs)
-        for group in group_by_key([tuple(x["image"].shape[-2:]) for x in inputs]):
+        for group in group_by_key([padded_shape(self.saver, x["image"]) for x in inputs]):
             sub = [inputs[i] for i in group]
             with torch.no_grad(), captured_output(self.saver.backbone) as features:
                 results = self.saver(sub)
@@ -268,10 +289,10 @@ class TinySaverRCNN(nn.Module):
         return outputs, torch.stack(summary)
 
     def run_base(self, batched_inputs: Sequence[dict]) -> List[dict]:
-        """Run the base, in groups of equal size; outputs in input order."""
+        """Run the base, in groups of equal padded size (padded_shape); outputs in input order."""
         inputs = self.base_inputs(batched_inputs)
         outputs: List[Optional[dict]] = [None] * len(inputs)
-        for group in group_by_key([tuple(x["image"].shape[-2:]) for x in inputs]):
+        for group in group_by_key([padded_shape(self.base, x["image"]) for x in inputs]):
             with torch.no_grad():
                 results = self.base([inputs[i] for i in group])
             for j, i in enumerate(group):

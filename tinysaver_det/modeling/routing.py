@@ -55,8 +55,8 @@ def merge_in_order(
 def group_by_key(keys: Sequence[Hashable]) -> List[List[int]]:
     """
     Indices grouped by equal key, groups in order of first appearance. Running a detector on groups
-    of equally sized images gives each image the padding it would get alone, so an image's result
-    does not depend on the other images in its batch.
+    of images of one padded size (meta_arch.padded_shape) gives each image the padding it would
+    get alone, so an image's result does not depend on the other images in its batch.
     """
     groups: Dict[Hashable, List[int]] = {}
     for i, k in enumerate(keys):
