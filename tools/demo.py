@@ -1,22 +1,25 @@
 #!/usr/bin/env python
 """
 The main job on an embedded default, every stage: generate the synthetic data (or register BCCD's),
-train the saver, the base and the evaluator, calibrate the threshold, evaluate base, saver and
-TinySaver, and print one table. Re-running reuses finished stages.
+train the saver, the base and the evaluator, calibrate the threshold, evaluate TinySaver, time the
+three models, and print one table. Re-running reuses finished stages.
 
-    python tools/demo.py --output-dir output/demo        # the full run (about 16 min, 2 CPU cores)
+    python tools/demo.py --output-dir output/demo        # the full run (about 20 min, 2 CPU cores)
     python tools/demo.py --quick --output-dir /tmp/demo  # a tiny end-to-end run (a few minutes)
     python tools/demo.py --track bccd --output-dir output/demo_bccd  # real microscope images
 
-Each stage runs one of the other tools (train_net.py, cache_outputs.py, calibrate.py) in a
-subprocess, as a user would, and is skipped when its result exists: re-running resumes (an
-interrupted training continues from its last checkpoint, an interrupted cache from its last
-complete chunk).
+Each stage runs one of the other tools (train_net.py, cache_outputs.py, calibrate.py, and
+bench/routing_overhead.py for the timing) in a subprocess, as a user would, and is skipped when its
+result exists: re-running resumes (an interrupted training continues from its last checkpoint, an
+interrupted cache from its last complete chunk).
 
 Independent stages run side by side, each on its share of the CPU threads (`--jobs`): these small
 detectors use a second thread poorly (on 2 cores the saver trains as fast on one thread as on two),
 so two processes on one thread each finish well before the same two one after the other. The
-evaluations that measure images per second run alone, on every thread.
+saver's outputs are cached while the base still trains; the base's outputs are then cached by one
+process per job (detectron2's `launch`). Every model runs on the test split once: the table's base
+and saver rows are tools/calibrate.py's report on their cached outputs, the TinySaver row is
+tools/train_net.py --eval-only of the deployed model, and images/s are timed in one process, alone.
 """
 
 import argparse
@@ -30,13 +33,14 @@ import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from tabulate import tabulate
 
 from tinysaver_det.calibration_result import CalibrationResult
 from tinysaver_det.config import load_config
 from tinysaver_det.data.datasets import default_shared_root
+from tinysaver_det.data.synthetic import SYNTHETIC_SPLITS
 from tinysaver_det.engine.output_cache import cache_is_complete, training_cache_spec
 from tinysaver_det.utils.atomic import atomic_save_json
 
@@ -86,6 +90,8 @@ TRACKS = {
 # takes the first QUICK_IMAGES images of each split.
 QUICK_SCALE = 0.02
 QUICK_IMAGES = 8
+# Test images the speed stage times each model on (bench/routing_overhead.py).
+SPEED_IMAGES = 64
 # Lines of the tools' logs echoed to the console as progress.
 PROGRESS = re.compile(
     r"eta: |copypaste: |Caching outputs|Held-out rank correlation|GFLOPs/image"
@@ -128,6 +134,18 @@ def bccd_quick_opts(folder: str, num_images: int = QUICK_IMAGES) -> List[str]:
         "MODEL.TINYSAVER.CALIBRATION.DATASET",
         "bccd_quick_val",
     ]
+
+
+def split_lanes(splits: Dict[str, object], lanes: int) -> List[List[str]]:
+    """The splits (name -> a spec with num_images) in up to `lanes` groups of about equal images:
+    each next-largest split goes to the lightest group."""
+    groups: List[List[str]] = [[] for _ in range(max(1, lanes))]
+    images = [0] * len(groups)
+    for name in sorted(splits, key=lambda n: -splits[n].num_images):
+        lightest = images.index(min(images))
+        groups[lightest].append(name)
+        images[lightest] += splits[name].num_images
+    return [g for g in groups if g]
 
 
 def describe_detector(config_file: str) -> str:
@@ -180,7 +198,8 @@ class Demo:
         return os.path.join(self.output_dir, *parts)
 
     # --- running stages ---------------------------------------------------------------------------
-    def stage(self, name: str, done: bool, cmd: List[str]) -> None:
+    def stage(self, name: str, done: bool, cmd: List[str], threads: Optional[int] = None) -> None:
+        """Run `cmd` as stage `name` unless `done`; threads: per process (default: the lane's)."""
         if self._stop.is_set():
             raise RuntimeError(f"Stage {name!r} not started: another stage failed")
         if done:
@@ -191,7 +210,7 @@ class Demo:
         os.makedirs(self.path("logs"), exist_ok=True)
         log_path = self.path("logs", f"{name}.log")
         env = dict(self.env)
-        threads = getattr(self._lane, "threads", None)
+        threads = threads or getattr(self._lane, "threads", None)
         if threads:
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         start = time.perf_counter()
@@ -267,26 +286,53 @@ class Demo:
         with open(results) as f:
             return json.load(f)
 
-    def cache(self, name: str, done: bool, args: Sequence[str], weights: List[str]) -> None:
-        """Build caches with tools/cache_outputs.py ahead of the stage that reads them."""
-        self.stage(
-            name,
-            done,
-            self.tool(
-                "cache_outputs.py",
-                self.configs["tinysaver"],
-                args,
-                ["OUTPUT_DIR", self.path("logs", name)] + weights,
-            ),
-        )
+    def cache(
+        self,
+        name: str,
+        cfg,
+        datasets: Sequence[Tuple[str, int]],
+        with_base: bool,
+        weights: List[str],
+    ) -> None:
+        """
+        tools/cache_outputs.py over `datasets` ((dataset, views) pairs) ahead of the stages that
+        read them, one call per views count. With the base, the images are split between one
+        process per job (detectron2's launch, whose --num-gpus counts CPU processes here).
+        """
+        by_views: Dict[int, List[str]] = {}
+        for dataset, views in datasets:
+            by_views.setdefault(views, []).append(dataset)
+        processes = self.jobs if with_base else 1
+        for views, names in sorted(by_views.items()):
+            stage = name if len(by_views) == 1 else f"{name}_{views}views"
+            flags = [a for d in names for a in ("--dataset", d)] + ["--views", str(views)]
+            flags += ["--with-base"] if with_base else []
+            flags += ["--num-gpus", str(processes)] if processes > 1 else []
+            self.stage(
+                stage,
+                all(cache_is_complete(cfg, d, views, with_base) for d in names),
+                self.tool(
+                    "cache_outputs.py",
+                    self.configs["tinysaver"],
+                    flags,
+                    ["OUTPUT_DIR", self.path("logs", stage)] + weights,
+                ),
+                threads=max(1, (os.cpu_count() or 1) // processes) if processes > 1 else None,
+            )
 
     def tool(
-        self, script: str, config: str, flags: Sequence[str], opts: Sequence[str]
+        self,
+        script: str,
+        config: str,
+        flags: Sequence[str],
+        opts: Sequence[str],
+        folder: str = "tools",
     ) -> List[str]:
-        """The command line of one of tools/: the track's data options, then the stage's own."""
+        """The command line of a script of tools/ (or bench/): the track's data options, then the
+        stage's own."""
         return [
             sys.executable,
-            os.path.join("tools", script),
+            os.path.join(folder, script),
             "--config-file",
             config,
             *flags,
@@ -295,22 +341,20 @@ class Demo:
         ]
 
     def prepare_data(self) -> None:
-        """The track's data: the synthetic splits are generated; BCCD is registered by its configs,
-        and its quick variant uses the first QUICK_IMAGES images of each split (written here)."""
+        """The track's data: the synthetic splits are generated, in `jobs` lanes of about equal
+        image counts; BCCD is registered by its configs, and its quick variant uses the first
+        QUICK_IMAGES images of each split (written here)."""
         if self.track.generated:
             scale = QUICK_SCALE if self.quick else 1.0
-            self.stage(
-                "data",
-                False,  # cheap, and prepare_synthetic itself reuses complete splits
-                [
-                    sys.executable,
-                    "datasets/prepare_synthetic.py",
-                    "--root",
-                    self.data_root,
-                    "--scale",
-                    str(scale),
-                ],
-            )
+
+            def generate(name: str, splits: List[str]) -> Callable[[], None]:
+                cmd = [sys.executable, "datasets/prepare_synthetic.py", "--root", self.data_root]
+                cmd += ["--scale", str(scale), "--splits", *splits]
+                # Cheap, and prepare_synthetic itself reuses complete splits: never marked done.
+                return lambda: self.stage(name, False, cmd)
+
+            groups = split_lanes(SYNTHETIC_SPLITS, self.jobs)
+            self.side_by_side(*(generate(f"data_{i + 1}", g) for i, g in enumerate(groups)))
         elif self.quick:
             self.data_opts = bccd_quick_opts(self.path("datasets", "bccd_quick"))
 
@@ -332,36 +376,23 @@ class Demo:
             self.path("cache"),
         ]
         cfg = load_config(self.configs["tinysaver"], self.data_opts + sub_weights)
-        test_set = cfg.DATASETS.TEST[0]
         self.train_detectors(cfg)
-        weights["tinysaver"] = self.train_evaluator(cfg, sub_weights)
+        self.cache_base(cfg, sub_weights)
+        weights["tinysaver"] = self.train("tinysaver", self.configs["tinysaver"], sub_weights)
         calibration_file = self.calibrate(weights["tinysaver"], sub_weights)
         calibration = CalibrationResult.load(calibration_file)
-        # One after the other, on every thread: these measure images per second. All three on the
-        # TinySaver config's test split (a detector's own config may name another).
-        on_test = ["DATASETS.TEST", f"('{test_set}',)"]
-        results = {
-            part: self.evaluate(
-                part, self.configs[part], ["MODEL.WEIGHTS", weights[part]] + on_test
-            )
-            for part in ("saver", "base")
-        }
-        results["tinysaver"] = self.evaluate(
-            "tinysaver",
-            self.configs["tinysaver"],
-            [
-                "MODEL.WEIGHTS",
-                weights["tinysaver"],
-                "MODEL.TINYSAVER.CALIBRATION_FILE",
-                calibration_file,
-            ]
-            + sub_weights,
-        )
+        deployed = [
+            "MODEL.WEIGHTS",
+            weights["tinysaver"],
+            "MODEL.TINYSAVER.CALIBRATION_FILE",
+            calibration_file,
+        ] + sub_weights
+        routed = self.evaluate("tinysaver", self.configs["tinysaver"], deployed)
+        speed = self.time_models(deployed)
         summary = self.summarize(
             calibration,
-            results["saver"],
-            results["base"],
-            results["tinysaver"],
+            routed,
+            speed,
             {p: describe_detector(self.configs[p]) for p in ("saver", "base")},
         )
         summary["wall_time_s"] = time.perf_counter() - total
@@ -382,55 +413,43 @@ class Demo:
 
     def train_detectors(self, cfg) -> None:
         """
-        Saver and base side by side; where the evaluator's training cache needs only the saver, it
-        is built while the base trains. Training skips its own final evaluation (DATASETS.TEST
-        empty): the eval stages evaluate each model alone, so that their images per second compare.
+        Saver and base side by side. Once trained, the saver's lane caches the saver's outputs on
+        the evaluator's training images and on the calibration split while the base still trains:
+        the caches with the base reuse them (output_cache) and run only the base. For the saver_ap
+        target the training caches need no base and are then complete. Training skips its own
+        final evaluation (DATASETS.TEST empty): the test split is evaluated once, by later stages.
         """
-        train_views, train_with_base = training_cache_spec(cfg)
+        train_views, _ = training_cache_spec(cfg)
         no_final_eval = ["DATASETS.TEST", "()"]
+        saver_only = [
+            "MODEL.TINYSAVER.SAVER.WEIGHTS",
+            cfg.MODEL.TINYSAVER.SAVER.WEIGHTS,
+            "MODEL.TINYSAVER.BASE.WEIGHTS",
+            "",
+            "MODEL.TINYSAVER.CACHE.DIR",
+            cfg.MODEL.TINYSAVER.CACHE.DIR,
+        ]
+        ahead = [(d, train_views) for d in cfg.DATASETS.TRAIN]
+        ahead.append((cfg.MODEL.TINYSAVER.CALIBRATION.DATASET, 1))
 
         def saver_lane():
             self.train("saver", self.configs["saver"], no_final_eval)
-            if train_with_base:
-                return  # the evaluator's stage caches saver and base, once the base is trained
-            done = all(
-                cache_is_complete(cfg, name, train_views, False) for name in cfg.DATASETS.TRAIN
-            )
-            self.cache(
-                "cache_train",
-                done,
-                [],
-                [
-                    "MODEL.TINYSAVER.SAVER.WEIGHTS",
-                    cfg.MODEL.TINYSAVER.SAVER.WEIGHTS,
-                    "MODEL.TINYSAVER.BASE.WEIGHTS",
-                    "",
-                    "MODEL.TINYSAVER.CACHE.DIR",
-                    cfg.MODEL.TINYSAVER.CACHE.DIR,
-                ],
-            )
+            self.cache("cache_saver", cfg, ahead, False, saver_only)
 
         self.side_by_side(
             saver_lane, lambda: self.train("base", self.configs["base"], no_final_eval)
         )
 
-    def train_evaluator(self, cfg, sub_weights: List[str]) -> str:
+    def cache_base(self, cfg, sub_weights: List[str]) -> None:
         """
-        The evaluator trains (building its training cache first) while the calibration split
-        (which the evaluator's training also logs its held-out correlation on) and the test split
-        are cached for calibration. Returns the evaluator's checkpoint.
+        The caches that need the base, in one process per job: the evaluator's training caches
+        when its target compares the detectors (ap_gain, marginal_ap), the calibration split, and
+        the test split (whose cached outputs give the table's base and saver rows).
         """
-        report_sets = [cfg.MODEL.TINYSAVER.CALIBRATION.DATASET, cfg.DATASETS.TEST[0]]
-        evaluator_w, _ = self.side_by_side(
-            lambda: self.train("tinysaver", self.configs["tinysaver"], sub_weights),
-            lambda: self.cache(
-                "cache_calib_test",
-                all(cache_is_complete(cfg, d, 1, True) for d in report_sets),
-                [a for d in report_sets for a in ("--dataset", d)] + ["--with-base"],
-                sub_weights,
-            ),
-        )
-        return evaluator_w
+        train_views, train_with_base = training_cache_spec(cfg)
+        datasets = [(d, train_views) for d in cfg.DATASETS.TRAIN] if train_with_base else []
+        datasets += [(cfg.MODEL.TINYSAVER.CALIBRATION.DATASET, 1), (cfg.DATASETS.TEST[0], 1)]
+        self.cache("cache_base", cfg, datasets, True, sub_weights)
 
     def calibrate(self, evaluator_w: str, sub_weights: List[str]) -> str:
         """tools/calibrate.py; returns the calibration.json it wrote."""
@@ -448,25 +467,61 @@ class Demo:
         )
         return calibration_file
 
+    def time_models(self, deployed: List[str]) -> Dict[str, float]:
+        """
+        Images per second of base, saver and the deployed TinySaver at batch 1, each timed on the
+        same first SPEED_IMAGES test images (QUICK_IMAGES when quick) in one process, alone
+        (bench/routing_overhead.py).
+        """
+        out = self.path("speed", "routing_overhead.json")
+        images = QUICK_IMAGES if self.quick else SPEED_IMAGES
+        flags = ["--batch-sizes", "1", "--num-images", str(images), "--repeats", "2"]
+        self.stage(
+            "speed",
+            os.path.isfile(out),
+            self.tool(
+                "routing_overhead.py",
+                self.configs["tinysaver"],
+                flags + ["--out", out],
+                deployed,
+                folder="bench",
+            ),
+        )
+        with open(out) as f:
+            run = json.load(f)["runs"][0]
+        return {
+            "base": 1e3 / run["t_base_ms"],
+            "saver": 1e3 / run["t_saver_ms"],
+            "tinysaver": 1e3 / run["t_routed_ms"],
+            "images": run["images"],
+        }
+
     @staticmethod
     def summarize(
         calibration: CalibrationResult,
-        res_saver: dict,
-        res_base: dict,
-        res_ts: dict,
+        routed: dict,
+        speed: Dict[str, float],
         labels: Optional[Dict[str, str]] = None,
     ) -> dict:
         """
         One row each for base, saver and TinySaver at the chosen threshold, on the test split.
-        labels: what each detector is ("saver", "base"; see describe_detector), for the table.
+        routed: the deployed model's --eval-only results; base and saver come from tools/
+        calibrate.py's report on the same split (their cached outputs), with bootstrap intervals.
+        speed: images/s per model (time_models). labels: what each detector is (describe_detector).
         """
         labels = labels or {"saver": "saver", "base": "base"}
-        dataset = next(iter(res_ts))
+        dataset = next(iter(routed))
         costs = calibration.costs
-        routing = res_ts[dataset]["routing"]
+        report = calibration.reports.get(dataset)
+        if report is None:
+            raise ValueError(
+                f"The calibration file has no report on {dataset!r} (reports on "
+                f"{sorted(calibration.reports)}): run tools/calibrate.py with DATASETS.TEST "
+                f"('{dataset}',)"
+            )
+        routing = routed[dataset]["routing"]
 
-        def row(name, res, gflops, saved, exit_rate):
-            bbox = res[dataset]["bbox"]
+        def row(name, bbox, gflops, saved, exit_rate, images_per_second):
             return [
                 name,
                 round(bbox["AP"], 2),
@@ -474,31 +529,45 @@ class Demo:
                 round(gflops, 3),
                 f"{100 * saved:.1f}%",
                 f"{100 * exit_rate:.1f}%",
-                round(res[dataset]["speed"]["images_per_second"], 2),
+                round(images_per_second, 2),
             ]
 
         rows = [
-            row(f"base ({labels['base']})", res_base, costs["base_gflops"], 0.0, 0.0),
+            row(
+                f"base ({labels['base']})",
+                report["base"],
+                costs["base_gflops"],
+                0.0,
+                0.0,
+                speed["base"],
+            ),
             row(
                 f"saver ({labels['saver']})",
-                res_saver,
+                report["saver"],
                 costs["saver_gflops"],
                 1 - costs["c_s"],
                 1.0,
+                speed["saver"],
             ),
             row(
                 f"TinySaver (t={calibration.threshold:.3g})",
-                res_ts,
+                routed[dataset]["bbox"],
                 routing["gflops_per_image"],
                 routing["compute_saved"],
                 routing["exit_rate"],
+                speed["tinysaver"],
             ),
         ]
         headers = ["model", "AP", "AP50", "GFLOPs/img", "compute saved", "exit rate", "images/s"]
         table = f"\nResults on {dataset}:\n" + tabulate(rows, headers=headers, tablefmt="github")
-        intervals = calibration.reports.get(dataset, {}).get("intervals")
+        table += (
+            "\nAP: base and saver from their cached outputs on these images (tools/calibrate.py's "
+            "report), TinySaver from tools/train_net.py --eval-only. images/s: batch 1, the first "
+            f"{speed['images']} images, the three timed in one process "
+            "(bench/routing_overhead.py)."
+        )
+        intervals = report.get("intervals")
         if intervals:
-            # From the cached predictions of the same images (tools/calibrate.py's report).
             table += (
                 "\n95% bootstrap intervals over the images (calibration report on the same "
                 "split): "

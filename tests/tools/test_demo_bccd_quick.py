@@ -50,22 +50,23 @@ def test_every_stage_ran_on_the_registered_splits(quick_bccd):
     stages = {
         "train_saver",
         "train_base",
-        "cache_train",
+        "cache_saver_1views",  # the saver's half of the calibration split's cache
+        "cache_saver_2views",  # the evaluator's training cache (saver_ap: the saver alone)
+        "cache_base",
         "train_tinysaver",
-        "cache_calib_test",
         "calibrate",
-        "eval_saver",
-        "eval_base",
         "eval_tinysaver",
+        "speed",
     }
     assert stages <= set(summary["stage_times_s"])
     assert summary["dataset"] == "bccd_quick_test"
     calibration = read_json(out / "calibration" / "calibration.json")
     assert calibration["calibration_dataset"] == "bccd_quick_val"
-    # All three were evaluated on the same test images.
-    for model in ("saver", "base", "tinysaver"):
-        results = read_json(out / "eval" / model / "inference" / "results.json")
-        assert list(results) == ["bccd_quick_test"]
+    # Base and saver on the test images (the calibration report on their cached outputs), and the
+    # deployed TinySaver evaluated on the same images.
+    assert list(calibration["reports"]) == ["bccd_quick_test"]
+    results = read_json(out / "eval" / "tinysaver" / "inference" / "results.json")
+    assert list(results) == ["bccd_quick_test"]
     routing = read_json(
         out / "eval" / "tinysaver" / "inference" / "bccd_quick_test" / "routing.json"
     )

@@ -57,3 +57,17 @@ def test_a_failing_lane_stops_the_others(tmp_path):
     assert demo.times["sleeper"] < 60  # terminated, not waited for
     with pytest.raises(RuntimeError, match="another stage failed"):
         demo.stage("later", False, PRINT_THREADS)  # nothing new starts after a failure
+
+
+def test_the_synthetic_splits_are_generated_in_lanes_of_about_equal_images():
+    split_lanes = load_tool("demo").split_lanes
+    from tinysaver_det.data.synthetic import SYNTHETIC_SPLITS
+
+    groups = split_lanes(SYNTHETIC_SPLITS, 2)
+    assert sorted(s for g in groups for s in g) == sorted(SYNTHETIC_SPLITS)
+    images = [sum(SYNTHETIC_SPLITS[s].num_images for s in g) for g in groups]
+    largest = max(d.num_images for d in SYNTHETIC_SPLITS.values())
+    assert len(groups) == 2 and max(images) - min(images) <= largest
+    assert split_lanes(SYNTHETIC_SPLITS, 1) == [
+        sorted(SYNTHETIC_SPLITS, key=lambda s: -SYNTHETIC_SPLITS[s].num_images)
+    ]

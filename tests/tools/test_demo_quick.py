@@ -1,9 +1,11 @@
 """
-The main job end to end, quick variant (the instant-test configs): tools/cache_outputs.py caches,
-tools/train_net.py trains the evaluator, tools/calibrate.py chooses the threshold, train_net
---eval-only evaluates all three; then a re-run reuses every stage. The saver and base are the
-session's trained detectors (tests/conftest.py), placed where the demo's training stages would
-write them, so the demo reuses them and the run ends at an operating point with both paths taken.
+The main job end to end, quick variant (the instant-test configs): tools/cache_outputs.py caches
+the saver's outputs, then the base's in two processes (launch), tools/train_net.py trains the
+evaluator, tools/calibrate.py chooses the threshold, train_net --eval-only evaluates TinySaver and
+bench/routing_overhead.py times the three; then a re-run reuses every stage. The saver and base
+are the session's trained detectors (tests/conftest.py), placed where the demo's training stages
+would write them, so the demo reuses them and the run ends at an operating point with both paths
+taken.
 """
 
 import json
@@ -14,6 +16,7 @@ import shutil
 import pytest
 from conftest import QUICK_SCALE, load_tool
 
+from tinysaver_det.config import load_config
 from tinysaver_det.data.synthetic import split_spec
 
 Demo = load_tool("demo").Demo
@@ -35,13 +38,24 @@ def read_json(path):
 
 
 def test_quick_demo_reuses_the_trained_detectors(quick_run):
-    _, summary = quick_run
+    out, summary = quick_run
     stages = set(summary["stage_times_s"])
     assert "train_saver" not in stages and "train_base" not in stages
-    assert {"train_tinysaver", "cache_calib_test", "calibrate", "eval_tinysaver"} <= stages
-    # The marginal_ap target compares saver and base: its training cache runs both, so it is built
-    # by the evaluator's training once the base exists, not beside the base's training.
-    assert "cache_train" not in stages
+    assert {"train_tinysaver", "calibrate", "eval_tinysaver", "speed"} <= stages
+    # The instant-test config caches 2 views of the evaluator's images: one stage per views count.
+    views = load_config(Demo(str(out), quick=True).configs["tinysaver"]).MODEL.TINYSAVER.CACHE
+    views = views.TRAIN_VIEWS
+    assert views > 1
+    for part in ("cache_saver", "cache_base"):
+        assert {f"{part}_1views", f"{part}_{views}views"} <= stages
+    # The saver's half of the evaluator's and the calibration split's caches, built beside the
+    # base's training; the marginal_ap target compares both detectors, so the training cache that
+    # evaluator training read holds the base too.
+    cache = out / "cache"
+    for folder in (f"synthetic_evaluator_{views}views", "synthetic_calib_1views"):
+        assert (cache / folder / "manifest.json").is_file()
+        assert (cache / f"{folder}_base" / "manifest.json").is_file()
+    assert not (cache / "synthetic_test_1views").exists()  # the test split: only with the base
 
 
 def test_quick_demo_ends_at_a_real_operating_point(quick_run):
@@ -93,6 +107,16 @@ def test_quick_demo_produces_the_final_table(quick_run):
     assert summary["threshold"] == calibration["deployed_point"]["threshold"]
     for row in summary["rows"]:
         assert row["images/s"] > 0
+    # Base and saver: the calibration report on their cached test outputs; TinySaver: --eval-only.
+    report = calibration["reports"][summary["dataset"]]
+    assert base["AP"] == round(report["base"]["AP"], 2)
+    assert saver["AP"] == round(report["saver"]["AP"], 2)
+    results = read_json(out / "eval" / "tinysaver" / "inference" / "results.json")
+    assert routed["AP"] == round(results[summary["dataset"]]["bbox"]["AP"], 2)
+    speed = read_json(out / "speed" / "routing_overhead.json")["runs"][0]
+    assert speed["batch_size"] == 1
+    assert routed["images/s"] == round(1e3 / speed["t_routed_ms"], 2)
+    assert base["images/s"] == round(1e3 / speed["t_base_ms"], 2)
     for name in (
         "accuracy_vs_gflops.png",
         "score_distribution.png",
@@ -107,5 +131,5 @@ def test_rerun_reuses_every_stage(quick_run, trained_detectors):
     out, first = quick_run
     again = Demo(str(out), quick=True, data_root=trained_detectors.root).run()
     # Nothing retrained, recalibrated or re-evaluated.
-    assert set(again["stage_times_s"]) == {"data"}
+    assert set(again["stage_times_s"]) == {"data_1", "data_2"}
     assert again["rows"] == first["rows"]
