@@ -296,13 +296,14 @@ class Demo:
     ) -> None:
         """
         tools/cache_outputs.py over `datasets` ((dataset, views) pairs) ahead of the stages that
-        read them, one call per views count. With the base, the images are split between one
-        process per job (detectron2's launch, whose --num-gpus counts CPU processes here).
+        read them, one call per views count. With the base on the CPU, the images are split
+        between one process per job (detectron2's launch, whose --num-gpus then counts CPU
+        processes); on a GPU one process runs them.
         """
         by_views: Dict[int, List[str]] = {}
         for dataset, views in datasets:
             by_views.setdefault(views, []).append(dataset)
-        processes = self.jobs if with_base else 1
+        processes = self.jobs if with_base and cfg.MODEL.DEVICE == "cpu" else 1
         for views, names in sorted(by_views.items()):
             stage = name if len(by_views) == 1 else f"{name}_{views}views"
             flags = [a for d in names for a in ("--dataset", d)] + ["--views", str(views)]
