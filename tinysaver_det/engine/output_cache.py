@@ -8,10 +8,10 @@ Layout of one cache (a folder):
     ...
 A chunk is the unit of work: an interrupted build resumes by computing the chunks that are missing.
 A folder whose key differs (other weights, configs, dataset, views) is refused, never reused; so is
-a cache of an older format. A cache with the base takes the saver's records of a chunk from the
-saver-only cache of the same dataset and views when that chunk exists for the same saver: the
-saver's half can be built while the base still trains. A chunk that cannot be read is recomputed; an unreadable manifest is
-rewritten (both with a warning naming the file).
+a cache of an older format. A chunk that cannot be read is recomputed; an unreadable manifest is
+rewritten (both with a warning naming the file). A cache with the base takes the saver's records
+of a chunk from the saver-only cache of the same dataset and views when that chunk exists for the
+same saver: the saver's half can be built while the base still trains.
 
 Design call: the evaluator trains on cached summaries rather than on images with the saver run on
 the fly. The saver is frozen, so its outputs for a given view never change; caching them makes an
