@@ -91,7 +91,7 @@ TRACKS = {
 QUICK_SCALE = 0.02
 QUICK_IMAGES = 8
 # Test images the speed stage times each model on (bench/routing_overhead.py).
-SPEED_IMAGES = 64
+SPEED_IMAGES = 32
 # Lines of the tools' logs echoed to the console as progress.
 PROGRESS = re.compile(
     r"eta: |copypaste: |Caching outputs|Held-out rank correlation|GFLOPs/image"

@@ -118,10 +118,10 @@ def padded_shape(detector: nn.Module, image: torch.Tensor) -> Tuple[int, int]:
     backbone = getattr(detector, "backbone", None)
     if backbone is None:
         return h, w
-    constraints = backbone.padding_constraints or {}
+    constraints = getattr(backbone, "padding_constraints", None) or {}
     if constraints.get("square_size", 0) > 0:
         h = w = constraints["square_size"]
-    stride = constraints.get("size_divisibility", backbone.size_divisibility)
+    stride = constraints.get("size_divisibility", getattr(backbone, "size_divisibility", 0))
     if stride > 1:
         h, w = -(-h // stride) * stride, -(-w // stride) * stride
     return h, w
