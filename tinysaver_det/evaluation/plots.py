@@ -49,7 +49,7 @@ def accuracy_compute_figure(
     curves, base, saver, chosen, title="", *, max_ap_drop: float, gflops_budget: float = 0.0
 ):
     """The figure of plot_accuracy_compute, left open."""
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(9.5, 5))
     for router, points in curves.items():
         pts = sorted(points, key=lambda p: p["gflops"])
         ax.plot(
@@ -95,7 +95,8 @@ def accuracy_compute_figure(
     ax.set_ylabel("COCO box AP")
     ax.set_title(title or "TinySaver: accuracy for compute")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    # Beside the axes, not on them: inside, it covered the curves' right end and the base.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
     fig.tight_layout()
     return fig
 
