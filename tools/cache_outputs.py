@@ -17,7 +17,7 @@ import logging
 
 from detectron2.engine import default_argument_parser, launch
 from tinysaver_det.engine.output_cache import build_caches
-from tinysaver_det.engine.setup import setup_cfg
+from tinysaver_det.engine.setup import end_distributed, setup_cfg
 
 logger = logging.getLogger("tinysaver_det")
 
@@ -32,6 +32,7 @@ def main(args):
     counts = build_caches(cfg, args.dataset, views=args.views, with_base=args.with_base)
     for name, n in counts.items():
         logger.info(f"Cache of {name}: {n} records, complete")
+    end_distributed()
     return counts
 
 

@@ -122,6 +122,7 @@ def test_training_checkpoints_through_the_checked_checkpointer_and_resumes(
 def wrap_on_cpu(result_file: str) -> None:
     """One of two gloo processes: wrap a CPU model and take one synchronised backward pass."""
     from detectron2.utils import comm
+    from tinysaver_det.engine.setup import end_distributed
     from tinysaver_det.engine.trainer import create_ddp_model_any_device
 
     torch.manual_seed(0)
@@ -138,6 +139,8 @@ def wrap_on_cpu(result_file: str) -> None:
                 }
             )
         )
+    del model  # DDP's reducer before its process group
+    end_distributed()
 
 
 def test_the_ddp_wrapper_works_for_a_cpu_model(tmp_path):

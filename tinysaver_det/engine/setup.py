@@ -4,6 +4,8 @@ import logging
 from contextlib import contextmanager
 from logging.handlers import BufferingHandler
 
+import torch.distributed as dist
+
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -48,3 +50,14 @@ def setup_cfg(args, freeze: bool = True):
     for record in records:
         logging.getLogger(record.name).handle(record)
     return cfg
+
+
+def end_distributed() -> None:
+    """
+    Under detectron2's launch: wait for every process, then destroy the process group before the
+    process exits. A gloo group left alive at exit can abort a process ("terminate called without
+    an active exception"), which launch reports as a failure after the work is done.
+    """
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
