@@ -332,41 +332,41 @@ class OutputCache:
         records = []
         for view in range(self.views):
             inputs = self._mapped(dataset_dict, index, view)
-            if view > 0:
+            if view == 0:
+                view_gt = gt  # the plain image: outputs in the original frame, the dataset's GT
+            else:
                 # An augmented view: outputs and GT both in the augmented tensor's frame.
                 inputs = {k: v for k, v in inputs.items() if k not in ("height", "width")}
+                view_gt = gt_from_instances(inputs["instances"])
             if saver_records is None:
-                record = self._saver_record(model, inputs, dataset_dict, gt, index, view)
+                saver_out, summary = model.run_saver([inputs])
+                saver = saver_out[0]["instances"]
+                record = {
+                    "image_id": dataset_dict.get("image_id", index),
+                    "index": index,
+                    "view": view,
+                    "summary": summary[0].cpu(),
+                    "confidence": float(confidence_score(saver)),
+                }
+                self._add_scored(record, "saver", saver, view_gt, view)
             else:
                 record = dict(saver_records[view])
             if self.with_base:
                 base = model.run_base([inputs])[0]["instances"]
-                if view == 0:
-                    record["base"] = detections_record(base, self._to_dataset_id)
-                    record["base_ap"] = per_image_ap(gt, record_dets(record["base"]))
-                else:
-                    view_gt = gt_from_instances(inputs["instances"])
-                    record["base_ap"] = per_image_ap(view_gt, dets_from_predictions(base.to("cpu")))
+                self._add_scored(record, "base", base, view_gt, view)
             records.append(record)
         return records
 
-    def _saver_record(
-        self, model, inputs: dict, dataset_dict: dict, gt: ImageGT, index: int, view: int
-    ) -> dict:
-        """The saver's outputs on one view: view 0 in the original frame, scored against the
-        dataset's own GT; other views against the GT of the augmented tensor."""
-        saver_out, summary = model.run_saver([inputs])
-        saver = saver_out[0]["instances"]
-        record = {"image_id": dataset_dict.get("image_id", index), "index": index, "view": view}
+    def _add_scored(self, record: dict, source: str, instances, view_gt: ImageGT, view: int):
+        """One detector's per-image AP on a view into `record`, and on the plain view (0, the only
+        one whose detections are stored) its detections in dataset ids."""
         if view == 0:
-            record["saver"] = detections_record(saver, self._to_dataset_id)
-            record["saver_ap"] = per_image_ap(gt, record_dets(record["saver"]))
+            record[source] = detections_record(instances, self._to_dataset_id)
+            record[f"{source}_ap"] = per_image_ap(view_gt, record_dets(record[source]))
         else:
-            view_gt = gt_from_instances(inputs["instances"])
-            record["saver_ap"] = per_image_ap(view_gt, dets_from_predictions(saver.to("cpu")))
-        record["summary"] = summary[0].cpu()
-        record["confidence"] = float(confidence_score(saver))
-        return record
+            record[f"{source}_ap"] = per_image_ap(
+                view_gt, dets_from_predictions(instances.to("cpu"))
+            )
 
 
 class CachedExamples(torch.utils.data.Dataset):
