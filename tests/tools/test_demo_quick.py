@@ -43,8 +43,8 @@ def test_quick_demo_reuses_the_trained_detectors(quick_run):
     assert "train_saver" not in stages and "train_base" not in stages
     assert {"train_tinysaver", "calibrate", "eval_tinysaver", "speed"} <= stages
     # The instant-test config caches 2 views of the evaluator's images: one stage per views count.
-    views = load_config(Demo(str(out), quick=True).configs["tinysaver"]).MODEL.TINYSAVER.CACHE
-    views = views.TRAIN_VIEWS
+    tinysaver_cfg = load_config(Demo(str(out), quick=True).configs["tinysaver"])
+    views = tinysaver_cfg.MODEL.TINYSAVER.CACHE.TRAIN_VIEWS
     assert views > 1
     for part in ("cache_saver", "cache_base"):
         assert {f"{part}_1views", f"{part}_{views}views"} <= stages
