@@ -234,3 +234,33 @@ def test_tinysaver_config_builds_trains_and_infers(path):
         for x, out in zip(inputs, outputs):
             assert out["instances"].image_size == (x["height"], x["width"])
             assert out["tinysaver"]["path"] == ("saver" if threshold < 0 else "base")
+
+
+def test_the_base_from_the_saver_starts_from_every_weight_of_a_saver_checkpoint(tmp_path):
+    """base_cascade_rcnn_R_18_FPN_from_saver.yaml continues the saver's training at 192 px: a
+    saver checkpoint must fill the whole base (the checked loader refuses a partial fit), and
+    only the input sizes and the proposals kept differ."""
+    from tinysaver_det.checkpoint import CheckedCheckpointer
+    from tinysaver_det.engine.trainer import load_weights
+
+    synthetic = CONFIG_DIR / "Synthetic"
+    torch.manual_seed(0)
+    saver_cfg = load_config(
+        str(synthetic / "saver_cascade_rcnn_R_18_FPN.yaml"), ["MODEL.DEVICE", "cpu"]
+    )
+    saver = build_model(saver_cfg)
+    CheckedCheckpointer(saver, str(tmp_path)).save("saver")
+
+    base_cfg = load_config(
+        str(synthetic / "base_cascade_rcnn_R_18_FPN_from_saver.yaml"),
+        ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(tmp_path / "saver.pth")],
+    )
+    assert base_cfg.INPUT.MIN_SIZE_TEST == 3 * saver_cfg.INPUT.MIN_SIZE_TEST
+    assert base_cfg.MODEL.RPN.POST_NMS_TOPK_TEST > saver_cfg.MODEL.RPN.POST_NMS_TOPK_TEST
+    torch.manual_seed(1)  # another initialisation, so that equality below comes from the load
+    base = build_model(base_cfg)
+    load_weights(base, base_cfg)
+    saver_state, base_state = saver.state_dict(), base.state_dict()
+    assert base_state.keys() == saver_state.keys()
+    for name, value in saver_state.items():
+        assert torch.equal(base_state[name], value), name
