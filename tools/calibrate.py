@@ -15,7 +15,7 @@ plots.
 
 from detectron2.engine import default_argument_parser, launch
 from tinysaver_det.engine.calibrate import calibrate, format_results
-from tinysaver_det.engine.setup import setup_cfg
+from tinysaver_det.engine.setup import end_distributed, setup_cfg
 from tinysaver_det.engine.trainer import Trainer, check_inference_weights, load_weights
 
 
@@ -40,6 +40,7 @@ def main(args):
         gflops_budget=cal.GFLOPS_BUDGET,
     )
     print(format_results(result))
+    end_distributed()
     return result
 
 

@@ -9,17 +9,21 @@ the evaluator head with saver and base frozen). All logic lives in tinysaver_det
 """
 
 from detectron2.engine import default_argument_parser, launch
-from tinysaver_det.engine.setup import setup_cfg
+from tinysaver_det.engine.setup import end_distributed, setup_cfg
 from tinysaver_det.engine.trainer import Trainer, evaluate_only
 
 
 def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
-        return evaluate_only(cfg, resume=args.resume)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+        results = evaluate_only(cfg, resume=args.resume)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+        del trainer  # its DDP wrapper goes before the process group does
+    end_distributed()
+    return results
 
 
 def invoke_main() -> None:

@@ -1,7 +1,10 @@
 """engine/trainer.py: refusals, no stale results, checked checkpoints and resume, DDP on the CPU."""
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,6 +162,29 @@ def test_the_ddp_wrapper_works_for_a_cpu_model(tmp_path):
     assert result["type"] == "DistributedDataParallel" and not result["device_ids"]
     # Gradients are averaged over the two processes: inputs 1 and 2 give 1.5 for every weight.
     assert result["grad"] == [[1.5, 1.5, 1.5]]
+
+
+def test_train_net_trains_under_launch_with_two_cpu_processes(tmp_path):
+    """tools/train_net.py --num-gpus 2 on the CPU: detectron2's launch with gloo, DDP over two
+    processes; both exit cleanly (train_net ends the process group) and the run checkpoints."""
+    data = tmp_path / "data"
+    subprocess.run(
+        [sys.executable, str(REPO / "datasets" / "prepare_synthetic.py"), "--root", str(data)]
+        + ["--scale", "0.02", "--splits", "train", "val"],
+        check=True,
+        capture_output=True,
+    )
+    out = tmp_path / "saver"
+    cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--num-gpus", "2"]
+    cmd += ["--config-file", str(SAVER_INSTANT_YAML), "MODEL.DEVICE", "cpu"]
+    cmd += ["SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0"]
+    cmd += ["OUTPUT_DIR", str(out)]
+    env = dict(os.environ, DETECTRON2_DATASETS=str(data), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "terminate called" not in proc.stderr
+    assert (out / "log.txt.rank1").is_file()  # a second process ran
+    assert torch.load(out / "model_final.pth", weights_only=False)["iteration"] == 2
 
 
 @pytest.mark.parametrize("target", ["saver_ap", "ap_gain"])
