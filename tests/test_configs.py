@@ -238,8 +238,8 @@ def test_tinysaver_config_builds_trains_and_infers(path):
 
 def test_the_base_from_the_saver_starts_from_every_weight_of_a_saver_checkpoint(tmp_path):
     """base_cascade_rcnn_R_18_FPN_from_saver.yaml continues the saver's training at 192 px: a
-    saver checkpoint must fill the whole base (the checked loader refuses a partial fit), and
-    only the input sizes and the proposals kept differ."""
+    saver checkpoint must fill the whole base (the checked loader refuses a partial fit), which
+    runs at three times the saver's input size and keeps more proposals."""
     from tinysaver_det.checkpoint import CheckedCheckpointer
     from tinysaver_det.engine.trainer import load_weights
 
