@@ -15,9 +15,9 @@ base is still training; for ap_gain they run the base too.
 
 import logging
 
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from tinysaver_det.engine.output_cache import build_caches
-from tinysaver_det.engine.setup import end_distributed, setup_cfg
+from tinysaver_det.engine.setup import launch_tool, setup_cfg
 
 logger = logging.getLogger("tinysaver_det")
 
@@ -32,7 +32,6 @@ def main(args):
     counts = build_caches(cfg, args.dataset, views=args.views, with_base=args.with_base)
     for name, n in counts.items():
         logger.info(f"Cache of {name}: {n} records, complete")
-    end_distributed()
     return counts
 
 
@@ -54,14 +53,7 @@ def invoke_main() -> None:
         "--with-base", action="store_true", help="also run the base (calibration needs it)"
     )
     args = parser.parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_tool(main, args)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ plots.
     ... MODEL.TINYSAVER.CALIBRATION.GFLOPS_BUDGET 2.0
 """
 
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from tinysaver_det.engine.calibrate import calibrate, format_results
-from tinysaver_det.engine.setup import end_distributed, setup_cfg
+from tinysaver_det.engine.setup import launch_tool, setup_cfg
 from tinysaver_det.engine.trainer import Trainer, check_inference_weights, load_weights
 
 
@@ -40,20 +40,12 @@ def main(args):
         gflops_budget=cal.GFLOPS_BUDGET,
     )
     print(format_results(result))
-    end_distributed()
     return result
 
 
 def invoke_main() -> None:
     args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_tool(main, args)
 
 
 if __name__ == "__main__":

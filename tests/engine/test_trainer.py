@@ -167,13 +167,10 @@ def test_the_ddp_wrapper_works_for_a_cpu_model(tmp_path):
 def test_train_net_trains_under_launch_with_two_cpu_processes(tmp_path):
     """tools/train_net.py --num-gpus 2 on the CPU: detectron2's launch with gloo, DDP over two
     processes; both exit cleanly (train_net ends the process group) and the run checkpoints."""
+    from tinysaver_det.data.synthetic import prepare_all
+
     data = tmp_path / "data"
-    subprocess.run(
-        [sys.executable, str(REPO / "datasets" / "prepare_synthetic.py"), "--root", str(data)]
-        + ["--scale", "0.02", "--splits", "train", "val"],
-        check=True,
-        capture_output=True,
-    )
+    prepare_all(str(data), scale=0.02, splits=["train", "val"], progress=False)
     out = tmp_path / "saver"
     cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--num-gpus", "2"]
     cmd += ["--config-file", str(SAVER_INSTANT_YAML), "MODEL.DEVICE", "cpu"]

@@ -2,11 +2,12 @@
 
 import logging
 from contextlib import contextmanager
+from functools import partial
 from logging.handlers import BufferingHandler
 
 import torch.distributed as dist
 
-from detectron2.engine import default_setup
+from detectron2.engine import default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -61,3 +62,24 @@ def end_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         comm.synchronize()
         dist.destroy_process_group()
+
+
+def _run_then_end_distributed(main, args):
+    result = main(args)
+    end_distributed()
+    return result
+
+
+def launch_tool(main, args) -> None:
+    """
+    A tool's `main(args)` under detectron2's launch, with default_argument_parser's process
+    options; each process ends its process group once `main` returns (end_distributed).
+    """
+    launch(
+        partial(_run_then_end_distributed, main),  # a partial pickles for launch's spawned workers
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
